@@ -1,0 +1,71 @@
+"""Data components: ingest a source, validate it against the fleet spec, split it."""
+
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Output
+
+from components.image import fleetops_component
+
+
+@fleetops_component
+def ingest(fleet_spec: str, platform: str, raw_data: Output[Dataset]):
+    """Read the fleet's data source (file, SQL query or bq:// table) into Parquet.
+
+    Args:
+        fleet_spec: The fleet spec, YAML or JSON text.
+        platform: Platform URI: `local:///path` or `vertex://PROJECT/REGION`.
+        raw_data: Output. The rows as Parquet; metadata has rows, columns and sha256.
+    """
+    from fleetops import fleet
+    from fleetops.platform import connect
+    from fleetops.spec import parse_spec
+
+    raw_data.metadata.update(fleet.ingest(parse_spec(fleet_spec), connect(platform), raw_data.path))
+
+
+@fleetops_component
+def validate(
+    fleet_spec: str, raw_data: Input[Dataset], statistics: Output[Artifact], report: Output[Markdown]
+) -> list:
+    """Check the data against the spec; fail with a readable report listing every problem.
+
+    Args:
+        fleet_spec: The fleet spec, YAML or JSON text.
+        raw_data: The ingested rows.
+        statistics: Output. Schema and TFDV-style statistics of the fleet and of each segment (JSON).
+        report: Output. The validation report.
+
+    Returns:
+        The segments grouped into shards for the fan-out: [{"shard": i, "segments": [...]}].
+        (kfp.local fans out only over a task's single output, so this is the only one.)
+    """
+    import json
+    import sys
+
+    from fleetops import fleet
+    from fleetops.spec import parse_spec
+
+    spec = parse_spec(fleet_spec)
+    result, baseline = fleet.validate_dataset(spec, raw_data.path)
+    with open(report.path, "w") as handle:
+        handle.write(result.to_markdown())
+    print(result.to_markdown(), file=sys.stderr)
+    result.raise_if_failed()
+    with open(statistics.path, "w") as handle:
+        json.dump(baseline, handle)
+    shards = fleet.plan_shards(sorted(result.segments), spec.sharding.models_per_task)
+    statistics.metadata.update({"rows": result.rows, "segments": len(result.segments)})
+    return shards
+
+
+@fleetops_component
+def split(fleet_spec: str, raw_data: Input[Dataset], dataset: Output[Dataset]):
+    """Add the deterministic train/validation/test split (hash of the split key) and the segment column.
+
+    Args:
+        fleet_spec: The fleet spec, YAML or JSON text.
+        raw_data: The validated rows.
+        dataset: Output. Parquet sorted by segment, with `__segment` and `__split` columns.
+    """
+    from fleetops import fleet
+    from fleetops.spec import parse_spec
+
+    dataset.metadata.update(fleet.split_dataset(parse_spec(fleet_spec), raw_data.path, dataset.path))

@@ -1,0 +1,7 @@
+"""fleetops: MLOps on Vertex AI for fleets of models.
+
+The library holds all the logic (no `kfp` import); `components/` and
+`pipelines/` wrap it for Kubeflow Pipelines.
+"""
+
+__version__ = "0.1.0"

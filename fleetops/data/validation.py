@@ -1,0 +1,230 @@
+"""Schema, statistics and validation of a table against a fleet spec.
+
+`validate` lists every problem at once (missing columns, wrong types, unexpected
+label values, empty segments) so the step fails with one readable report.
+`statistics` summarises a table as TFDV does (equal-width numeric histograms,
+categorical value counts, missing-value rates); it is the baseline that model
+monitoring compares serving data against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fleetops.errors import DataValidationError
+from fleetops.spec import FleetSpec, Task
+
+HISTOGRAM_BUCKETS = 10
+TOP_VALUES = 1000
+WHOLE_FLEET = "__all__"
+
+
+@dataclass
+class ValidationReport:
+    rows: int
+    segments: dict[str, int]
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_if_failed(self) -> None:
+        if self.problems:
+            raise DataValidationError(self.problems)
+
+    def to_markdown(self) -> str:
+        status = "passed" if self.ok else f"FAILED with {len(self.problems)} problem(s)"
+        lines = [f"# Data validation {status}", "", f"- rows: {self.rows}", f"- segments: {len(self.segments)}", ""]
+        if self.problems:
+            lines += ["## Problems", "", *[f"- {p}" for p in self.problems], ""]
+        if self.warnings:
+            lines += ["## Warnings", "", *[f"- {w}" for w in self.warnings], ""]
+        lines += ["## Rows per segment", "", "| segment | rows |", "|---|---|"]
+        lines += [f"| {name} | {count} |" for name, count in sorted(self.segments.items())]
+        return "\n".join(lines) + "\n"
+
+
+def segment_values(df: pd.DataFrame, spec: FleetSpec) -> pd.Series:
+    """The segment of each row as a string (the whole fleet is one segment without a segment column)."""
+    column = spec.data.segment_column
+    if column is None:
+        return pd.Series(WHOLE_FLEET, index=df.index)
+    values = df[column]
+    return values.where(values.isna(), values.astype(str))
+
+
+def validate(df: pd.DataFrame, spec: FleetSpec) -> ValidationReport:
+    """Check `df` against `spec`; the report lists every problem (nothing is raised here)."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    required = {
+        **{c: "features.numeric" for c in spec.features.numeric},
+        **{c: "features.categorical" for c in spec.features.categorical},
+        spec.label: "label",
+    }
+    if spec.data.segment_column:
+        required[spec.data.segment_column] = "data.segment_column"
+    if spec.data.split_key:
+        required[spec.data.split_key] = "data.split_key"
+    missing = [f"column '{c}' ({role}) is missing from the data" for c, role in required.items() if c not in df.columns]
+    if missing:
+        problems += missing
+        problems.append(f"the data has columns {list(df.columns)}")
+        return ValidationReport(rows=len(df), segments={}, problems=problems)
+    if df.empty:
+        return ValidationReport(rows=0, segments={}, problems=["the data has no rows"])
+
+    for column in spec.features.numeric:
+        problems += _numeric_problems(df[column], f"numeric feature '{column}'")
+        if df[column].isna().all():
+            problems.append(f"numeric feature '{column}' has no values at all (every row is missing)")
+    problems += _label_problems(df[spec.label], spec)
+
+    segments = segment_values(df, spec)
+    null_segments = int(segments.isna().sum())
+    if null_segments:
+        first = int(np.flatnonzero(segments.isna().to_numpy())[0])
+        problems.append(
+            f"segment_column '{spec.data.segment_column}' is empty in {null_segments} row(s) (first at row {first}); "
+            "every row needs a segment"
+        )
+    counts = segments.dropna().value_counts().to_dict()
+    if spec.data.segments is not None:
+        for wanted in spec.data.segments:
+            if wanted not in counts:
+                problems.append(
+                    f"segment '{wanted}' (data.segments) has no rows; segments present: {sorted(counts)[:20]}"
+                )
+        counts = {s: n for s, n in counts.items() if s in set(spec.data.segments)}
+    for name, n in sorted(counts.items()):
+        if n < spec.data.min_rows_per_segment:
+            problems.append(
+                f"segment '{name}' has {n} row(s); at least {spec.data.min_rows_per_segment} are needed "
+                "(data.min_rows_per_segment)"
+            )
+    if spec.task.is_classification and not problems:
+        label_str = df[spec.label].astype(str)
+        per_segment = label_str.groupby(segments).nunique()
+        for name, n in per_segment.items():
+            if name in counts and n < 2:
+                problems.append(f"segment '{name}' has a single label value; a classifier needs at least two")
+    for column in spec.features.all:
+        rate = float(df[column].isna().mean())
+        if rate > 0.5:
+            warnings.append(f"feature '{column}' is missing in {rate:.0%} of rows")
+    return ValidationReport(rows=len(df), segments={str(k): int(v) for k, v in counts.items()}, problems=problems, warnings=warnings)
+
+
+def coerce_features(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    """Typed features: numeric as float64 (missing = NaN), categorical as str (missing = '')."""
+    out = df.copy()
+    for column in numeric:
+        out[column] = pd.to_numeric(out[column], errors="raise").astype("float64")
+    for column in categorical:
+        values = out[column]
+        out[column] = values.where(values.notna(), "").astype(str)
+    return out
+
+
+def statistics(df: pd.DataFrame, spec: FleetSpec) -> dict[str, Any]:
+    """TFDV-style statistics of the features and the label of `df`."""
+    typed = coerce_features(df, spec.features.numeric, spec.features.categorical)
+    features: dict[str, Any] = {}
+    for column in spec.features.numeric:
+        features[column] = numeric_statistics(typed[column])
+    for column in spec.features.categorical:
+        features[column] = categorical_statistics(df[column])
+    label = df[spec.label]
+    label_stats = (
+        numeric_statistics(pd.to_numeric(label, errors="coerce"))
+        if spec.task is Task.REGRESSION
+        else categorical_statistics(label)
+    )
+    return {"rows": int(len(df)), "features": features, "label": {spec.label: label_stats}}
+
+
+def schema(df: pd.DataFrame, spec: FleetSpec) -> dict[str, Any]:
+    """The columns the fleet uses, with their role and the type seen in the data."""
+    roles = {c: "numeric_feature" for c in spec.features.numeric}
+    roles |= {c: "categorical_feature" for c in spec.features.categorical}
+    roles[spec.label] = "label"
+    if spec.data.segment_column:
+        roles[spec.data.segment_column] = "segment"
+    if spec.data.split_key:
+        roles[spec.data.split_key] = "split_key"
+    return {"task": spec.task.value, "columns": {c: {"role": r, "dtype": str(df[c].dtype)} for c, r in roles.items()}}
+
+
+def numeric_statistics(values: pd.Series) -> dict[str, Any]:
+    arr = values.to_numpy(dtype="float64", na_value=np.nan)
+    finite = arr[np.isfinite(arr)]
+    missing = int(np.isnan(arr).sum())
+    stats: dict[str, Any] = {"type": "numeric", "count": int(arr.size - missing), "missing": missing}
+    stats["missing_rate"] = missing / arr.size if arr.size else 0.0
+    if finite.size == 0:
+        return stats | {"histogram": {"boundaries": [], "counts": []}}
+    low, high = float(finite.min()), float(finite.max())
+    if low == high:
+        boundaries, counts = [low, high], [int(finite.size)]
+    else:
+        counts_arr, edges = np.histogram(finite, bins=HISTOGRAM_BUCKETS, range=(low, high))
+        boundaries, counts = edges.tolist(), counts_arr.tolist()
+    return stats | {
+        "min": low,
+        "max": high,
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
+        "histogram": {"boundaries": boundaries, "counts": counts},
+    }
+
+
+def categorical_statistics(values: pd.Series) -> dict[str, Any]:
+    missing = int(values.isna().sum())
+    counts = values.dropna().astype(str).value_counts()
+    return {
+        "type": "categorical",
+        "count": int(len(values) - missing),
+        "missing": missing,
+        "missing_rate": missing / len(values) if len(values) else 0.0,
+        "unique": int(counts.size),
+        "values": {str(k): int(v) for k, v in counts.head(TOP_VALUES).items()},
+    }
+
+
+def _numeric_problems(values: pd.Series, what: str) -> list[str]:
+    if pd.api.types.is_bool_dtype(values):
+        return [f"{what} is boolean; use a categorical feature or 0/1 numbers"]
+    if pd.api.types.is_numeric_dtype(values):
+        return []
+    coerced = pd.to_numeric(values, errors="coerce")
+    bad = values.notna() & coerced.isna()
+    if not bad.any():
+        return []
+    positions = np.flatnonzero(bad.to_numpy())
+    example = values.iloc[positions[0]]
+    return [f"{what} has non-numeric value {example!r} in {bad.sum()} row(s) (first at row {positions[0]})"]
+
+
+def _label_problems(label: pd.Series, spec: FleetSpec) -> list[str]:
+    name = f"label '{spec.label}'"
+    problems = []
+    if label.isna().any():
+        first = int(np.flatnonzero(label.isna().to_numpy())[0])
+        problems.append(f"{name} is missing in {int(label.isna().sum())} row(s) (first at row {first})")
+    present = label.dropna()
+    if spec.task is Task.REGRESSION:
+        return problems + _numeric_problems(present, name)
+    values = sorted(present.astype(str).unique())
+    if spec.task is Task.BINARY and len(values) != 2:
+        problems.append(f"{name} has {len(values)} distinct value(s) {values[:10]}; binary_classification needs exactly 2")
+    if spec.task is Task.MULTICLASS and len(values) < 3:
+        problems.append(f"{name} has {len(values)} distinct value(s) {values[:10]}; multiclass_classification needs 3 or more")
+    if spec.task is Task.MULTICLASS and len(values) > 100:
+        problems.append(f"{name} has {len(values)} distinct values; at most 100 classes are supported")
+    return problems

@@ -1,0 +1,135 @@
+"""Evaluation metrics in the shapes Vertex AI uses for model evaluations.
+
+Classification follows `classification_metrics_1.0.0.yaml` (auPrc, auRoc,
+logLoss, confusionMatrix, confidenceMetrics at Vertex's thresholds);
+regression follows `regression_metrics_1.0.0.yaml`. The dicts here are what is
+imported into the registry and logged to KFP `Metrics` /
+`ClassificationMetrics` artifacts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+CLASSIFICATION_SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
+REGRESSION_SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/regression_metrics_1.0.0.yaml"
+
+# 0.00, 0.05, ..., 0.95, then 0.96 ... 0.99, as Vertex reports confidenceMetrics.
+CONFIDENCE_THRESHOLDS = [round(i * 0.05, 2) for i in range(20)] + [0.96, 0.97, 0.98, 0.99]
+_ROC_POINTS = 200
+_EPS = 1e-15
+
+
+def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Vertex classification metrics. `y_true` holds class indices; `probabilities` is (n, k).
+
+    For two classes the threshold metrics are about the positive class (index 1);
+    for more, they are micro-averaged one-vs-rest, as Vertex does.
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    probabilities = np.clip(np.asarray(probabilities, dtype="float64"), 0.0, 1.0)
+    n, k = probabilities.shape
+    if n == 0:
+        raise ValueError("cannot evaluate on zero rows")
+    one_hot = np.eye(k, dtype=int)[y_true]
+    if k == 2:
+        truth, scores = one_hot[:, 1], probabilities[:, 1]
+    else:
+        truth, scores = one_hot.ravel(), probabilities.ravel()
+    predicted = probabilities.argmax(axis=1)
+    result: dict[str, Any] = {
+        "auPrc": _safe(lambda: skm.average_precision_score(truth, scores)),
+        "auRoc": _safe(lambda: skm.roc_auc_score(truth, scores)),
+        "logLoss": float(skm.log_loss(y_true, np.clip(probabilities, _EPS, 1 - _EPS), labels=list(range(k)))),
+        "accuracy": float((predicted == y_true).mean()),
+        "confidenceMetrics": [_at_threshold(truth, scores, t) for t in CONFIDENCE_THRESHOLDS],
+        "confusionMatrix": {
+            "annotationSpecs": [{"displayName": c} for c in classes],
+            "rows": skm.confusion_matrix(y_true, predicted, labels=list(range(k))).tolist(),
+        },
+    }
+    return result
+
+
+def roc_curve(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, list[float]]:
+    """ROC curve points (at most ~200) for KFP `ClassificationMetrics.log_roc_curve`."""
+    probabilities = np.asarray(probabilities)
+    k = probabilities.shape[1]
+    one_hot = np.eye(k, dtype=int)[np.asarray(y_true, dtype=int)]
+    truth, scores = (one_hot[:, 1], probabilities[:, 1]) if k == 2 else (one_hot.ravel(), probabilities.ravel())
+    if len(np.unique(truth)) < 2:
+        return {"fpr": [], "tpr": [], "thresholds": []}
+    fpr, tpr, thresholds = skm.roc_curve(truth, scores, drop_intermediate=True)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), _ROC_POINTS)).astype(int))
+    # sklearn's first threshold is +inf, which JSON cannot carry.
+    thresholds = np.minimum(thresholds, 1.0)
+    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": thresholds[keep].tolist()}
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    y_true = np.asarray(y_true, dtype="float64")
+    y_pred = np.asarray(y_pred, dtype="float64")
+    if y_true.size == 0:
+        raise ValueError("cannot evaluate on zero rows")
+    result = {
+        "rootMeanSquaredError": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
+        "meanAbsoluteError": float(skm.mean_absolute_error(y_true, y_pred)),
+        "rSquared": _safe(lambda: skm.r2_score(y_true, y_pred)) if y_true.size > 1 else None,
+    }
+    nonzero = y_true != 0
+    if nonzero.any():
+        result["meanAbsolutePercentageError"] = float(
+            100 * np.mean(np.abs((y_true[nonzero] - y_pred[nonzero]) / y_true[nonzero]))
+        )
+    if (y_true > -1).all() and (y_pred > -1).all():
+        result["rootMeanSquaredLogError"] = float(np.sqrt(np.mean((np.log1p(y_pred) - np.log1p(y_true)) ** 2)))
+    return result
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics of an evaluation (what goes into a KFP `Metrics` artifact)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+
+
+def is_better(challenger: float | None, champion: float | None, goal: str, margin: float) -> bool:
+    """True when the challenger beats the champion by more than `margin` in the metric's direction."""
+    if challenger is None or not np.isfinite(challenger):
+        return False
+    if champion is None or not np.isfinite(champion):
+        return True
+    if goal == "maximize":
+        return challenger > champion + margin
+    return challenger < champion - margin
+
+
+def _at_threshold(truth: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    predicted = scores >= threshold
+    tp = int(np.sum(predicted & (truth == 1)))
+    fp = int(np.sum(predicted & (truth == 0)))
+    fn = int(np.sum(~predicted & (truth == 1)))
+    tn = int(np.sum(~predicted & (truth == 0)))
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "confidenceThreshold": threshold,
+        "precision": precision,
+        "recall": recall,
+        "falsePositiveRate": fp / (fp + tn) if fp + tn else 0.0,
+        "f1Score": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "truePositiveCount": tp,
+        "falsePositiveCount": fp,
+        "falseNegativeCount": fn,
+        "trueNegativeCount": tn,
+    }
+
+
+def _safe(compute: Any) -> float | None:
+    """A metric that is undefined on this data (one class only) is None, not a crash or a fake 0."""
+    try:
+        value = float(compute())
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None

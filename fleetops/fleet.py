@@ -1,0 +1,299 @@
+"""The steps of the fleet training pipeline, one function per component.
+
+Each component parses its inputs, calls one function here and writes the
+result; everything here runs (and is tested) without KFP.
+
+    ingest -> validate -> split -> [per shard: train -> evaluate -> register] -> summarize
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fleetops.data.split import SPLIT_COLUMN, TEST, with_splits
+from fleetops.data.validation import ValidationReport, schema, segment_values, statistics, validate
+from fleetops.errors import UserError
+from fleetops.evaluation.metrics import (
+    CLASSIFICATION_SCHEMA,
+    REGRESSION_SCHEMA,
+    classification_metrics,
+    headline,
+    is_better,
+    regression_metrics,
+    roc_curve,
+)
+from fleetops.fingerprints import frame_sha256
+from fleetops.names import (
+    CHAMPION_ALIAS,
+    LABEL_ARCHITECTURE,
+    LABEL_FLEET,
+    LABEL_MANAGED_BY,
+    LABEL_SEGMENT,
+    label_value,
+    model_id,
+    segment_slug,
+)
+from fleetops.platform import Platform
+from fleetops.platform.registry import EvaluationInput
+from fleetops.spec import FleetSpec, Task
+from fleetops.training.trainer import SEGMENT_COLUMN
+
+# Vertex collects at most 100 artifacts from one ParallelFor.
+MAX_SHARDS = 100
+MIN_SLICE_ROWS = 20
+
+
+def ingest(spec: FleetSpec, platform: Platform, output_path: str | Path) -> dict[str, Any]:
+    """Read the spec's data source into a Parquet file; return row count, columns and content hash."""
+    df = platform.read_table(spec.data.source)
+    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(output_path, index=False)
+    return {"rows": len(df), "columns": list(map(str, df.columns)), "sha256": frame_sha256(df), "source": spec.data.source}
+
+
+def validate_dataset(spec: FleetSpec, data_path: str | Path) -> tuple[ValidationReport, dict[str, Any]]:
+    """Validate the data against the spec; on success also its schema and statistics (the baseline)."""
+    df = pd.read_parquet(data_path)
+    report = validate(df, spec)
+    if not report.ok:
+        return report, {}
+    segments = segment_values(df, spec)
+    baseline = {
+        "schema": schema(df, spec),
+        "fleet": statistics(df, spec),
+        "segments": {name: statistics(df[segments == name], spec) for name in sorted(report.segments)},
+    }
+    return report, baseline
+
+
+def plan_shards(segments: list[str], models_per_task: int, max_shards: int = MAX_SHARDS) -> list[dict[str, Any]]:
+    """Group segments into shards: at least `models_per_task` per shard, never more than `max_shards` shards."""
+    if not segments:
+        raise UserError("no segments to train")
+    per_shard = max(models_per_task, math.ceil(len(segments) / max_shards))
+    ordered = sorted(segments)
+    return [
+        {"shard": i, "segments": ordered[start : start + per_shard]}
+        for i, start in enumerate(range(0, len(ordered), per_shard))
+    ]
+
+
+def split_dataset(spec: FleetSpec, data_path: str | Path, output_path: str | Path) -> dict[str, int]:
+    """Add the segment and split columns, keep the wanted segments, write Parquet sorted by segment."""
+    df = pd.read_parquet(data_path)
+    df[SEGMENT_COLUMN] = segment_values(df, spec)
+    if spec.data.segments is not None:
+        df = df[df[SEGMENT_COLUMN].isin(spec.data.segments)]
+    df = with_splits(df, spec.data.split, spec.data.split_key)
+    df = df.sort_values(SEGMENT_COLUMN, kind="stable")
+    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+    # Small row groups let a shard's read skip other segments' rows.
+    df.to_parquet(output_path, index=False, row_group_size=50_000)
+    return {k: int(v) for k, v in df[SPLIT_COLUMN].value_counts().items()}
+
+
+def evaluate_shard(
+    spec: FleetSpec,
+    platform: Platform,
+    dataset_path: str | Path,
+    model_dir: str | Path,
+    segments: list[str],
+) -> list[dict[str, Any]]:
+    """Evaluate each segment's new model and its current champion on the same test rows."""
+    from fleetops.training.artifact import load_artifact
+    from fleetops.training.trainer import encode_labels, read_segment
+
+    results = []
+    for segment in segments:
+        rows = read_segment(dataset_path, segment)
+        test = rows[rows[SPLIT_COLUMN] == TEST]
+        if test.empty:
+            raise UserError(f"segment {segment!r} has no test rows; add rows or change data.split")
+        challenger = load_artifact(Path(model_dir) / segment_slug(segment))
+        y = encode_labels(test[spec.label], challenger.classes)
+        metrics = _metrics(spec.task, y, challenger.scores(test), challenger.classes)
+        result: dict[str, Any] = {
+            "segment": segment,
+            "model_id": model_id(spec.name, segment),
+            "test_rows": len(test),
+            "metric": spec.primary_metric,
+            "goal": spec.metric_goal,
+            "metrics": metrics,
+            "slices": _slices(spec, test, y, challenger),
+            "roc": roc_curve(y, challenger.scores(test)) if spec.task.is_classification else None,
+        }
+        result |= _champion(spec, platform, test, result["model_id"], metrics)
+        results.append(result)
+    return results
+
+
+def register_shard(
+    spec: FleetSpec,
+    platform: Platform,
+    model_dir: str | Path,
+    evaluations: list[dict[str, Any]],
+    model_uri: str | None = None,
+    pipeline_job: str = "",
+    serving_image: str | None = None,
+) -> list[dict[str, Any]]:
+    """Register each segment's model as a new version; move `champion` to it only when it won."""
+    from fleetops.training.artifact import read_metadata
+
+    results = []
+    for evaluation in evaluations:
+        segment = evaluation["segment"]
+        slug = segment_slug(segment)
+        artifact = Path(model_dir) / slug
+        metadata = read_metadata(artifact)
+        promote = bool(evaluation["promote"])
+        labels = {
+            **spec.registry.labels,
+            LABEL_FLEET: spec.name,
+            LABEL_SEGMENT: label_value(segment),
+            LABEL_ARCHITECTURE: metadata["architecture"],
+            LABEL_MANAGED_BY: "fleetops",
+        }
+        lineage = {
+            "pipeline_job": pipeline_job,
+            "data_sha256": metadata["data_sha256"],
+            "spec_sha256": metadata["spec_sha256"],
+            "architecture": metadata["architecture"],
+            "hyperparameters": metadata["hyperparameters"],
+            "rows": metadata["rows"],
+            "primary_metric": evaluation["metric"],
+            "test_value": evaluation["metrics"].get(evaluation["metric"]),
+            "champion_value": evaluation.get("champion_value"),
+        }
+        schema_uri = CLASSIFICATION_SCHEMA if spec.task.is_classification else REGRESSION_SCHEMA
+        registration = platform.registry.upload_version(
+            evaluation["model_id"],
+            artifact,
+            artifact_uri=f"{model_uri.rstrip('/')}/{slug}" if model_uri else None,
+            display_name=f"{spec.name} {segment}"[:128],
+            description=f"fleet {spec.name}, segment {segment}, {metadata['architecture']}",
+            labels=labels,
+            aliases=[CHAMPION_ALIAS] if promote else [],
+            is_default_version=promote,
+            lineage=lineage,
+            serving_image=serving_image or spec.registry.serving_image,
+            evaluation=EvaluationInput(
+                metrics_schema_uri=schema_uri,
+                metrics=_finite(evaluation["metrics"]),
+                display_name=f"{pipeline_job or 'evaluation'}-{slug}"[:128],
+                slices=_finite(evaluation["slices"]),
+            ),
+        )
+        version = registration.version
+        results.append(
+            {
+                "segment": segment,
+                "model_id": version.model_id,
+                "version_id": version.version_id,
+                "resource_name": version.versioned_name,
+                "created": registration.created,
+                "promoted": promote,
+                "aliases": list(version.aliases),
+                "metric": evaluation["metric"],
+                "value": evaluation["metrics"].get(evaluation["metric"]),
+                "champion_version": evaluation.get("champion_version"),
+                "champion_value": evaluation.get("champion_value"),
+                "artifact_uri": version.artifact_uri,
+            }
+        )
+    return results
+
+
+def summarize(registrations: list[dict[str, Any]]) -> str:
+    """A Markdown table of what was registered, for the run's summary artifact and console."""
+    rows = sorted(registrations, key=lambda r: r["segment"])
+    promoted = sum(1 for r in rows if r["promoted"])
+    lines = [
+        f"# Fleet training: {len(rows)} model(s), {promoted} new champion(s)",
+        "",
+        "| segment | model | version | metric | new | champion before | champion now |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        before = "none" if r["champion_version"] is None else f"v{r['champion_version']} {_fmt(r['champion_value'])}"
+        now = f"v{r['version_id']}" if r["promoted"] else f"v{r['champion_version']}"
+        lines.append(
+            f"| {r['segment']} | {r['model_id']} | {r['version_id']} | {r['metric']} | {_fmt(r['value'])} | {before} | {now} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _metrics(task: Task, y: np.ndarray, scores: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    if task is Task.REGRESSION:
+        return regression_metrics(y, scores)
+    return classification_metrics(y, scores, classes)
+
+
+def _slices(spec: FleetSpec, test: pd.DataFrame, y: np.ndarray, model: Any) -> list[dict[str, Any]]:
+    """Metrics per value of each slice column (Vertex evaluation slices), on slices big enough to mean something."""
+    slices = []
+    scores = model.scores(test)
+    for column in spec.evaluation.slice_columns:
+        values = test[column].where(test[column].notna(), "").astype(str).to_numpy()
+        for value in sorted(set(values)):
+            mask = values == value
+            if mask.sum() < MIN_SLICE_ROWS:
+                continue
+            metrics = _metrics(spec.task, y[mask], scores[mask], model.classes)
+            slices.append({"feature": column, "value": value, "rows": int(mask.sum()), "metrics": headline(metrics)})
+    return slices
+
+
+def _champion(spec: FleetSpec, platform: Platform, test: pd.DataFrame, mid: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    from fleetops.errors import NotFoundError
+    from fleetops.training.artifact import load_artifact
+    from fleetops.training.trainer import encode_labels
+
+    value = metrics.get(spec.primary_metric)
+    margin = spec.evaluation.promote_if_better_by
+    try:
+        champion = platform.registry.get_version(mid, CHAMPION_ALIAS)
+    except NotFoundError:
+        return {"champion_version": None, "champion_value": None, "promote": value is not None, "reason": "no champion yet"}
+    try:
+        loaded = load_artifact(platform.registry.artifact_path(champion))
+        y = encode_labels(test[spec.label], loaded.classes)
+        champion_value = _metrics(spec.task, y, loaded.scores(test), loaded.classes).get(spec.primary_metric)
+    except UserError as exc:
+        # A champion that cannot score today's data (features changed) cannot defend its title.
+        return {
+            "champion_version": champion.version_id,
+            "champion_value": None,
+            "promote": value is not None,
+            "reason": f"champion v{champion.version_id} cannot score the current data: {exc}",
+        }
+    promote = is_better(value, champion_value, spec.metric_goal, margin)
+    verdict = "beats" if promote else "does not beat"
+    return {
+        "champion_version": champion.version_id,
+        "champion_value": champion_value,
+        "promote": promote,
+        "reason": f"new {spec.primary_metric} {_fmt(value)} {verdict} champion v{champion.version_id} "
+        f"{_fmt(champion_value)} by more than {margin}",
+    }
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe metrics: None for undefined values (NaN, inf) instead of invalid JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,0 +1,126 @@
+"""The platform seam: one URI, one object, the same interface on the local twin and on Vertex.
+
+    local                         the local twin under $FLEETOPS_HOME or ./.fleetops
+    local:///abs/path             the local twin under /abs/path
+    vertex://PROJECT/REGION?staging_bucket=gs://b&service_account=sa@p.iam.gserviceaccount.com
+                                  &encryption_key=projects/p/locations/l/keyRings/r/cryptoKeys/k
+                                  &network=projects/123/global/networks/n&labels=team:growth,env:dev
+
+Components receive the URI as a pipeline parameter and call `connect(uri)`;
+they never branch on which platform they got.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pandas as pd
+
+from fleetops.errors import UserError
+from fleetops.platform.registry import ModelRegistry
+
+DEFAULT_HOME = ".fleetops"
+_VERTEX_SETTINGS = (
+    "staging_bucket",
+    "service_account",
+    "encryption_key",
+    "network",
+    "labels",
+    "pipeline_root",
+    "api_endpoint",
+)
+
+
+@dataclass(frozen=True)
+class VertexSettings:
+    """Settings passed through to every Vertex job and resource."""
+
+    project: str
+    region: str
+    staging_bucket: str | None = None
+    service_account: str | None = None
+    encryption_key: str | None = None
+    network: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    pipeline_root: str | None = None
+    # Another API endpoint (Private Service Connect, or a local server in tests); REST transport.
+    api_endpoint: str | None = None
+
+
+class Platform(ABC):
+    """What components need from where they run: a registry, data access, a pipeline root."""
+
+    uri: str
+    registry: ModelRegistry
+
+    @abstractmethod
+    def read_table(self, source: str) -> pd.DataFrame:
+        """Read a data reference (file, SQL query, bq:// table) into a DataFrame."""
+
+    @property
+    @abstractmethod
+    def pipeline_root(self) -> str:
+        """Where pipeline runs write their artifacts."""
+
+
+def connect(uri: str = "local", credentials: object = None) -> Platform:
+    """Resolve a platform URI (see the module docstring) to a `Platform`.
+
+    `credentials` (Vertex only) defaults to Application Default Credentials.
+    """
+    if not isinstance(uri, str) or not uri.strip():
+        raise UserError(f"platform URI {uri!r} is empty; use 'local', 'local:///abs/path' or 'vertex://PROJECT/REGION'")
+    if uri == "local" or uri.startswith("local:"):
+        from fleetops.platform.local import LocalPlatform
+
+        return LocalPlatform(local_home(uri))
+    if uri.startswith("vertex://"):
+        from fleetops.platform.vertex import VertexPlatform
+
+        return VertexPlatform(vertex_settings(uri), credentials=credentials)
+    raise UserError(
+        f"platform URI {uri!r} is not supported; use 'local', 'local:///abs/path' or 'vertex://PROJECT/REGION'"
+    )
+
+
+def local_home(uri: str) -> Path:
+    """The home folder of a `local` / `local:///path` URI (made absolute)."""
+    if uri == "local":
+        return Path(os.environ.get("FLEETOPS_HOME", DEFAULT_HOME)).resolve()
+    parts = urlsplit(uri)
+    if parts.scheme != "local" or parts.netloc or not parts.path.startswith("/"):
+        raise UserError(f"local platform URI {uri!r} must be 'local' or 'local:///absolute/path'")
+    return Path(parts.path)
+
+
+def local_uri(home: str | Path) -> str:
+    """The `local:///abs/path` URI of a home folder: what a pipeline parameter should carry."""
+    return f"local://{Path(home).resolve().as_posix()}"
+
+
+def vertex_settings(uri: str) -> VertexSettings:
+    parts = urlsplit(uri)
+    project, region = parts.netloc, parts.path.strip("/")
+    if not project or not region or "/" in region:
+        raise UserError(f"Vertex platform URI {uri!r} must look like vertex://PROJECT/REGION[?setting=value&...]")
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    unknown = sorted(set(query) - set(_VERTEX_SETTINGS))
+    if unknown:
+        raise UserError(f"Vertex platform URI setting(s) {unknown} unknown; allowed: {list(_VERTEX_SETTINGS)}")
+    labels: dict[str, str] = {}
+    for pair in filter(None, query.pop("labels", "").split(",")):
+        key, sep, value = pair.partition(":")
+        if not sep:
+            raise UserError(f"Vertex platform label {pair!r} must be key:value")
+        labels[key] = value
+    from fleetops.platform.registry import check_labels
+
+    check_labels(labels)
+    bucket = query.get("staging_bucket")
+    if bucket is not None and not bucket.startswith("gs://"):
+        raise UserError(f"staging_bucket {bucket!r} must be a gs:// URI")
+    return VertexSettings(project=project, region=region, labels=labels, **query)

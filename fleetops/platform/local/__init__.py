@@ -1,0 +1,55 @@
+"""The local twin: everything under one home folder.
+
+    <home>/registry.sqlite      the model registry (SQLite, WAL)
+    <home>/models/<id>/<ver>/   registered artifacts
+    <home>/warehouse.duckdb     tables addressed as bq://project.dataset.table
+    <home>/pipeline_root/       artifacts of local pipeline runs
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from fleetops.data.sources import parse_table, read_file, source_kind
+from fleetops.errors import UserError
+from fleetops.platform import Platform, local_uri
+from fleetops.platform.local.registry import LocalModelRegistry
+
+
+class LocalPlatform(Platform):
+    def __init__(self, home: str | Path):
+        self.home = Path(home).resolve()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.uri = local_uri(self.home)
+        self.registry = LocalModelRegistry(self.home)
+        self.warehouse = self.home / "warehouse.duckdb"
+
+    @property
+    def pipeline_root(self) -> str:
+        return str(self.home / "pipeline_root")
+
+    def read_table(self, source: str) -> pd.DataFrame:
+        kind = source_kind(source)
+        if kind == "file":
+            return read_file(source)
+        with duckdb.connect(str(self.warehouse)) as conn:
+            if kind == "table":
+                ref = parse_table(source)
+                query = f'SELECT * FROM "{ref.dataset}"."{ref.table}"'
+            else:
+                query = source
+            try:
+                return conn.execute(query).df()
+            except duckdb.Error as exc:
+                raise UserError(f"data source {source!r} failed in DuckDB: {exc}") from None
+
+    def write_table(self, df: pd.DataFrame, table: str) -> None:
+        """Create or replace a `bq://project.dataset.table` of the local twin (the project is not used)."""
+        ref = parse_table(table)
+        with duckdb.connect(str(self.warehouse)) as conn:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{ref.dataset}"')
+            conn.register("frame", df)
+            conn.execute(f'CREATE OR REPLACE TABLE "{ref.dataset}"."{ref.table}" AS SELECT * FROM frame')

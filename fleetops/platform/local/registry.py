@@ -1,0 +1,395 @@
+"""The local twin of the Vertex AI Model Registry: SQLite (WAL) plus an artifact store.
+
+Every write is one `BEGIN IMMEDIATE` transaction, so concurrent writers in
+separate processes serialise on SQLite's write lock: version ids are never
+duplicated and an alias is never on two versions. Artifacts are copied to a
+staging folder first and moved into place inside the transaction, so a failed
+registration leaves neither a row nor a file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fleetops.errors import NotFoundError, PlatformError, RegistryRuleError
+from fleetops.fingerprints import directory_sha256
+from fleetops.names import DEFAULT_ALIAS
+from fleetops.platform.registry import (
+    Evaluation,
+    EvaluationInput,
+    ModelRegistry,
+    ModelVersion,
+    Registration,
+    check_alias_removal,
+    check_aliases,
+    check_labels,
+    check_model_id,
+    upload_aliases,
+)
+
+PROJECT = "local"
+LOCATION = "local"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    model_id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    next_version_id INTEGER NOT NULL,
+    create_time TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    model_id TEXT NOT NULL REFERENCES models(model_id),
+    version_id INTEGER NOT NULL,
+    display_name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    artifact_uri TEXT NOT NULL,
+    artifact_sha256 TEXT NOT NULL,
+    serving_image TEXT,
+    lineage TEXT NOT NULL,
+    create_time TEXT NOT NULL,
+    PRIMARY KEY (model_id, version_id),
+    UNIQUE (model_id, artifact_sha256)
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    model_id TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    PRIMARY KEY (model_id, alias),
+    FOREIGN KEY (model_id, version_id) REFERENCES versions(model_id, version_id) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    evaluation_id TEXT PRIMARY KEY,
+    model_id TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    display_name TEXT NOT NULL,
+    metrics_schema_uri TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    slices TEXT NOT NULL,
+    create_time TEXT NOT NULL,
+    FOREIGN KEY (model_id, version_id) REFERENCES versions(model_id, version_id) ON DELETE CASCADE
+);
+"""
+
+
+class LocalModelRegistry(ModelRegistry):
+    """Model registry of the local twin under `home` (`registry.sqlite`, `models/`)."""
+
+    def __init__(self, home: str | Path):
+        self.home = Path(home)
+        self.database = self.home / "registry.sqlite"
+        self.store = self.home / "models"
+        self.store.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def upload_version(
+        self,
+        model_id: str,
+        artifact_path: str | Path,
+        *,
+        artifact_uri: str | None = None,
+        display_name: str | None = None,
+        description: str = "",
+        labels: dict[str, str] | None = None,
+        aliases: list[str] | tuple[str, ...] = (),
+        is_default_version: bool = True,
+        lineage: dict[str, Any] | None = None,
+        serving_image: str | None = None,
+        evaluation: EvaluationInput | None = None,
+    ) -> Registration:
+        check_model_id(model_id)
+        check_aliases(aliases)
+        labels = dict(labels or {})
+        check_labels(labels)
+        source = Path(artifact_path)
+        sha = directory_sha256(source)
+        existing = self._find_by_sha(model_id, sha)
+        if existing is not None:
+            return Registration(existing, created=False)
+        lineage_json = json.dumps(lineage or {}, sort_keys=True, default=str)
+
+        staging = self.store / ".staging" / uuid.uuid4().hex
+        final: Path | None = None
+        try:
+            _copy_artifact(source, staging)
+            if directory_sha256(staging) != sha:
+                raise PlatformError(f"artifact {str(source)!r} changed while it was being copied; retry")
+            with self._transaction() as conn:
+                duplicate = conn.execute(
+                    "SELECT version_id FROM versions WHERE model_id = ? AND artifact_sha256 = ?", (model_id, sha)
+                ).fetchone()
+                if duplicate is not None:
+                    return Registration(self._version(conn, model_id, duplicate[0]), created=False)
+                row = conn.execute("SELECT next_version_id FROM models WHERE model_id = ?", (model_id,)).fetchone()
+                now = _now()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO models VALUES (?, ?, 1, ?)", (model_id, display_name or model_id, now)
+                    )
+                    version_id = 1
+                else:
+                    version_id = row[0]
+                conn.execute("UPDATE models SET next_version_id = ? WHERE model_id = ?", (version_id + 1, model_id))
+                final = self.store / model_id / str(version_id)
+                conn.execute(
+                    "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        model_id,
+                        version_id,
+                        display_name or model_id,
+                        description,
+                        json.dumps(labels, sort_keys=True),
+                        final.as_uri(),
+                        sha,
+                        serving_image,
+                        lineage_json,
+                        now,
+                    ),
+                )
+                has_default = conn.execute(
+                    "SELECT 1 FROM aliases WHERE model_id = ? AND alias = ?", (model_id, DEFAULT_ALIAS)
+                ).fetchone()
+                # Vertex: the first version is always the default one.
+                wanted = upload_aliases(aliases, is_default_version or not has_default)
+                _assign_aliases(conn, model_id, version_id, wanted)
+                if evaluation is not None:
+                    _insert_evaluation(conn, model_id, version_id, evaluation)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                if final.exists():
+                    shutil.rmtree(final)  # left by a crash before a commit: never registered
+                os.replace(staging, final)
+                version = self._version(conn, model_id, version_id)
+            return Registration(version, created=True)
+        except BaseException:
+            if final is not None and final.exists() and self._find_by_sha(model_id, sha) is None:
+                shutil.rmtree(final, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def add_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
+        check_aliases(aliases)
+        with self._transaction() as conn:
+            version_id = self._resolve(conn, model_id, version)
+            _assign_aliases(conn, model_id, version_id, aliases)
+            return self._version(conn, model_id, version_id)
+
+    def remove_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
+        check_aliases(aliases)
+        check_alias_removal(aliases)
+        with self._transaction() as conn:
+            version_id = self._resolve(conn, model_id, version)
+            conn.executemany(
+                "DELETE FROM aliases WHERE model_id = ? AND version_id = ? AND alias = ?",
+                [(model_id, version_id, a) for a in aliases],
+            )
+            return self._version(conn, model_id, version_id)
+
+    def delete_version(self, model_id: str, version: str) -> None:
+        with self._transaction() as conn:
+            version_id = self._resolve(conn, model_id, version)
+            count = conn.execute("SELECT COUNT(*) FROM versions WHERE model_id = ?", (model_id,)).fetchone()[0]
+            if count == 1:
+                raise RegistryRuleError(
+                    f"version {version_id} is the last version of model {model_id!r} and cannot be deleted "
+                    "as a version; delete the model instead"
+                )
+            aliases = self._aliases(conn, model_id, version_id)
+            if DEFAULT_ALIAS in aliases:
+                raise RegistryRuleError(
+                    f"version {version_id} of model {model_id!r} is the default version and cannot be deleted; "
+                    "make another version the default first"
+                )
+            conn.execute("DELETE FROM versions WHERE model_id = ? AND version_id = ?", (model_id, version_id))
+            # The folder goes only once the rows are gone: a failed commit leaves both.
+            shutil.rmtree(self.store / model_id / str(version_id), ignore_errors=True)
+
+    def import_evaluation(self, model_id: str, version: str, evaluation: EvaluationInput) -> Evaluation:
+        with self._transaction() as conn:
+            version_id = self._resolve(conn, model_id, version)
+            evaluation_id = _insert_evaluation(conn, model_id, version_id, evaluation)
+            return self._evaluation(conn, evaluation_id)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get_version(self, model_id: str, version: str | None = None) -> ModelVersion:
+        with self._connect() as conn:
+            return self._version(conn, model_id, self._resolve(conn, model_id, version))
+
+    def list_versions(self, model_id: str) -> list[ModelVersion]:
+        with self._connect() as conn:
+            self._require_model(conn, model_id)
+            ids = [r[0] for r in conn.execute(
+                "SELECT version_id FROM versions WHERE model_id = ? ORDER BY version_id", (model_id,)
+            )]
+            return [self._version(conn, model_id, v) for v in ids]
+
+    def list_models(self, labels: dict[str, str] | None = None) -> list[str]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT DISTINCT model_id, labels FROM versions ORDER BY model_id").fetchall()
+        wanted = (labels or {}).items()
+        return sorted({m for m, raw in rows if wanted <= json.loads(raw).items()})
+
+    def list_evaluations(self, model_id: str, version: str | None = None) -> list[Evaluation]:
+        with self._connect() as conn:
+            version_id = self._resolve(conn, model_id, version)
+            ids = [r[0] for r in conn.execute(
+                "SELECT evaluation_id FROM evaluations WHERE model_id = ? AND version_id = ? ORDER BY create_time",
+                (model_id, version_id),
+            )]
+            return [self._evaluation(conn, e) for e in ids]
+
+    def artifact_path(self, version: ModelVersion) -> Path:
+        return self.store / version.model_id / version.version_id
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.database, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=60000")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _find_by_sha(self, model_id: str, sha: str) -> ModelVersion | None:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT version_id FROM versions WHERE model_id = ? AND artifact_sha256 = ?", (model_id, sha)
+            ).fetchone()
+            return None if row is None else self._version(conn, model_id, row[0])
+
+    def _require_model(self, conn: sqlite3.Connection, model_id: str) -> None:
+        if conn.execute("SELECT 1 FROM models WHERE model_id = ?", (model_id,)).fetchone() is None:
+            raise NotFoundError(f"model {model_id!r} is not in the registry at {self.database}")
+
+    def _resolve(self, conn: sqlite3.Connection, model_id: str, version: str | None) -> int:
+        self._require_model(conn, model_id)
+        ref = DEFAULT_ALIAS if version is None else str(version)
+        if ref.isdigit():
+            row = conn.execute(
+                "SELECT version_id FROM versions WHERE model_id = ? AND version_id = ?", (model_id, int(ref))
+            ).fetchone()
+        else:
+            row = conn.execute(
+                "SELECT version_id FROM aliases WHERE model_id = ? AND alias = ?", (model_id, ref)
+            ).fetchone()
+        if row is None:
+            known = [f"{v.version_id} {list(v.aliases)}" for v in self._versions_brief(conn, model_id)]
+            raise NotFoundError(f"model {model_id!r} has no version or alias {ref!r}; it has versions {known}")
+        return int(row[0])
+
+    def _versions_brief(self, conn: sqlite3.Connection, model_id: str) -> list[ModelVersion]:
+        ids = [r[0] for r in conn.execute("SELECT version_id FROM versions WHERE model_id = ?", (model_id,))]
+        return [self._version(conn, model_id, v) for v in ids]
+
+    def _aliases(self, conn: sqlite3.Connection, model_id: str, version_id: int) -> tuple[str, ...]:
+        rows = conn.execute(
+            "SELECT alias FROM aliases WHERE model_id = ? AND version_id = ? ORDER BY alias", (model_id, version_id)
+        )
+        return tuple(r[0] for r in rows)
+
+    def _version(self, conn: sqlite3.Connection, model_id: str, version_id: int) -> ModelVersion:
+        row = conn.execute(
+            "SELECT display_name, description, labels, artifact_uri, artifact_sha256, lineage, create_time "
+            "FROM versions WHERE model_id = ? AND version_id = ?",
+            (model_id, version_id),
+        ).fetchone()
+        display_name, description, labels, uri, sha, lineage, created = row
+        return ModelVersion(
+            model_id=model_id,
+            version_id=str(version_id),
+            resource_name=f"projects/{PROJECT}/locations/{LOCATION}/models/{model_id}",
+            display_name=display_name,
+            aliases=self._aliases(conn, model_id, version_id),
+            labels=json.loads(labels),
+            artifact_uri=uri,
+            artifact_sha256=sha,
+            description=description,
+            lineage=json.loads(lineage),
+            create_time=created,
+        )
+
+    def _evaluation(self, conn: sqlite3.Connection, evaluation_id: str) -> Evaluation:
+        model_id, version_id, name, schema, metrics, slices, created = conn.execute(
+            "SELECT model_id, version_id, display_name, metrics_schema_uri, metrics, slices, create_time "
+            "FROM evaluations WHERE evaluation_id = ?",
+            (evaluation_id,),
+        ).fetchone()
+        return Evaluation(
+            evaluation_id=evaluation_id,
+            resource_name=f"projects/{PROJECT}/locations/{LOCATION}/models/{model_id}@{version_id}/evaluations/{evaluation_id}",
+            metrics_schema_uri=schema,
+            metrics=json.loads(metrics),
+            display_name=name,
+            slices=json.loads(slices),
+            create_time=created,
+        )
+
+
+def _assign_aliases(conn: sqlite3.Connection, model_id: str, version_id: int, aliases: list[str]) -> None:
+    """Give each alias to `version_id`, taking it from whichever version had it."""
+    for alias in aliases:
+        conn.execute(
+            "INSERT INTO aliases (model_id, alias, version_id) VALUES (?, ?, ?) "
+            "ON CONFLICT (model_id, alias) DO UPDATE SET version_id = excluded.version_id",
+            (model_id, alias, version_id),
+        )
+
+
+def _insert_evaluation(conn: sqlite3.Connection, model_id: str, version_id: int, evaluation: EvaluationInput) -> str:
+    if not evaluation.metrics_schema_uri.startswith("gs://google-cloud-aiplatform/schema/modelevaluation/"):
+        raise RegistryRuleError(
+            f"metrics_schema_uri {evaluation.metrics_schema_uri!r} is not a Vertex model evaluation schema "
+            "(gs://google-cloud-aiplatform/schema/modelevaluation/...)"
+        )
+    try:
+        metrics = json.dumps(evaluation.metrics, sort_keys=True, allow_nan=False)
+        slices = json.dumps(evaluation.slices, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise RegistryRuleError(f"evaluation metrics must be finite JSON values: {exc}") from None
+    evaluation_id = uuid.uuid4().hex[:16]
+    conn.execute(
+        "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (evaluation_id, model_id, version_id, evaluation.display_name, evaluation.metrics_schema_uri, metrics, slices, _now()),
+    )
+    return evaluation_id
+
+
+def _copy_artifact(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, destination)
+    else:
+        destination.mkdir()
+        shutil.copy2(source, destination / source.name)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")

@@ -1,0 +1,192 @@
+"""The model registry interface, its value types, and the Vertex rules both sides enforce.
+
+The local twin (SQLite) and Vertex (google-cloud-aiplatform) implement
+`ModelRegistry`; callers never branch on which one they hold. The rules below
+are checked before any request is sent, so a mistake fails the same way, with
+the same message, in both places.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetops.errors import RegistryRuleError
+from fleetops.names import DEFAULT_ALIAS
+
+ALIAS_PATTERN = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")
+LABEL_KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+LABEL_VALUE_PATTERN = re.compile(r"^[a-z0-9_-]{0,64}$")
+MODEL_ID_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,62}$")
+MAX_LABELS = 64
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One version of a registered model, as Vertex describes it."""
+
+    model_id: str
+    version_id: str
+    resource_name: str
+    display_name: str
+    aliases: tuple[str, ...]
+    labels: dict[str, str]
+    artifact_uri: str
+    artifact_sha256: str
+    description: str = ""
+    lineage: dict[str, Any] = field(default_factory=dict)
+    create_time: str = ""
+
+    @property
+    def versioned_name(self) -> str:
+        return f"{self.resource_name}@{self.version_id}"
+
+    @property
+    def is_default(self) -> bool:
+        return DEFAULT_ALIAS in self.aliases
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The result of an upload: the version, and whether this call created it (False on a retry)."""
+
+    version: ModelVersion
+    created: bool
+
+
+@dataclass(frozen=True)
+class EvaluationInput:
+    """A model evaluation to import: Vertex's schema URI, the metrics, optional slices."""
+
+    metrics_schema_uri: str
+    metrics: dict[str, Any]
+    display_name: str = "evaluation"
+    slices: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    evaluation_id: str
+    resource_name: str
+    metrics_schema_uri: str
+    metrics: dict[str, Any]
+    display_name: str
+    slices: list[dict[str, Any]] = field(default_factory=list)
+    create_time: str = ""
+
+
+class ModelRegistry(ABC):
+    """Versions, aliases, labels, lineage and evaluations of models, keyed by model id."""
+
+    @abstractmethod
+    def upload_version(
+        self,
+        model_id: str,
+        artifact_path: str | Path,
+        *,
+        artifact_uri: str | None = None,
+        display_name: str | None = None,
+        description: str = "",
+        labels: dict[str, str] | None = None,
+        aliases: list[str] | tuple[str, ...] = (),
+        is_default_version: bool = True,
+        lineage: dict[str, Any] | None = None,
+        serving_image: str | None = None,
+        evaluation: EvaluationInput | None = None,
+    ) -> Registration:
+        """Register `artifact_path` as a new version of `model_id` (created on first upload).
+
+        Idempotent: if this model already has a version with the same artifact
+        bytes (sha256), that version is returned with `created=False`. Atomic:
+        on failure no version, alias move or evaluation is left behind.
+        """
+
+    @abstractmethod
+    def get_version(self, model_id: str, version: str | None = None) -> ModelVersion:
+        """A version by id or alias; the default version when `version` is None."""
+
+    @abstractmethod
+    def list_versions(self, model_id: str) -> list[ModelVersion]:
+        """Every version of a model, oldest first."""
+
+    @abstractmethod
+    def list_models(self, labels: dict[str, str] | None = None) -> list[str]:
+        """Model ids, optionally only those whose versions carry all of `labels`."""
+
+    @abstractmethod
+    def add_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
+        """Give aliases to a version; an alias held by another version moves here."""
+
+    @abstractmethod
+    def remove_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
+        """Take aliases off a version (never `default`: give it to another version instead)."""
+
+    @abstractmethod
+    def delete_version(self, model_id: str, version: str) -> None:
+        """Delete a version; the last version and the default version cannot be deleted."""
+
+    @abstractmethod
+    def import_evaluation(self, model_id: str, version: str, evaluation: EvaluationInput) -> Evaluation:
+        """Attach an evaluation to a version."""
+
+    @abstractmethod
+    def list_evaluations(self, model_id: str, version: str | None = None) -> list[Evaluation]:
+        """The evaluations of a version (the default version when None)."""
+
+    @abstractmethod
+    def artifact_path(self, version: ModelVersion) -> Path:
+        """A local path from which the version's artifact can be read."""
+
+
+def check_model_id(model_id: str) -> None:
+    if not isinstance(model_id, str) or not MODEL_ID_PATTERN.match(model_id):
+        raise RegistryRuleError(
+            f"model id {model_id!r} is invalid: up to 63 characters of [a-z0-9_-], "
+            "not starting with a digit or '-'"
+        )
+
+
+def check_aliases(aliases: list[str] | tuple[str, ...]) -> None:
+    """Vertex's alias format; aliases are not numeric (that would read as a version id)."""
+    for alias in aliases:
+        if not isinstance(alias, str) or not ALIAS_PATTERN.match(alias):
+            raise RegistryRuleError(
+                f"version alias {alias!r} is invalid: it must match [a-z][a-zA-Z0-9-]{{0,126}}[a-z0-9] "
+                "(start with a lowercase letter, 2 to 128 characters)"
+            )
+    duplicates = sorted({a for a in aliases if list(aliases).count(a) > 1})
+    if duplicates:
+        raise RegistryRuleError(f"version aliases {duplicates} are given more than once")
+
+
+def check_labels(labels: dict[str, str]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise RegistryRuleError(f"{len(labels)} labels given; at most {MAX_LABELS} are allowed")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not LABEL_KEY_PATTERN.match(key):
+            raise RegistryRuleError(
+                f"label key {key!r} is invalid: 1 to 64 lowercase letters, digits, '_' or '-', starting with a letter"
+            )
+        if not isinstance(value, str) or not LABEL_VALUE_PATTERN.match(value):
+            raise RegistryRuleError(
+                f"label value {value!r} (key {key!r}) is invalid: at most 64 lowercase letters, digits, '_' or '-'"
+            )
+
+
+def upload_aliases(aliases: list[str] | tuple[str, ...], is_default_version: bool) -> list[str]:
+    """The aliases an upload asks for: `default` is appended when `is_default_version` (as the SDK does)."""
+    result = list(aliases)
+    if is_default_version and DEFAULT_ALIAS not in result:
+        result.append(DEFAULT_ALIAS)
+    return result
+
+
+def check_alias_removal(aliases: list[str]) -> None:
+    if DEFAULT_ALIAS in aliases:
+        raise RegistryRuleError(
+            "the 'default' alias cannot be removed: a model has exactly one default version; "
+            "add 'default' to another version to move it"
+        )

@@ -1,0 +1,80 @@
+"""The Vertex AI platform: google-cloud-aiplatform for the registry, BigQuery for data.
+
+`aiplatform.init` is the SDK's own way to carry project, region, credentials,
+staging bucket, CMEK key and service account to every call; it is called once
+here, when a component connects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from fleetops.data.sources import parse_table, read_file, source_kind
+from fleetops.platform import Platform, VertexSettings
+from fleetops.platform.vertex.registry import VertexModelRegistry
+
+
+class VertexPlatform(Platform):
+    def __init__(self, settings: VertexSettings, credentials: Any = None):
+        from google.cloud import aiplatform
+
+        self.settings = settings
+        self.credentials = credentials
+        self.uri = f"vertex://{settings.project}/{settings.region}"
+        init_kwargs: dict[str, Any] = {
+            "project": settings.project,
+            "location": settings.region,
+            "credentials": credentials,
+            "staging_bucket": settings.staging_bucket,
+            "encryption_spec_key_name": settings.encryption_key,
+            "service_account": settings.service_account,
+            "network": settings.network,
+        }
+        if settings.api_endpoint:
+            init_kwargs |= {"api_endpoint": settings.api_endpoint, "api_transport": "rest"}
+        aiplatform.init(**{k: v for k, v in init_kwargs.items() if v is not None})
+        self.registry = VertexModelRegistry(settings, credentials)
+
+    @property
+    def pipeline_root(self) -> str:
+        if self.settings.pipeline_root:
+            return self.settings.pipeline_root
+        if self.settings.staging_bucket:
+            return f"{self.settings.staging_bucket.rstrip('/')}/pipeline_root"
+        raise ValueError(
+            f"platform {self.uri} has no pipeline root: add ?pipeline_root=gs://... or ?staging_bucket=gs://..."
+        )
+
+    def read_table(self, source: str) -> pd.DataFrame:
+        kind = source_kind(source)
+        if kind == "file":
+            return read_file(gcs_local_path(source))
+        return self.bigquery_job(source).to_dataframe()
+
+    def bigquery_job(self, source: str) -> Any:
+        """Run a SQL query or read a bq:// table as a BigQuery query job, labelled like every job."""
+        from google.cloud import bigquery
+
+        query = source if source_kind(source) == "sql" else f"SELECT * FROM `{parse_table(source).bigquery_id}`"
+        client = bigquery.Client(project=self.settings.project, credentials=self.credentials, location=None)
+        config = bigquery_query_config(self.settings)
+        return client.query(query, job_config=config).result()
+
+
+def bigquery_query_config(settings: VertexSettings) -> Any:
+    from google.cloud import bigquery
+
+    config = bigquery.QueryJobConfig(labels=dict(settings.labels))
+    if settings.encryption_key:
+        config.destination_encryption_configuration = bigquery.EncryptionConfiguration(
+            kms_key_name=settings.encryption_key
+        )
+    return config
+
+
+def gcs_local_path(uri: str) -> str:
+    """Vertex mounts Cloud Storage at /gcs (Cloud Storage FUSE): gs://b/x is readable at /gcs/b/x."""
+    return "/gcs/" + uri.removeprefix("gs://") if uri.startswith("gs://") else uri
+

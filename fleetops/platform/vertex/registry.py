@@ -1,0 +1,269 @@
+"""The model registry on Vertex AI, through google-cloud-aiplatform.
+
+The same rules as the local twin are checked before a request is sent.
+Idempotency uses a label: each version carries `artifact-sha256=<hex>` (64
+characters, the longest a label value may be), so a retried upload finds its
+version instead of adding one. Lineage goes into the version description as
+JSON, where the console shows it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fleetops.errors import NotFoundError, RegistryRuleError
+from fleetops.fingerprints import directory_sha256
+from fleetops.names import DEFAULT_ALIAS, LABEL_ARTIFACT_SHA256
+from fleetops.platform import VertexSettings
+from fleetops.platform.registry import (
+    Evaluation,
+    EvaluationInput,
+    ModelRegistry,
+    ModelVersion,
+    Registration,
+    check_alias_removal,
+    check_aliases,
+    check_labels,
+    check_model_id,
+    upload_aliases,
+)
+
+LINEAGE_MARKER = "\nlineage: "
+
+
+class VertexModelRegistry(ModelRegistry):
+    def __init__(self, settings: VertexSettings, credentials: Any = None):
+        self.settings = settings
+        self.credentials = credentials
+
+    def model_name(self, model_id: str) -> str:
+        return f"projects/{self.settings.project}/locations/{self.settings.region}/models/{model_id}"
+
+    def upload_version(
+        self,
+        model_id: str,
+        artifact_path: str | Path,
+        *,
+        artifact_uri: str | None = None,
+        display_name: str | None = None,
+        description: str = "",
+        labels: dict[str, str] | None = None,
+        aliases: list[str] | tuple[str, ...] = (),
+        is_default_version: bool = True,
+        lineage: dict[str, Any] | None = None,
+        serving_image: str | None = None,
+        evaluation: EvaluationInput | None = None,
+    ) -> Registration:
+        from google.cloud import aiplatform
+
+        check_model_id(model_id)
+        check_aliases(aliases)
+        sha = directory_sha256(artifact_path)
+        all_labels = {**self.settings.labels, **(labels or {}), LABEL_ARTIFACT_SHA256: sha}
+        check_labels(all_labels)
+        uri = artifact_uri or str(artifact_path)
+        if not uri.startswith("gs://"):
+            raise RegistryRuleError(f"artifact_uri {uri!r} must be a gs:// URI on Vertex")
+        if not serving_image:
+            raise RegistryRuleError("a serving container image is required to upload a model to Vertex")
+
+        existing_versions = self._versions_or_none(model_id)
+        for version in existing_versions or []:
+            if version.labels.get(LABEL_ARTIFACT_SHA256) == sha:
+                return Registration(version, created=False)
+        model = aiplatform.Model.upload(
+            display_name=display_name or model_id,
+            artifact_uri=uri,
+            serving_container_image_uri=serving_image,
+            model_id=None if existing_versions else model_id,
+            parent_model=self.model_name(model_id) if existing_versions else None,
+            # The SDK appends 'default' itself when is_default_version is set.
+            is_default_version=is_default_version,
+            version_aliases=list(aliases) or None,
+            version_description=_with_lineage(description, lineage),
+            description=description,
+            labels=all_labels,
+            encryption_spec_key_name=self.settings.encryption_key,
+            project=self.settings.project,
+            location=self.settings.region,
+            credentials=self.credentials,
+        )
+        version = self._from_gca(model.gca_resource)
+        if evaluation is not None:
+            try:
+                self.import_evaluation(model_id, version.version_id, evaluation)
+            except Exception:
+                # Vertex has no transaction spanning two calls: undo the upload so no
+                # version is left without its evaluation.
+                self._undo_upload(model_id, version, bool(existing_versions))
+                raise
+        return Registration(version, created=True)
+
+    def get_version(self, model_id: str, version: str | None = None) -> ModelVersion:
+        from google.api_core import exceptions
+        from google.cloud import aiplatform
+
+        check_model_id(model_id)
+        name = f"{self.model_name(model_id)}@{version or DEFAULT_ALIAS}"
+        try:
+            model = aiplatform.Model(name, credentials=self.credentials)
+        except exceptions.NotFound:
+            raise NotFoundError(f"model {model_id!r} has no version or alias {version or DEFAULT_ALIAS!r} on Vertex") from None
+        return self._from_gca(model.gca_resource)
+
+    def list_versions(self, model_id: str) -> list[ModelVersion]:
+        versions = self._versions_or_none(model_id)
+        if versions is None:
+            raise NotFoundError(f"model {model_id!r} is not in the Vertex Model Registry")
+        return versions
+
+    def list_models(self, labels: dict[str, str] | None = None) -> list[str]:
+        from google.cloud import aiplatform
+
+        query = " AND ".join(f"labels.{k}={v}" for k, v in sorted((labels or {}).items())) or None
+        models = aiplatform.Model.list(filter=query, credentials=self.credentials)
+        return sorted({m.resource_name.rsplit("/", 1)[-1] for m in models})
+
+    def add_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
+        check_aliases(aliases)
+        self._registry(model_id).add_version_aliases(list(aliases), self._version_id(model_id, version))
+        return self.get_version(model_id, version if str(version).isdigit() else aliases[0])
+
+    def remove_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
+        check_aliases(aliases)
+        check_alias_removal(aliases)
+        version_id = self._version_id(model_id, version)
+        self._registry(model_id).remove_version_aliases(list(aliases), version_id)
+        return self.get_version(model_id, version_id)
+
+    def delete_version(self, model_id: str, version: str) -> None:
+        versions = self.list_versions(model_id)
+        version_id = self._version_id(model_id, version)
+        target = next(v for v in versions if v.version_id == version_id)
+        if len(versions) == 1:
+            raise RegistryRuleError(
+                f"version {version_id} is the last version of model {model_id!r} and cannot be deleted "
+                "as a version; delete the model instead"
+            )
+        if target.is_default:
+            raise RegistryRuleError(
+                f"version {version_id} of model {model_id!r} is the default version and cannot be deleted; "
+                "make another version the default first"
+            )
+        self._registry(model_id).delete_version(version_id)
+
+    def import_evaluation(self, model_id: str, version: str, evaluation: EvaluationInput) -> Evaluation:
+        from google.cloud import aiplatform
+        from google.cloud.aiplatform.compat.types import model_evaluation as gca_evaluation
+        from google.protobuf import json_format, struct_pb2
+
+        version_id = self._version_id(model_id, version)
+        metrics = struct_pb2.Value()
+        json_format.ParseDict(evaluation.metrics, metrics)
+        model = aiplatform.Model(f"{self.model_name(model_id)}@{version_id}", credentials=self.credentials)
+        created = model.api_client.import_model_evaluation(
+            parent=f"{self.model_name(model_id)}@{version_id}",
+            model_evaluation=gca_evaluation.ModelEvaluation(
+                display_name=evaluation.display_name,
+                metrics_schema_uri=evaluation.metrics_schema_uri,
+                metrics=metrics,
+            ),
+        )
+        return _evaluation_from_gca(created)
+
+    def list_evaluations(self, model_id: str, version: str | None = None) -> list[Evaluation]:
+        from google.cloud import aiplatform
+
+        version_id = self._version_id(model_id, version or DEFAULT_ALIAS)
+        model = aiplatform.Model(f"{self.model_name(model_id)}@{version_id}", credentials=self.credentials)
+        return [_evaluation_from_gca(e.gca_resource) for e in model.list_model_evaluations()]
+
+    def artifact_path(self, version: ModelVersion) -> Path:
+        from fleetops.platform.vertex import gcs_local_path
+
+        return Path(gcs_local_path(version.artifact_uri))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _registry(self, model_id: str) -> Any:
+        from google.cloud import aiplatform
+
+        return aiplatform.models.ModelRegistry(self.model_name(model_id), credentials=self.credentials)
+
+    def _version_id(self, model_id: str, version: str) -> str:
+        return str(version) if str(version).isdigit() else self.get_version(model_id, version).version_id
+
+    def _versions_or_none(self, model_id: str) -> list[ModelVersion] | None:
+        from google.api_core import exceptions
+        from google.cloud import aiplatform
+
+        try:
+            registry = self._registry(model_id)
+            infos = registry.list_versions()
+        except exceptions.NotFound:
+            return None
+        versions = [
+            self._from_gca(aiplatform.Model(f"{info.model_resource_name}@{info.version_id}", credentials=self.credentials).gca_resource)
+            for info in infos
+        ]
+        return sorted(versions, key=lambda v: int(v.version_id))
+
+    def _undo_upload(self, model_id: str, version: ModelVersion, had_versions: bool) -> None:
+        from google.cloud import aiplatform
+
+        if had_versions:
+            if version.is_default:
+                return  # a default version cannot be deleted; leave it rather than break the model
+            self._registry(model_id).delete_version(version.version_id)
+        else:
+            aiplatform.Model(self.model_name(model_id), credentials=self.credentials).delete()
+
+    def _from_gca(self, model: Any) -> ModelVersion:
+        name = model.name
+        description, lineage = _split_lineage(model.version_description)
+        return ModelVersion(
+            model_id=name.rsplit("/", 1)[-1],
+            version_id=model.version_id,
+            resource_name=name,
+            display_name=model.display_name,
+            aliases=tuple(sorted(model.version_aliases)),
+            labels=dict(model.labels),
+            artifact_uri=model.artifact_uri,
+            artifact_sha256=dict(model.labels).get(LABEL_ARTIFACT_SHA256, ""),
+            description=description,
+            lineage=lineage,
+            create_time=model.version_create_time.isoformat() if model.version_create_time else "",
+        )
+
+
+def _with_lineage(description: str, lineage: dict[str, Any] | None) -> str:
+    if not lineage:
+        return description
+    return f"{description}{LINEAGE_MARKER}{json.dumps(lineage, sort_keys=True, separators=(',', ':'), default=str)}"
+
+
+def _split_lineage(text: str) -> tuple[str, dict[str, Any]]:
+    description, marker, payload = (text or "").partition(LINEAGE_MARKER)
+    if not marker:
+        return description, {}
+    try:
+        return description, json.loads(payload)
+    except json.JSONDecodeError:
+        return text, {}
+
+
+def _evaluation_from_gca(evaluation: Any) -> Evaluation:
+    from google.protobuf import json_format
+
+    pb = type(evaluation).pb(evaluation)
+    metrics = json_format.MessageToDict(pb.metrics) if pb.HasField("metrics") else {}
+    return Evaluation(
+        evaluation_id=evaluation.name.rsplit("/", 1)[-1],
+        resource_name=evaluation.name,
+        metrics_schema_uri=evaluation.metrics_schema_uri,
+        metrics=metrics,
+        display_name=evaluation.display_name,
+        create_time=evaluation.create_time.isoformat() if evaluation.create_time else "",
+    )

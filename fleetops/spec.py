@@ -1,0 +1,245 @@
+"""The fleet spec: one YAML file that declares a fleet of models.
+
+`load_spec` / `parse_spec` validate everything up front and raise one
+`SpecError` listing every problem (field path, the value given, what is
+allowed), so a user fixes a spec in one round instead of one error per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fleetops.errors import SpecError
+
+FLEET_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
+# Vertex label values: at most 64 lowercase letters, digits, '_' and '-'.
+LABEL_PATTERN = r"^[a-z0-9_-]{0,64}$"
+LABEL_KEY_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
+
+
+class Task(StrEnum):
+    BINARY = "binary_classification"
+    MULTICLASS = "multiclass_classification"
+    REGRESSION = "regression"
+
+    @property
+    def is_classification(self) -> bool:
+        return self is not Task.REGRESSION
+
+
+class Architecture(StrEnum):
+    LINEAR = "linear"
+    DNN = "dnn"
+
+
+# Vertex evaluation metric names, and whether bigger is better.
+METRIC_GOALS: dict[Task, dict[str, str]] = {
+    Task.BINARY: {"auRoc": "maximize", "auPrc": "maximize", "logLoss": "minimize", "accuracy": "maximize"},
+    Task.MULTICLASS: {"auRoc": "maximize", "auPrc": "maximize", "logLoss": "minimize", "accuracy": "maximize"},
+    Task.REGRESSION: {
+        "rootMeanSquaredError": "minimize",
+        "meanAbsoluteError": "minimize",
+        "rSquared": "maximize",
+    },
+}
+DEFAULT_PRIMARY_METRIC = {Task.BINARY: "auRoc", Task.MULTICLASS: "logLoss", Task.REGRESSION: "rootMeanSquaredError"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitFractions(_Strict):
+    train: float = Field(0.7, gt=0, lt=1)
+    validation: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitFractions:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must sum to 1.0, got {total:g}")
+        return self
+
+
+class DataSpec(_Strict):
+    source: str = Field(description="A CSV/Parquet path, a SQL query, or bq://project.dataset.table.")
+    segment_column: str | None = Field(None, description="One model per value of this column.")
+    segments: list[str] | None = Field(None, description="Train only these segments (each must have rows).")
+    split_key: str | None = Field(None, description="Column hashed for the split; default: the whole row.")
+    split: SplitFractions = SplitFractions()
+    min_rows_per_segment: int = Field(50, ge=10)
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a file, a SQL query or a bq:// table")
+        return v
+
+
+class FeaturesSpec(_Strict):
+    numeric: list[str] = []
+    categorical: list[str] = []
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FeaturesSpec:
+        if not self.numeric and not self.categorical:
+            raise ValueError("declare at least one numeric or categorical feature")
+        both = sorted(set(self.numeric) & set(self.categorical))
+        if both:
+            raise ValueError(f"features {both} are listed as both numeric and categorical")
+        for kind, names in (("numeric", self.numeric), ("categorical", self.categorical)):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind} features {dupes} are listed more than once")
+        return self
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(40, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(0.01, gt=0, le=1)
+    hidden_units: list[int] = [32, 16]
+    dropout: float = Field(0.1, ge=0, lt=1)
+    early_stopping_patience: int = Field(4, ge=1)
+    seed: int = 42
+
+    @field_validator("hidden_units")
+    @classmethod
+    def _positive_units(cls, v: list[int]) -> list[int]:
+        if not v or any(u < 1 for u in v):
+            raise ValueError(f"must be a non-empty list of positive integers, got {v}")
+        return v
+
+
+class EvaluationSpec(_Strict):
+    primary_metric: str | None = None
+    promote_if_better_by: float = Field(0.0, ge=0)
+    slice_columns: list[str] = []
+
+
+class RegistrySpec(_Strict):
+    labels: dict[str, str] = {}
+    serving_image: str | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _vertex_labels(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [
+            f"{k}={val}"
+            for k, val in v.items()
+            if not re.match(LABEL_KEY_PATTERN, k) or not re.match(LABEL_PATTERN, val)
+        ]
+        if bad:
+            raise ValueError(
+                f"labels {bad} are invalid: keys and values are at most 64 lowercase letters, digits, '_' or '-'"
+            )
+        return v
+
+
+class ShardingSpec(_Strict):
+    models_per_task: int = Field(1, ge=1, le=1000)
+
+
+class FleetSpec(_Strict):
+    name: str = Field(pattern=FLEET_NAME_PATTERN)
+    task: Task
+    label: str
+    data: DataSpec
+    features: FeaturesSpec
+    architectures: list[Architecture] = [Architecture.DNN]
+    training: TrainingSpec = TrainingSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    registry: RegistrySpec = RegistrySpec()
+    sharding: ShardingSpec = ShardingSpec()
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FleetSpec:
+        problems = []
+        if self.label in self.features.all:
+            problems.append(f"label '{self.label}' is also listed as a feature")
+        seg = self.data.segment_column
+        if seg and seg in self.features.all:
+            problems.append(f"segment_column '{seg}' is also listed as a feature")
+        if seg and seg == self.label:
+            problems.append(f"segment_column '{seg}' is the label")
+        if not self.architectures:
+            problems.append("architectures is empty: choose from " + ", ".join(a.value for a in Architecture))
+        metric = self.evaluation.primary_metric
+        if metric is not None and metric not in METRIC_GOALS[self.task]:
+            allowed = ", ".join(METRIC_GOALS[self.task])
+            problems.append(f"evaluation.primary_metric '{metric}' is not a {self.task.value} metric; allowed: {allowed}")
+        unknown_slices = [c for c in self.evaluation.slice_columns if c not in self.features.categorical]
+        if unknown_slices:
+            problems.append(f"evaluation.slice_columns {unknown_slices} must be categorical features")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def primary_metric(self) -> str:
+        return self.evaluation.primary_metric or DEFAULT_PRIMARY_METRIC[self.task]
+
+    @property
+    def metric_goal(self) -> str:
+        return METRIC_GOALS[self.task][self.primary_metric]
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the spec, recorded in every model's lineage."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def parse_spec(obj: Any, source: str = "fleet spec") -> FleetSpec:
+    """Validate a spec given as a dict or YAML/JSON text; raise `SpecError` listing every problem."""
+    if isinstance(obj, FleetSpec):
+        return obj
+    if isinstance(obj, str):
+        try:
+            obj = yaml.safe_load(obj)
+        except yaml.YAMLError as exc:
+            raise SpecError([f"not valid YAML: {exc}"], source) from None
+    if not isinstance(obj, dict):
+        raise SpecError([f"must be a mapping of fields, got {type(obj).__name__}: {obj!r:.80}"], source)
+    try:
+        return FleetSpec.model_validate(obj)
+    except ValidationError as exc:
+        raise SpecError([_describe(err) for err in exc.errors()], source) from None
+
+
+def load_spec(path: str | Path) -> FleetSpec:
+    """Read and validate a fleet spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError([f"file not found: {path}"], str(path))
+    return parse_spec(path.read_text(), source=str(path))
+
+
+def _describe(err: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    kind = err["type"]
+    given = err.get("input")
+    if kind == "extra_forbidden":
+        return f"{where}: unknown field (value {given!r:.60}); check the spelling against the documented fields"
+    if kind == "missing":
+        return f"{where}: required field is missing"
+    message = err["msg"].removeprefix("Value error, ")
+    if isinstance(given, dict):
+        return f"{where}: {message}"
+    return f"{where}: {message} (got {given!r:.80})"

@@ -1,0 +1,92 @@
+"""A model artifact directory: the Keras model, its metadata and its training statistics.
+
+The same directory is what the registry stores, what evaluation loads, and
+what the serving container will load from `AIP_STORAGE_URI`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fleetops.errors import UserError
+from fleetops.names import MODEL_FILE, MODEL_METADATA_FILE, MODEL_STATISTICS_FILE
+
+FORMAT = "fleetops-keras/1"
+_PREDICT_CHUNK = 8192
+
+
+@dataclass
+class ModelArtifact:
+    """A loaded model with what is needed to score a DataFrame."""
+
+    model: Any
+    metadata: dict[str, Any]
+    path: Path
+
+    @property
+    def task(self) -> str:
+        return self.metadata["task"]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metadata.get("classes", [])
+
+    @property
+    def features(self) -> dict[str, list[str]]:
+        return self.metadata["features"]
+
+    def scores(self, df: pd.DataFrame) -> np.ndarray:
+        """Class probabilities (n, k) for classification, values (n,) for regression."""
+        from fleetops.data.validation import coerce_features
+        from fleetops.training.model import to_inputs
+
+        missing = [c for c in self.features["numeric"] + self.features["categorical"] if c not in df.columns]
+        if missing:
+            raise UserError(f"cannot score: columns {missing} are missing; the model needs {self.features}")
+        typed = coerce_features(df, self.features["numeric"], self.features["categorical"])
+        parts = []
+        for start in range(0, len(typed), _PREDICT_CHUNK):
+            chunk = typed.iloc[start : start + _PREDICT_CHUNK]
+            parts.append(np.asarray(self.model.predict_on_batch(to_inputs(chunk, self.features))))
+        out = np.concatenate(parts) if parts else np.zeros((0, 1))
+        if self.task == "regression":
+            return out.reshape(-1)
+        if self.task == "binary_classification":
+            p = out.reshape(-1)
+            return np.stack([1 - p, p], axis=1)
+        return out
+
+
+def save_artifact(model: Any, metadata: dict[str, Any], statistics: dict[str, Any], directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save(directory / MODEL_FILE)
+    (directory / MODEL_METADATA_FILE).write_text(json.dumps({"format": FORMAT, **metadata}, indent=2, sort_keys=True))
+    (directory / MODEL_STATISTICS_FILE).write_text(json.dumps(statistics, indent=2, sort_keys=True))
+    return directory
+
+
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MODEL_METADATA_FILE
+    if not path.is_file():
+        raise UserError(f"{str(directory)!r} is not a fleetops model artifact: {MODEL_METADATA_FILE} is missing")
+    metadata = json.loads(path.read_text())
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"model artifact format {metadata.get('format')!r} is not supported; expected {FORMAT!r}")
+    return metadata
+
+
+def load_artifact(directory: str | Path) -> ModelArtifact:
+    import keras
+
+    import fleetops.training.model  # noqa: F401  registers the custom layers
+
+    metadata = read_metadata(directory)
+    model = keras.models.load_model(Path(directory) / MODEL_FILE)
+    return ModelArtifact(model=model, metadata=metadata, path=Path(directory))

@@ -1,0 +1,57 @@
+"""The `fleetops` distribution: the library, its KFP components and pipelines.
+
+Every dependency is pinned to the versions that install together on Python 3.11
+(see ../shared/RECIPES.md); the comment beside each says why it is here.
+"""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    # KFP v2 SDK: components, pipelines, the compiler and kfp.local runs.
+    "kfp==2.17.3",
+    # Vertex AI: model registry, pipeline jobs, evaluations (the `vertex://` platform).
+    "google-cloud-aiplatform==2.7.0",
+    # BigQuery: SQL and `bq://` data sources on the `vertex://` platform.
+    "google-cloud-bigquery==3.47.0",
+    # BigQuery's DataFrame conversion needs its pandas dtypes.
+    "db-dtypes==1.9.0",
+    # Training and serving: Keras models with preprocessing inside the model.
+    "tensorflow-cpu==2.21.0",
+    # Tabular data in memory.
+    "pandas==3.1.1",
+    # Parquet files: datasets passed between pipeline steps.
+    "pyarrow==26.0.1",
+    # SQL data sources and the `bq://` tables of the local twin.
+    "duckdb==2.0.0",
+    # Evaluation metrics (ROC/PR areas, log loss) from a library made for it.
+    "scikit-learn==1.9.1",
+    # The fleet spec: typed, validated configuration with every error listed.
+    "pydantic==2.13.4",
+    # Fleet specs are YAML.
+    "PyYAML==6.0.3",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest==9.0.3",
+        # Notebooks in notebooks/ are executed by the tests.
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
+    ],
+    "dev": [
+        "ruff==0.17.5",
+    ],
+}
+
+setup(
+    name="fleetops",
+    version="0.1.0",
+    description="Kubeflow Pipelines components and pipelines for MLOps on Vertex AI, for fleets of models.",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["fleetops", "fleetops.*", "components", "pipelines"]),
+    package_data={"fleetops": ["py.typed"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["fleetops=pipelines.cli:main"]},
+)
