@@ -202,8 +202,9 @@ class FleetSpec(_Strict):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+    def to_json(self) -> str:
+        """The full spec, defaults included: what a pipeline run receives as its parameter."""
+        return self.model_dump_json()
 
 
 def parse_spec(obj: Any, source: str = "fleet spec") -> FleetSpec:
@@ -224,11 +225,16 @@ def parse_spec(obj: Any, source: str = "fleet spec") -> FleetSpec:
 
 
 def load_spec(path: str | Path) -> FleetSpec:
-    """Read and validate a fleet spec file."""
+    """Read and validate a fleet spec file; a relative data file is taken relative to the spec's folder."""
     path = Path(path)
     if not path.is_file():
         raise SpecError([f"file not found: {path}"], str(path))
-    return parse_spec(path.read_text(), source=str(path))
+    spec = parse_spec(path.read_text(), source=str(path))
+    source = spec.data.source
+    if source.lower().endswith((".csv", ".parquet", ".pq")) and "://" not in source and not Path(source).is_absolute():
+        absolute = str((path.parent / source).resolve())
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"source": absolute})})
+    return spec
 
 
 def _describe(err: dict[str, Any]) -> str:

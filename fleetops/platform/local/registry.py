@@ -301,7 +301,10 @@ class LocalModelRegistry(ModelRegistry):
                 "SELECT version_id FROM aliases WHERE model_id = ? AND alias = ?", (model_id, ref)
             ).fetchone()
         if row is None:
-            known = [f"{v.version_id} {list(v.aliases)}" for v in self._versions_brief(conn, model_id)]
+            known = ", ".join(
+                v.version_id + (f" ({', '.join(v.aliases)})" if v.aliases else "")
+                for v in self._versions_brief(conn, model_id)
+            )
             raise NotFoundError(f"model {model_id!r} has no version or alias {ref!r}; it has versions {known}")
         return int(row[0])
 

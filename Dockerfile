@@ -1,0 +1,24 @@
+# The fleetops components image: every pipeline step runs this package with its pinned dependencies.
+# `fleetops compile --image <this image>` names it in every executor of the compiled specs.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TF_CPP_MIN_LOG_LEVEL=3
+
+WORKDIR /opt/fleetops
+# Dependencies first, so a code change does not reinstall TensorFlow.
+COPY setup.py ./
+RUN mkdir -p fleetops components pipelines \
+    && touch fleetops/__init__.py components/__init__.py pipelines/__init__.py \
+    && pip install . \
+    && pip uninstall -y fleetops
+COPY fleetops ./fleetops
+COPY components ./components
+COPY pipelines ./pipelines
+RUN pip install --no-deps . && python -c "import fleetops.fleet, components.image"
+
+# KFP runs the component's own command; this default serves `fleetops --help`.
+ENTRYPOINT ["fleetops"]
+CMD ["--help"]

@@ -1,0 +1,207 @@
+"""The `fleetops` command: compile, run locally, submit to Vertex or a KFP cluster, and the demo.
+
+    fleetops demo                         generate sample data, train the fleet twice locally
+    fleetops compile --image URI          every pipeline to build/pipelines/*.yaml
+    fleetops run fleet.yaml               run the training pipeline locally (kfp.local + local twin)
+    fleetops submit fleet.yaml --platform vertex://PROJECT/REGION?staging_bucket=gs://b
+    fleetops submit fleet.yaml --kfp-host http://kfp.example:8080
+    fleetops models                       what the local registry holds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fleetops.errors import UserError
+
+DEFAULT_BUILD = "build/pipelines"
+TRAINING = "fleet_training"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from pipelines.compile import compile_all
+
+    for name, path in compile_all(args.output, args.image).items():
+        print(f"compiled {name}: {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fleetops.platform import local_uri
+    from fleetops.spec import load_spec
+
+    spec = load_spec(args.spec)
+    home = _home(args.home)
+    ok, _ = _run_training(spec, home, local_uri(home), label=f"fleet '{spec.name}'")
+    return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fleetops.data.sample import SAMPLE_SPEC, write_sample
+    from fleetops.platform import local_uri
+    from fleetops.spec import load_spec
+
+    home = _home(args.home)
+    sample = home / "sample"
+    spec_path = sample / "fleet.yaml"
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(SAMPLE_SPEC.format(source="churn.csv"))
+    print(f"fleetops demo: a churn model per region, local twin at {home}\n")
+    months = [("month 1", 7), ("month 2, fresh data", 8)]
+    for step, (label, seed) in enumerate(months, start=1):
+        data = write_sample(sample / "churn.csv", rows_per_segment=args.rows, segments=args.segments, seed=seed)
+        print(f"[{step}/{len(months)}] {label}: {data}")
+        ok, run = _run_training(load_spec(spec_path), home, local_uri(home), label=label)
+        if not ok:
+            return 1
+    print(_registry_listing(home))
+    print(f"fleet spec:      {spec_path}\nregistry:        {home / 'registry.sqlite'}")
+    print(f"model artifacts: {home / 'models'}\npipeline root:   {home / 'pipeline_root'}\nrun log:         {run.log_path}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from fleetops.spec import load_spec
+
+    spec = load_spec(args.spec)
+    template = _template(args)
+    name = args.job_id or f"{spec.name}-training-{datetime.now():%Y%m%d-%H%M%S}"
+    if args.kfp_host:
+        from pipelines.submit import submit_to_kfp
+
+        run_id = submit_to_kfp(
+            args.kfp_host,
+            template,
+            {"fleet_spec": spec.to_json(), "platform": args.platform or "local", "serving_image": args.serving_image},
+            run_name=name,
+            enable_caching=args.caching,
+        )
+        print(f"submitted run {run_id} to {args.kfp_host}")
+        return 0
+    if not args.platform or not args.platform.startswith("vertex://"):
+        raise UserError("submit needs --platform vertex://PROJECT/REGION?... or --kfp-host URL")
+    from fleetops.platform import vertex_settings
+    from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job, submit_pipeline_job
+
+    if Path(spec.data.source).is_absolute():
+        raise UserError(
+            f"data.source {spec.data.source!r} is a file on this machine; on Vertex use gs://..., bq://... or SQL"
+        )
+    settings = vertex_settings(args.platform)
+    job = build_pipeline_job(
+        settings,
+        template,
+        {"fleet_spec": spec.to_json(), "platform": args.platform, "serving_image": args.serving_image},
+        display_name=name,
+        job_id=args.job_id,
+        enable_caching=args.caching,
+        labels={"fleet": spec.name},
+    )
+    if args.dry_run:
+        print(json.dumps(type(job._gca_resource).to_dict(job._gca_resource), indent=2)[:4000])
+        return 0
+    print(f"submitted {submit_pipeline_job(job, settings)}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    print(_registry_listing(_home(args.home)))
+    return 0
+
+
+def _run_training(spec: Any, home: Path, platform: str, label: str) -> tuple[bool, Any]:
+    from pipelines.compile import compile_all
+    from pipelines.local_run import run_compiled
+
+    template = compile_all(home / "build")[TRAINING]
+    arguments = {"fleet_spec": spec.to_json(), "platform": platform, "serving_image": ""}
+    run = run_compiled(template, arguments, home)
+    if not run.ok:
+        print(f"{label}: FAILED after {run.seconds:.0f}s; full log {run.log_path}", file=sys.stderr)
+        return False, run
+    print(f"\n{run.outputs.get('Output', '')}")
+    print(f"{label}: finished in {run.seconds:.0f}s; log {run.log_path}\n")
+    return True, run
+
+
+def _registry_listing(home: Path) -> str:
+    from fleetops.platform import connect, local_uri
+
+    registry = connect(local_uri(home)).registry
+    lines = ["registered models:"]
+    for model_id in registry.list_models():
+        versions = registry.list_versions(model_id)
+        shown = ", ".join(f"v{v.version_id}" + (f" [{', '.join(v.aliases)}]" if v.aliases else "") for v in versions)
+        lines.append(f"  {model_id:<24} {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def _home(value: str | None) -> Path:
+    from fleetops.platform import local_home
+
+    return local_home("local") if value is None else Path(value).resolve()
+
+
+def _template(args: argparse.Namespace) -> Path:
+    from pipelines.compile import compile_all
+
+    if args.template:
+        return Path(args.template)
+    return compile_all(DEFAULT_BUILD, args.image)[TRAINING]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleetops", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="compile every pipeline to YAML")
+    p.add_argument("--output", default=DEFAULT_BUILD)
+    p.add_argument("--image", default=None, help="components image URI for every executor")
+    p.set_defaults(handler=cmd_compile)
+
+    p = sub.add_parser("run", help="run the training pipeline locally (kfp.local and the local twin)")
+    p.add_argument("spec", help="fleet spec YAML")
+    p.add_argument("--home", default=None, help="local twin home (default $FLEETOPS_HOME or ./.fleetops)")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("demo", help="train a sample fleet twice on the local twin and show the registry")
+    p.add_argument("--home", default=None)
+    p.add_argument("--segments", type=int, default=4)
+    p.add_argument("--rows", type=int, default=800, help="rows per segment")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("submit", help="submit the training pipeline to Vertex AI Pipelines or a KFP cluster")
+    p.add_argument("spec", help="fleet spec YAML")
+    p.add_argument("--platform", default=None, help="vertex://PROJECT/REGION?staging_bucket=gs://...&...")
+    p.add_argument("--kfp-host", default=None, help="KFP API endpoint (submits there instead of Vertex)")
+    p.add_argument("--template", default=None, help="compiled YAML (default: compile now)")
+    p.add_argument("--image", default=None, help="components image when compiling")
+    p.add_argument("--serving-image", default="", help="serving container for registered models")
+    p.add_argument("--job-id", default=None)
+    p.add_argument("--no-cache", dest="caching", action="store_const", const=False, default=None)
+    p.add_argument("--dry-run", action="store_true", help="print the Vertex request instead of sending it")
+    p.set_defaults(handler=cmd_submit)
+
+    p = sub.add_parser("models", help="list the local registry")
+    p.add_argument("--home", default=None)
+    p.set_defaults(handler=cmd_models)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

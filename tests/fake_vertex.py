@@ -1,0 +1,188 @@
+"""A loopback HTTP server speaking the slice of the Vertex AI v1 REST API that the registry uses.
+
+The real google-cloud-aiplatform SDK (REST transport) is pointed at it, so tests
+check the exact requests fleetops sends. It keeps models in memory and applies
+Vertex's version and alias bookkeeping; it records every request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+_MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models/([^/@:]+)(?:@([^/:]+))?(.*)$")
+
+
+class FakeVertex:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.models: dict[str, dict[str, Any]] = {}  # model id -> {"versions": {id: model json}, "next": n}
+        self.evaluations: dict[str, list[dict[str, Any]]] = {}
+        self.fail_evaluation_import = False
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FakeVertex:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def calls(self, method: str, suffix: str = "") -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == method and r["path"].endswith(suffix)]
+
+    # -- the API -------------------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.requests.append({"method": method, "path": path, "query": query, "body": body})
+        if method == "POST" and path.endswith("/models:upload"):
+            return self._upload(path.removeprefix("/v1/").removesuffix("/models:upload"), body)
+        if method == "GET" and re.match(r"^/v1/projects/[^/]+/locations/[^/]+/models$", path):
+            return 200, {"models": [self._version(m, None) for m in sorted(self.models)]}
+        match = _MODEL.match(path)
+        if not match:
+            return _error(404, f"unknown path {path}")
+        parent, model_id, version, rest = match.groups()
+        if model_id not in self.models:
+            return _error(404, f"Model {parent}/models/{model_id} not found")
+        if method == "GET" and rest == ":listVersions":
+            versions = self.models[model_id]["versions"]
+            return 200, {"models": [versions[v] for v in sorted(versions, key=int)]}
+        resolved = self._resolve(model_id, version)
+        if resolved is None:
+            return _error(404, f"Model version {model_id}@{version} not found")
+        if method == "GET" and rest == "":
+            return 200, self._version(model_id, resolved)
+        if method == "POST" and rest == ":mergeVersionAliases":
+            return self._merge(model_id, resolved, body.get("versionAliases", []))
+        if method == "DELETE" and rest in ("", ":deleteVersion"):
+            return self._delete(parent, model_id, version if rest else None, resolved)
+        if method == "POST" and rest == "/evaluations:import":
+            if self.fail_evaluation_import:
+                return _error(500, "injected failure")
+            evaluation = dict(body["modelEvaluation"])
+            key = f"{model_id}@{resolved}"
+            evaluation["name"] = f"{parent}/models/{model_id}/evaluations/{len(self.evaluations.get(key, [])) + 1}"
+            self.evaluations.setdefault(key, []).append(evaluation)
+            return 200, evaluation
+        if method == "GET" and rest == "/evaluations":
+            return 200, {"modelEvaluations": self.evaluations.get(f"{model_id}@{resolved}", [])}
+        return _error(404, f"unsupported {method} {path}")
+
+    def _upload(self, parent: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        model = dict(body["model"])
+        if body.get("parentModel"):
+            model_id = body["parentModel"].rsplit("/", 1)[-1]
+            if model_id not in self.models:
+                return _error(404, f"parent model {body['parentModel']} not found")
+        else:
+            model_id = body.get("modelId") or f"m{len(self.models) + 1}"
+            if model_id in self.models:
+                return _error(409, f"model {model_id} already exists")
+            self.models[model_id] = {"versions": {}, "next": 1}
+        entry = self.models[model_id]
+        version_id = str(entry["next"])
+        entry["next"] += 1
+        aliases = list(model.get("versionAliases", []))
+        if not entry["versions"] and "default" not in aliases:
+            aliases.append("default")
+        for other in entry["versions"].values():
+            other["versionAliases"] = [a for a in other["versionAliases"] if a not in aliases]
+        model |= {
+            "name": f"{parent}/models/{model_id}",
+            "versionId": version_id,
+            "versionAliases": aliases,
+            "versionCreateTime": "2026-11-26T12:00:00Z",
+        }
+        entry["versions"][version_id] = model
+        return 200, _done(
+            f"{parent}/models/{model_id}/operations/{version_id}",
+            {
+                "@type": "type.googleapis.com/google.cloud.aiplatform.v1.UploadModelResponse",
+                "model": f"{parent}/models/{model_id}",
+                "modelVersionId": version_id,
+            },
+        )
+
+    def _resolve(self, model_id: str, version: str | None) -> str | None:
+        versions = self.models[model_id]["versions"]
+        ref = version or "default"
+        if ref.isdigit():
+            return ref if ref in versions else None
+        return next((v for v, m in versions.items() if ref in m["versionAliases"]), None)
+
+    def _version(self, model_id: str, version: str | None) -> dict[str, Any]:
+        return self.models[model_id]["versions"][version or self._resolve(model_id, None)]
+
+    def _merge(self, model_id: str, version: str, changes: list[str]) -> tuple[int, dict[str, Any]]:
+        versions = self.models[model_id]["versions"]
+        target = versions[version]
+        for change in changes:
+            if change.startswith("-"):
+                if change == "-default":
+                    return _error(400, "the default alias cannot be removed")
+                target["versionAliases"] = [a for a in target["versionAliases"] if a != change[1:]]
+            else:
+                for other in versions.values():
+                    other["versionAliases"] = [a for a in other["versionAliases"] if a != change]
+                target["versionAliases"].append(change)
+        return 200, target
+
+    def _delete(self, parent: str, model_id: str, version: str | None, resolved: str) -> tuple[int, dict[str, Any]]:
+        if version is None:
+            del self.models[model_id]
+        else:
+            del self.models[model_id]["versions"][resolved]
+        return 200, _done(
+            f"{parent}/models/{model_id}/operations/delete", {"@type": "type.googleapis.com/google.protobuf.Empty"}
+        )
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self, method: str) -> None:
+                parts = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else {}
+                status, payload = fake.handle(method, unquote(parts.path), unquote(parts.query), body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+            def do_DELETE(self) -> None:
+                self._serve("DELETE")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def _done(name: str, response: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "done": True, "response": response}
+
+
+def _error(code: int, message: str) -> tuple[int, dict[str, Any]]:
+    status = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ALREADY_EXISTS", 500: "INTERNAL"}[code]
+    return code, {"error": {"code": code, "message": message, "status": status}}

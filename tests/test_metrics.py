@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from fleetops.evaluation.metrics import (
+    CONFIDENCE_THRESHOLDS,
+    classification_metrics,
+    is_better,
+    regression_metrics,
+    roc_curve,
+)
+
+
+def test_thresholds_are_vertex_thresholds():
+    assert CONFIDENCE_THRESHOLDS[:3] == [0.0, 0.05, 0.1]
+    assert CONFIDENCE_THRESHOLDS[-5:] == [0.95, 0.96, 0.97, 0.98, 0.99]
+    assert len(CONFIDENCE_THRESHOLDS) == 24
+
+
+def test_binary_metrics_by_hand():
+    y = np.array([0, 0, 1, 1])
+    p1 = np.array([0.1, 0.6, 0.4, 0.9])
+    m = classification_metrics(y, np.stack([1 - p1, p1], axis=1), ["0", "1"])
+    assert m["auRoc"] == pytest.approx(0.75)  # 3 of 4 positive/negative pairs ordered right
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["logLoss"] == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.4, 0.9])))
+    assert m["confusionMatrix"]["rows"] == [[1, 1], [1, 1]]
+    at_half = next(c for c in m["confidenceMetrics"] if c["confidenceThreshold"] == 0.5)
+    assert (at_half["truePositiveCount"], at_half["falsePositiveCount"]) == (1, 1)
+    assert (at_half["falseNegativeCount"], at_half["trueNegativeCount"]) == (1, 1)
+    assert at_half["precision"] == 0.5 and at_half["recall"] == 0.5 and at_half["f1Score"] == 0.5
+
+
+def test_multiclass_metrics_are_micro_averaged():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    p = rng.dirichlet([1, 1, 1], 200)
+    p[np.arange(200), y] += 0.5
+    p /= p.sum(axis=1, keepdims=True)
+    m = classification_metrics(y, p, ["a", "b", "c"])
+    assert m["auRoc"] == pytest.approx(roc_auc_score(np.eye(3)[y].ravel(), p.ravel()))
+    assert len(m["confusionMatrix"]["rows"]) == 3
+    assert [s["displayName"] for s in m["confusionMatrix"]["annotationSpecs"]] == ["a", "b", "c"]
+
+
+def test_undefined_metric_is_none_not_zero():
+    m = classification_metrics(np.array([1, 1]), np.array([[0.2, 0.8], [0.4, 0.6]]), ["0", "1"])
+    assert m["auRoc"] is None
+    assert roc_curve(np.array([1, 1]), np.array([[0.2, 0.8], [0.4, 0.6]]))["fpr"] == []
+
+
+def test_roc_curve_is_json_safe():
+    y = np.array([0, 1, 0, 1, 1])
+    p = np.array([0.2, 0.7, 0.4, 0.9, 0.3])
+    curve = roc_curve(y, np.stack([1 - p, p], axis=1))
+    assert curve["fpr"][0] == 0.0 and curve["tpr"][-1] == 1.0
+    assert max(curve["thresholds"]) <= 1.0
+
+
+def test_regression_metrics_by_hand():
+    m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 5.0]))
+    assert m["rootMeanSquaredError"] == pytest.approx(np.sqrt(4 / 3))
+    assert m["meanAbsoluteError"] == pytest.approx(2 / 3)
+    assert m["rSquared"] == pytest.approx(1 - 4 / 2)
+    assert m["meanAbsolutePercentageError"] == pytest.approx(100 * (2 / 3) / 3)
+
+
+def test_is_better_respects_goal_and_margin():
+    assert is_better(0.80, 0.79, "maximize", 0.005)
+    assert not is_better(0.794, 0.79, "maximize", 0.005)
+    assert is_better(0.30, 0.40, "minimize", 0.05)
+    assert not is_better(0.38, 0.40, "minimize", 0.05)
+    assert is_better(0.5, None, "maximize", 0.1)
+    assert not is_better(None, 0.5, "maximize", 0.0)

@@ -1,0 +1,140 @@
+"""The Vertex registry sends the right requests through the real google-cloud-aiplatform SDK.
+
+The SDK's REST transport is pointed at tests/fake_vertex.py on loopback.
+"""
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+
+from fleetops.errors import RegistryRuleError, UserError
+from fleetops.platform import connect, vertex_settings
+from fleetops.platform.registry import EvaluationInput
+from tests.fake_vertex import FakeVertex
+
+SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
+KEY = "projects/p/locations/us-central1/keyRings/r/cryptoKeys/k"
+
+
+@pytest.fixture
+def fake():
+    with FakeVertex() as server:
+        yield server
+
+
+@pytest.fixture
+def vertex(fake):
+    uri = f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&labels=team:ml&encryption_key={KEY}"
+    return connect(uri, credentials=AnonymousCredentials())
+
+
+def test_first_upload_creates_the_model_with_our_id(vertex, fake, artifact_dirs):
+    registration = vertex.registry.upload_version(
+        "churn-north",
+        artifact_dirs[0],
+        artifact_uri="gs://bucket/run/model/north",
+        serving_image="us-docker.pkg.dev/p/fleetops/serving:1",
+        aliases=["champion"],
+        labels={"fleet": "churn"},
+        lineage={"pipeline_job": "job-1"},
+    )
+    upload = fake.calls("POST", "models:upload")[0]
+    assert upload["path"] == "/v1/projects/proj-1/locations/us-central1/models:upload"
+    body = upload["body"]
+    assert body["modelId"] == "churn-north" and "parentModel" not in body
+    model = body["model"]
+    assert model["artifactUri"] == "gs://bucket/run/model/north"
+    assert model["containerSpec"]["imageUri"] == "us-docker.pkg.dev/p/fleetops/serving:1"
+    assert sorted(model["versionAliases"]) == ["champion", "default"]
+    assert model["labels"]["team"] == "ml" and model["labels"]["fleet"] == "churn"
+    assert model["labels"]["artifact-sha256"] == registration.version.artifact_sha256
+    assert model["encryptionSpec"]["kmsKeyName"] == KEY
+    assert '"pipeline_job":"job-1"' in model["versionDescription"]
+    assert registration.created and registration.version.version_id == "1"
+    assert registration.version.lineage == {"pipeline_job": "job-1"}
+
+
+def test_next_upload_is_a_version_of_the_parent(vertex, fake, artifact_dirs):
+    vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img")
+    v2 = vertex.registry.upload_version(
+        "m", artifact_dirs[1], artifact_uri="gs://b/2", serving_image="img", is_default_version=False
+    ).version
+    body = fake.calls("POST", "models:upload")[1]["body"]
+    assert body["parentModel"] == "projects/proj-1/locations/us-central1/models/m"
+    assert "modelId" not in body and "versionAliases" not in body["model"]
+    assert v2.version_id == "2" and v2.aliases == ()
+
+
+def test_retry_returns_the_existing_version_without_uploading(vertex, fake, artifact_dirs):
+    first = vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img")
+    retry = vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img")
+    assert not retry.created and retry.version.version_id == first.version.version_id
+    assert len(fake.calls("POST", "models:upload")) == 1
+
+
+def test_aliases_go_through_merge_version_aliases(vertex, fake, artifact_dirs):
+    vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img", aliases=["champion"])
+    vertex.registry.upload_version("m", artifact_dirs[1], artifact_uri="gs://b/2", serving_image="img", is_default_version=False)
+    moved = vertex.registry.add_version_aliases("m", "2", ["champion"])
+    assert moved.aliases == ("champion",)
+    merge = fake.calls("POST", ":mergeVersionAliases")[0]
+    assert merge["path"].endswith("models/m@2:mergeVersionAliases")
+    assert merge["body"] == {"versionAliases": ["champion"]}
+    assert vertex.registry.get_version("m", "1").aliases == ("default",)
+    vertex.registry.remove_version_aliases("m", "2", ["champion"])
+    assert fake.calls("POST", ":mergeVersionAliases")[1]["body"] == {"versionAliases": ["-champion"]}
+
+
+def test_rules_are_checked_before_any_request(vertex, fake, artifact_dirs):
+    with pytest.raises(RegistryRuleError, match="version alias 'Best'"):
+        vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img", aliases=["Best"])
+    with pytest.raises(RegistryRuleError, match="must be a gs:// URI"):
+        vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="/tmp/x", serving_image="img")
+    with pytest.raises(RegistryRuleError, match="serving container image is required"):
+        vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1")
+    assert fake.requests == []
+    vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img")
+    with pytest.raises(RegistryRuleError, match="'default' alias cannot be removed"):
+        vertex.registry.remove_version_aliases("m", "1", ["default"])
+    with pytest.raises(RegistryRuleError, match="last version"):
+        vertex.registry.delete_version("m", "1")
+    assert fake.calls("DELETE") == [] and fake.calls("POST", ":mergeVersionAliases") == []
+
+
+def test_evaluation_import_request_and_undo_on_failure(vertex, fake, artifact_dirs):
+    vertex.registry.upload_version(
+        "m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img",
+        evaluation=EvaluationInput(SCHEMA, {"auRoc": 0.81, "confusionMatrix": {"rows": [[1, 2], [3, 4]]}}, "eval-1"),
+    )
+    request = fake.calls("POST", "evaluations:import")[0]
+    assert request["path"].endswith("models/m@1/evaluations:import")
+    assert request["body"]["modelEvaluation"] == {
+        "metricsSchemaUri": SCHEMA,
+        "metrics": {"auRoc": 0.81, "confusionMatrix": {"rows": [[1, 2], [3, 4]]}},
+        "displayName": "eval-1",
+    }
+    assert vertex.registry.list_evaluations("m", "1")[0].metrics["auRoc"] == 0.81
+    fake.fail_evaluation_import = True
+    with pytest.raises(Exception, match="injected failure"):
+        vertex.registry.upload_version(
+            "m", artifact_dirs[1], artifact_uri="gs://b/2", serving_image="img", is_default_version=False,
+            evaluation=EvaluationInput(SCHEMA, {"auRoc": 0.7}),
+        )
+    assert [v.version_id for v in vertex.registry.list_versions("m")] == ["1"]  # the upload was undone
+
+
+def test_artifacts_are_read_through_the_gcs_mount(vertex, artifact_dirs):
+    v = vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://bucket/x/m", serving_image="img").version
+    assert str(vertex.registry.artifact_path(v)) == "/gcs/bucket/x/m"
+
+
+def test_platform_uri_settings_are_validated():
+    settings = vertex_settings("vertex://p1/europe-west4?staging_bucket=gs://b&labels=a:b,c:d&network=n")
+    assert (settings.project, settings.region, settings.labels) == ("p1", "europe-west4", {"a": "b", "c": "d"})
+    with pytest.raises(UserError, match=r"setting\(s\) \['colour'\] unknown"):
+        vertex_settings("vertex://p/r?colour=blue")
+    with pytest.raises(UserError, match="must look like vertex://PROJECT/REGION"):
+        vertex_settings("vertex://p")
+    with pytest.raises(UserError, match="staging_bucket 'b' must be a gs:// URI"):
+        vertex_settings("vertex://p/r?staging_bucket=b")
+    with pytest.raises(UserError, match="is not supported"):
+        connect("s3://bucket")
