@@ -103,6 +103,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             f"data.source {spec.data.source!r} is a file on this machine; on Vertex use gs://..., bq://... or SQL"
         )
     settings = vertex_settings(args.platform)
+    credentials = None
+    if args.dry_run:
+        from google.auth.credentials import AnonymousCredentials
+
+        credentials = AnonymousCredentials()  # nothing is sent, so no real credentials are needed
     job = build_pipeline_job(
         settings,
         template,
@@ -111,9 +116,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         job_id=args.job_id,
         enable_caching=args.caching,
         labels={"fleet": spec.name},
+        credentials=credentials,
     )
     if args.dry_run:
-        print(json.dumps(type(job._gca_resource).to_dict(job._gca_resource), indent=2)[:4000])
+        print(json.dumps(type(job._gca_resource).to_dict(job._gca_resource), indent=2))
         return 0
     print(f"submitted {submit_pipeline_job(job, settings)}")
     return 0

@@ -31,6 +31,8 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classe
     """
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.clip(np.asarray(probabilities, dtype="float64"), 0.0, 1.0)
+    # float32 softmax rows sum to 1 only within rounding; log loss wants exact probabilities.
+    probabilities = probabilities / np.maximum(probabilities.sum(axis=1, keepdims=True), _EPS)
     n, k = probabilities.shape
     if n == 0:
         raise ValueError("cannot evaluate on zero rows")

@@ -169,7 +169,10 @@ def fit(
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True
     )
-    history = model.fit(train_ds, validation_data=val_ds, epochs=params.epochs, callbacks=[stop], verbose=0)
+    # The dataset shuffles itself (seeded); Keras' own shuffle flag does not apply to tf.data.
+    history = model.fit(
+        train_ds, validation_data=val_ds, epochs=params.epochs, callbacks=[stop], verbose=0, shuffle=False
+    )
     predictions = np.asarray(model.predict_on_batch(to_inputs(validation, features)))
     return model, len(history.history["loss"]), evaluate_predictions(spec.task, y_val, predictions, classes)
 

@@ -1,0 +1,47 @@
+"""Compiled specs: golden files, the components image, and a spec that does not grow with the fleet."""
+
+import yaml
+
+from components.image import DEFAULT_IMAGE
+from pipelines.compile import compile_all, set_image
+from tests.golden_specs import GOLDEN, compiled_specs
+
+
+def test_compiled_specs_match_golden_files():
+    for name, spec in compiled_specs().items():
+        golden = yaml.safe_load((GOLDEN / f"{name}.yaml").read_text())
+        assert spec == golden, f"{name} changed; if deliberate, run `make golden` and review the diff"
+
+
+def test_every_executor_runs_our_image_without_installing_kfp(tmp_path):
+    path = compile_all(tmp_path, image="europe-docker.pkg.dev/p/r/components:abc123")["fleet_training"]
+    spec = yaml.safe_load(path.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    assert len(executors) == 7
+    for executor in executors.values():
+        container = executor["container"]
+        assert container["image"] == "europe-docker.pkg.dev/p/r/components:abc123"
+        assert "pip install" not in " ".join(container["command"])  # install_kfp_package=False
+    default = yaml.safe_load(compile_all(tmp_path / "d")["fleet_training"].read_text())
+    assert {e["container"]["image"] for e in default["deploymentSpec"]["executors"].values()} == {DEFAULT_IMAGE}
+
+
+def test_set_image_refuses_a_non_uri(tmp_path):
+    path = compile_all(tmp_path)["fleet_training"]
+    try:
+        set_image(path, "not an image")
+    except ValueError as exc:
+        assert "'not an image' is not a container image URI" in str(exc)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+def test_spec_does_not_depend_on_the_fleet():
+    spec = compiled_specs()["fleet_training"]
+    text = yaml.safe_dump(spec)
+    assert "north" not in text and "churn" not in text  # no segment or fleet is baked in
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(inputs) == {"fleet_spec", "platform", "serving_image"}
+    loop = spec["root"]["dag"]["tasks"]["for-loop-1"]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--validate-Output"
+    assert spec["root"]["dag"]["tasks"]["ingest"]["cachingOptions"] == {}  # never cached

@@ -1,0 +1,99 @@
+"""Submitting the compiled pipeline: Vertex requests built offline, KFP through the real kfp.Client."""
+
+import json
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+
+from fleetops.errors import UserError
+from fleetops.platform import vertex_settings
+from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job
+from pipelines.cli import main
+from pipelines.compile import compile_all
+from pipelines.submit import submit_to_kfp
+from tests.fake_kfp import FakeKfp
+
+KEY = "projects/p/locations/us-central1/keyRings/r/cryptoKeys/k"
+PLATFORM = (
+    "vertex://proj-1/us-central1?staging_bucket=gs://proj-1-staging&service_account=runner@proj-1.iam.gserviceaccount.com"
+    f"&encryption_key={KEY}&network=projects/123/global/networks/vpc&labels=team:growth"
+)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    return compile_all(tmp_path_factory.mktemp("build"), image="us-docker.pkg.dev/proj-1/fleetops/components:v1")[
+        "fleet_training"
+    ]
+
+
+def test_vertex_pipeline_job_request(template):
+    settings = vertex_settings(PLATFORM)
+    job = build_pipeline_job(
+        settings,
+        template,
+        {"fleet_spec": "{}", "platform": PLATFORM, "serving_image": "img"},
+        display_name="churn-training",
+        job_id="churn-training-1",
+        enable_caching=False,
+        labels={"fleet": "churn"},
+        credentials=AnonymousCredentials(),
+    )
+    request = type(job._gca_resource).to_dict(job._gca_resource)
+    assert request["display_name"] == "churn-training"
+    assert request["runtime_config"]["gcs_output_directory"] == "gs://proj-1-staging/pipeline_root"
+    assert request["runtime_config"]["parameter_values"]["platform"] == PLATFORM
+    assert request["labels"]["team"] == "growth" and request["labels"]["fleet"] == "churn"
+    assert request["encryption_spec"]["kms_key_name"] == KEY
+    executors = request["pipeline_spec"]["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"us-docker.pkg.dev/proj-1/fleetops/components:v1"}
+    tasks = request["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert all(t["cachingOptions"] == {"enableCache": False} for t in tasks.values())  # reaches every task
+    assert job.job_id == "churn-training-1"
+
+
+def test_vertex_job_id_and_root_are_checked(template):
+    settings = vertex_settings(PLATFORM)
+    with pytest.raises(UserError, match=r"job id 'Bad_ID' is invalid"):
+        build_pipeline_job(settings, template, {}, display_name="x", job_id="Bad_ID", credentials=AnonymousCredentials())
+    with pytest.raises(UserError, match="needs a pipeline root"):
+        build_pipeline_job(vertex_settings("vertex://p/r"), template, {}, display_name="x", credentials=AnonymousCredentials())
+
+
+def test_cli_submit_dry_run_prints_the_request(tmp_path, spec, capsys, template):
+    remote = spec.model_copy(update={"data": spec.data.model_copy(update={"source": "bq://proj-1.crm.churn"})})
+    (tmp_path / "fleet.yaml").write_text(remote.to_json())
+    code = main(["submit", str(tmp_path / "fleet.yaml"), "--platform", PLATFORM, "--dry-run", "--job-id", "churn-1", "--template", str(template)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert '"gcs_output_directory": "gs://proj-1-staging/pipeline_root"' in printed
+    assert "bq://proj-1.crm.churn" in printed
+
+
+def test_cli_refuses_a_local_file_on_vertex(tmp_path, spec, capsys):
+    (tmp_path / "fleet.yaml").write_text(spec.to_json())
+    assert main(["submit", str(tmp_path / "fleet.yaml"), "--platform", PLATFORM, "--dry-run", "--template", "x"]) == 2
+    assert "is a file on this machine; on Vertex use gs://" in capsys.readouterr().err
+
+
+def test_cli_reports_a_bad_spec_without_running(tmp_path, capsys):
+    (tmp_path / "fleet.yaml").write_text("name: churn\ntask: binary_classification\nlabel: y\nfeatures: {numeric: [a]}\nextra: 1\n")
+    assert main(["run", str(tmp_path / "fleet.yaml"), "--home", str(tmp_path / "home")]) == 2
+    err = capsys.readouterr().err
+    assert "data: required field is missing" in err and "extra: unknown field" in err
+    assert not (tmp_path / "home" / "runs").exists()
+
+
+def test_kfp_cluster_run_through_the_real_client(template):
+    with FakeKfp() as fake:
+        run_id = submit_to_kfp(
+            fake.host, template, {"fleet_spec": "{}", "platform": "local", "serving_image": ""}, run_name="churn-1"
+        )
+    assert run_id == "run-1"
+    paths = [(r["method"], r["path"]) for r in fake.requests]
+    assert paths[0] == ("GET", "/apis/v2beta1/healthz")
+    run = next(r["body"] for r in fake.requests if r["path"] == "/apis/v2beta1/runs")
+    assert run["display_name"] == "churn-1" and run["experiment_id"] == "exp-1"
+    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "fleetops-training"
+    assert run["runtime_config"]["parameters"] == {"fleet_spec": "{}", "platform": "local", "serving_image": ""}
+    assert json.dumps(run).count("us-docker.pkg.dev/proj-1/fleetops/components:v1") == 7
