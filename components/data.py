@@ -22,9 +22,7 @@ def ingest(fleet_spec: str, platform: str, raw_data: Output[Dataset]):
 
 
 @fleetops_component
-def validate(
-    fleet_spec: str, raw_data: Input[Dataset], statistics: Output[Artifact], report: Output[Markdown]
-) -> list:
+def validate(fleet_spec: str, raw_data: Input[Dataset], statistics: Output[Artifact], report: Output[Markdown]) -> list:
     """Check the data against the spec; fail with a readable report listing every problem.
 
     Args:

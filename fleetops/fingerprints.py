@@ -38,7 +38,7 @@ def frame_sha256(df: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def _file_digest(path: Path, digest: "hashlib._Hash") -> "hashlib._Hash":
+def _file_digest(path: Path, digest: hashlib._Hash) -> hashlib._Hash:
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)

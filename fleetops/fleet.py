@@ -53,7 +53,12 @@ def ingest(spec: FleetSpec, platform: Platform, output_path: str | Path) -> dict
     df = platform.read_table(spec.data.source)
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(output_path, index=False)
-    return {"rows": len(df), "columns": list(map(str, df.columns)), "sha256": frame_sha256(df), "source": spec.data.source}
+    return {
+        "rows": len(df),
+        "columns": list(map(str, df.columns)),
+        "sha256": frame_sha256(df),
+        "source": spec.data.source,
+    }
 
 
 def validate_dataset(spec: FleetSpec, data_path: str | Path) -> tuple[ValidationReport, dict[str, Any]]:
@@ -221,9 +226,8 @@ def summarize(registrations: list[dict[str, Any]]) -> str:
     for r in rows:
         before = "none" if r["champion_version"] is None else f"v{r['champion_version']} {_fmt(r['champion_value'])}"
         now = f"v{r['version_id']}" if r["promoted"] else f"v{r['champion_version']}"
-        lines.append(
-            f"| {r['segment']} | {r['model_id']} | {r['version_id']} | {r['metric']} | {_fmt(r['value'])} | {before} | {now} |"
-        )
+        cells = [r["segment"], r["model_id"], r["version_id"], r["metric"], _fmt(r["value"]), before, now]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -248,7 +252,9 @@ def _slices(spec: FleetSpec, test: pd.DataFrame, y: np.ndarray, model: Any) -> l
     return slices
 
 
-def _champion(spec: FleetSpec, platform: Platform, test: pd.DataFrame, mid: str, metrics: dict[str, Any]) -> dict[str, Any]:
+def _champion(
+    spec: FleetSpec, platform: Platform, test: pd.DataFrame, mid: str, metrics: dict[str, Any]
+) -> dict[str, Any]:
     from fleetops.errors import NotFoundError
     from fleetops.training.artifact import load_artifact
     from fleetops.training.trainer import encode_labels
@@ -258,7 +264,12 @@ def _champion(spec: FleetSpec, platform: Platform, test: pd.DataFrame, mid: str,
     try:
         champion = platform.registry.get_version(mid, CHAMPION_ALIAS)
     except NotFoundError:
-        return {"champion_version": None, "champion_value": None, "promote": value is not None, "reason": "no champion yet"}
+        return {
+            "champion_version": None,
+            "champion_value": None,
+            "promote": value is not None,
+            "reason": "no champion yet",
+        }
     try:
         loaded = load_artifact(platform.registry.artifact_path(champion))
         y = encode_labels(test[spec.label], loaded.classes)

@@ -181,7 +181,9 @@ class FleetSpec(_Strict):
         metric = self.evaluation.primary_metric
         if metric is not None and metric not in METRIC_GOALS[self.task]:
             allowed = ", ".join(METRIC_GOALS[self.task])
-            problems.append(f"evaluation.primary_metric '{metric}' is not a {self.task.value} metric; allowed: {allowed}")
+            problems.append(
+                f"evaluation.primary_metric '{metric}' is not a {self.task.value} metric; allowed: {allowed}"
+            )
         unknown_slices = [c for c in self.evaluation.slice_columns if c not in self.features.categorical]
         if unknown_slices:
             problems.append(f"evaluation.slice_columns {unknown_slices} must be categorical features")

@@ -1,11 +1,11 @@
 """The `fleetops` command: compile, run locally, submit to Vertex or a KFP cluster, and the demo.
 
-    fleetops demo                         generate sample data, train the fleet twice locally
-    fleetops compile --image URI          every pipeline to build/pipelines/*.yaml
-    fleetops run fleet.yaml               run the training pipeline locally (kfp.local + local twin)
-    fleetops submit fleet.yaml --platform vertex://PROJECT/REGION?staging_bucket=gs://b
-    fleetops submit fleet.yaml --kfp-host http://kfp.example:8080
-    fleetops models                       what the local registry holds
+fleetops demo                         generate sample data, train the fleet twice locally
+fleetops compile --image URI          every pipeline to build/pipelines/*.yaml
+fleetops run fleet.yaml               run the training pipeline locally (kfp.local + local twin)
+fleetops submit fleet.yaml --platform vertex://PROJECT/REGION?staging_bucket=gs://b
+fleetops submit fleet.yaml --kfp-host http://kfp.example:8080
+fleetops models                       what the local registry holds
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 1
     print(_registry_listing(home))
     print(f"fleet spec:      {spec_path}\nregistry:        {home / 'registry.sqlite'}")
-    print(f"model artifacts: {home / 'models'}\npipeline root:   {home / 'pipeline_root'}\nrun log:         {run.log_path}")
+    print(f"model artifacts: {home / 'models'}\npipeline root:   {home / 'pipeline_root'}")
+    print(f"run log:         {run.log_path}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Golden compiled specs: compile every pipeline, strip volatile fields, compare or rewrite.
 
-    python -m tests.golden_specs --write     refresh tests/golden/ after a deliberate change
+python -m tests.golden_specs --write     refresh tests/golden/ after a deliberate change
 """
 
 from __future__ import annotations

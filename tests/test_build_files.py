@@ -58,10 +58,14 @@ def test_compile_and_upload_steps_run(tmp_path):
         .replace("build/pipelines/fleet_training.yaml", str(compiled))
         for a in steps["upload-templates"]["args"]
     ]
-    result = subprocess.run([sys.executable, *upload, "--dry-run"], cwd=ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, *upload, "--dry-run"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert f"would upload {compiled}" in result.stdout and "'abc123', 'latest'" in result.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "pipelines.upload_templates", "--host", "http://x", str(compiled)],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 2 and "must look like https://REGION-kfp.pkg.dev/PROJECT/REPO" in bad.stderr

@@ -45,7 +45,9 @@ def test_fleet_trains_registers_and_refuses_bad_data(tmp_path):
     outputs = sorted((home / "pipeline_root").glob("*/for-loop-1-iteration-*/evaluate/executor_output.json"))
     assert len(outputs) == 2
     logged = json.loads(outputs[0].read_text())["artifacts"]["classification_metrics"]["artifacts"][0]["metadata"]
-    assert len(logged["confidenceMetrics"]) >= 2 and {"falsePositiveRate", "recall"} <= set(logged["confidenceMetrics"][0])
+    assert len(logged["confidenceMetrics"]) >= 2 and {"falsePositiveRate", "recall"} <= set(
+        logged["confidenceMetrics"][0]
+    )
     assert [s["displayName"] for s in logged["confusionMatrix"]["annotationSpecs"]] == ["0", "1"]
 
     # Bad data: the run stops at validate with a readable report; the registry is as it was.

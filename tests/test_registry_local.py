@@ -63,7 +63,11 @@ def test_default_alias_cannot_be_removed(registry, artifact_dirs):
 
 @pytest.mark.parametrize(
     "labels, message",
-    [({"Team": "x"}, "label key 'Team'"), ({"team": "Growth"}, "label value 'Growth'"), ({"t": "x" * 65}, "label value")],
+    [
+        ({"Team": "x"}, "label key 'Team'"),
+        ({"team": "Growth"}, "label value 'Growth'"),
+        ({"t": "x" * 65}, "label value"),
+    ],
 )
 def test_labels_follow_vertex_format(registry, artifact_dirs, labels, message):
     with pytest.raises(RegistryRuleError, match=message):

@@ -72,8 +72,12 @@ def test_retry_returns_the_existing_version_without_uploading(vertex, fake, arti
 
 
 def test_aliases_go_through_merge_version_aliases(vertex, fake, artifact_dirs):
-    vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img", aliases=["champion"])
-    vertex.registry.upload_version("m", artifact_dirs[1], artifact_uri="gs://b/2", serving_image="img", is_default_version=False)
+    vertex.registry.upload_version(
+        "m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img", aliases=["champion"]
+    )
+    vertex.registry.upload_version(
+        "m", artifact_dirs[1], artifact_uri="gs://b/2", serving_image="img", is_default_version=False
+    )
     moved = vertex.registry.add_version_aliases("m", "2", ["champion"])
     assert moved.aliases == ("champion",)
     merge = fake.calls("POST", ":mergeVersionAliases")[0]
@@ -86,7 +90,9 @@ def test_aliases_go_through_merge_version_aliases(vertex, fake, artifact_dirs):
 
 def test_rules_are_checked_before_any_request(vertex, fake, artifact_dirs):
     with pytest.raises(RegistryRuleError, match="version alias 'Best'"):
-        vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img", aliases=["Best"])
+        vertex.registry.upload_version(
+            "m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img", aliases=["Best"]
+        )
     with pytest.raises(RegistryRuleError, match="must be a gs:// URI"):
         vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="/tmp/x", serving_image="img")
     with pytest.raises(RegistryRuleError, match="serving container image is required"):
@@ -102,7 +108,10 @@ def test_rules_are_checked_before_any_request(vertex, fake, artifact_dirs):
 
 def test_evaluation_import_request_and_undo_on_failure(vertex, fake, artifact_dirs):
     vertex.registry.upload_version(
-        "m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img",
+        "m",
+        artifact_dirs[0],
+        artifact_uri="gs://b/1",
+        serving_image="img",
         evaluation=EvaluationInput(SCHEMA, {"auRoc": 0.81, "confusionMatrix": {"rows": [[1, 2], [3, 4]]}}, "eval-1"),
     )
     request = fake.calls("POST", "evaluations:import")[0]
@@ -116,14 +125,20 @@ def test_evaluation_import_request_and_undo_on_failure(vertex, fake, artifact_di
     fake.fail_evaluation_import = True
     with pytest.raises(Exception, match="injected failure"):
         vertex.registry.upload_version(
-            "m", artifact_dirs[1], artifact_uri="gs://b/2", serving_image="img", is_default_version=False,
+            "m",
+            artifact_dirs[1],
+            artifact_uri="gs://b/2",
+            serving_image="img",
+            is_default_version=False,
             evaluation=EvaluationInput(SCHEMA, {"auRoc": 0.7}),
         )
     assert [v.version_id for v in vertex.registry.list_versions("m")] == ["1"]  # the upload was undone
 
 
 def test_artifacts_are_read_through_the_gcs_mount(vertex, artifact_dirs):
-    v = vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://bucket/x/m", serving_image="img").version
+    v = vertex.registry.upload_version(
+        "m", artifact_dirs[0], artifact_uri="gs://bucket/x/m", serving_image="img"
+    ).version
     assert str(vertex.registry.artifact_path(v)) == "/gcs/bucket/x/m"
 
 

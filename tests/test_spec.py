@@ -38,7 +38,11 @@ def test_cross_field_rules():
     with pytest.raises(SpecError, match="primary_metric 'rSquared' is not a binary_classification metric"):
         parse_spec(base.replace("primary_metric: auRoc", "primary_metric: rSquared"))
     with pytest.raises(SpecError, match="sum to 1.0"):
-        parse_spec(base.replace("split_key: customer_id", "split_key: customer_id\n  split: {train: 0.9, validation: 0.2, test: 0.1}"))
+        parse_spec(
+            base.replace(
+                "split_key: customer_id", "split_key: customer_id\n  split: {train: 0.9, validation: 0.2, test: 0.1}"
+            )
+        )
 
 
 def test_not_a_mapping_and_bad_yaml():

@@ -55,15 +55,31 @@ def test_vertex_pipeline_job_request(template):
 def test_vertex_job_id_and_root_are_checked(template):
     settings = vertex_settings(PLATFORM)
     with pytest.raises(UserError, match=r"job id 'Bad_ID' is invalid"):
-        build_pipeline_job(settings, template, {}, display_name="x", job_id="Bad_ID", credentials=AnonymousCredentials())
+        build_pipeline_job(
+            settings, template, {}, display_name="x", job_id="Bad_ID", credentials=AnonymousCredentials()
+        )
     with pytest.raises(UserError, match="needs a pipeline root"):
-        build_pipeline_job(vertex_settings("vertex://p/r"), template, {}, display_name="x", credentials=AnonymousCredentials())
+        build_pipeline_job(
+            vertex_settings("vertex://p/r"), template, {}, display_name="x", credentials=AnonymousCredentials()
+        )
 
 
 def test_cli_submit_dry_run_prints_the_request(tmp_path, spec, capsys, template):
     remote = spec.model_copy(update={"data": spec.data.model_copy(update={"source": "bq://proj-1.crm.churn"})})
     (tmp_path / "fleet.yaml").write_text(remote.to_json())
-    code = main(["submit", str(tmp_path / "fleet.yaml"), "--platform", PLATFORM, "--dry-run", "--job-id", "churn-1", "--template", str(template)])
+    code = main(
+        [
+            "submit",
+            str(tmp_path / "fleet.yaml"),
+            "--platform",
+            PLATFORM,
+            "--dry-run",
+            "--job-id",
+            "churn-1",
+            "--template",
+            str(template),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert '"gcs_output_directory": "gs://proj-1-staging/pipeline_root"' in printed
@@ -77,7 +93,9 @@ def test_cli_refuses_a_local_file_on_vertex(tmp_path, spec, capsys):
 
 
 def test_cli_reports_a_bad_spec_without_running(tmp_path, capsys):
-    (tmp_path / "fleet.yaml").write_text("name: churn\ntask: binary_classification\nlabel: y\nfeatures: {numeric: [a]}\nextra: 1\n")
+    (tmp_path / "fleet.yaml").write_text(
+        "name: churn\ntask: binary_classification\nlabel: y\nfeatures: {numeric: [a]}\nextra: 1\n"
+    )
     assert main(["run", str(tmp_path / "fleet.yaml"), "--home", str(tmp_path / "home")]) == 2
     err = capsys.readouterr().err
     assert "data: required field is missing" in err and "extra: unknown field" in err

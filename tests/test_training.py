@@ -95,11 +95,26 @@ def test_trainer_command_line_takes_hyperparameter_flags(tmp_path, spec, churn, 
     (tmp_path / "fleet.yaml").write_text(spec.to_json())
     churn.to_parquet(tmp_path / "raw.parquet")
     fleet.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "ds.parquet")
-    code = main([
-        "--spec", str(tmp_path / "fleet.yaml"), "--data", str(tmp_path / "ds.parquet"), "--segment", "north",
-        "--output-dir", str(tmp_path / "out"), "--architecture", "dnn", "--learning-rate", "0.02",
-        "--hidden-units", "6,3", "--epochs", "3",
-    ])
+    code = main(
+        [
+            "--spec",
+            str(tmp_path / "fleet.yaml"),
+            "--data",
+            str(tmp_path / "ds.parquet"),
+            "--segment",
+            "north",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--architecture",
+            "dnn",
+            "--learning-rate",
+            "0.02",
+            "--hidden-units",
+            "6,3",
+            "--epochs",
+            "3",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["metric"] == "auRoc" and printed["architecture"] == "dnn"

@@ -52,9 +52,7 @@ def make_churn(rows_per_segment: int = 600, segments: int = 4, seed: int = 7) ->
     if rows_per_segment < 1:
         raise ValueError(f"rows_per_segment must be positive, got {rows_per_segment}")
     rng = np.random.default_rng(seed)
-    frames = [
-        _region(region, index, rows_per_segment, rng) for index, region in enumerate(REGIONS[:segments])
-    ]
+    frames = [_region(region, index, rows_per_segment, rng) for index, region in enumerate(REGIONS[:segments])]
     df = pd.concat(frames, ignore_index=True)
     df.insert(0, "customer_id", [f"c{i:07d}" for i in range(len(df))])
     return df

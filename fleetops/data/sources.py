@@ -16,7 +16,9 @@ import pandas as pd
 from fleetops.errors import UserError
 
 _SQL_START = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
-_BQ_TABLE = re.compile(r"^bq://(?P<project>[a-z][a-z0-9-]{4,61}[a-z0-9])\.(?P<dataset>\w{1,1024})\.(?P<table>[\w-]{1,1024})$")
+_BQ_TABLE = re.compile(
+    r"^bq://(?P<project>[a-z][a-z0-9-]{4,61}[a-z0-9])\.(?P<dataset>\w{1,1024})\.(?P<table>[\w-]{1,1024})$"
+)
 FILE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 

@@ -118,7 +118,9 @@ def validate(df: pd.DataFrame, spec: FleetSpec) -> ValidationReport:
         rate = float(df[column].isna().mean())
         if rate > 0.5:
             warnings.append(f"feature '{column}' is missing in {rate:.0%} of rows")
-    return ValidationReport(rows=len(df), segments={str(k): int(v) for k, v in counts.items()}, problems=problems, warnings=warnings)
+    return ValidationReport(
+        rows=len(df), segments={str(k): int(v) for k, v in counts.items()}, problems=problems, warnings=warnings
+    )
 
 
 def coerce_features(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
@@ -222,9 +224,13 @@ def _label_problems(label: pd.Series, spec: FleetSpec) -> list[str]:
         return problems + _numeric_problems(present, name)
     values = sorted(present.astype(str).unique())
     if spec.task is Task.BINARY and len(values) != 2:
-        problems.append(f"{name} has {len(values)} distinct value(s) {values[:10]}; binary_classification needs exactly 2")
+        problems.append(
+            f"{name} has {len(values)} distinct value(s) {values[:10]}; binary_classification needs exactly 2"
+        )
     if spec.task is Task.MULTICLASS and len(values) < 3:
-        problems.append(f"{name} has {len(values)} distinct value(s) {values[:10]}; multiclass_classification needs 3 or more")
+        problems.append(
+            f"{name} has {len(values)} distinct value(s) {values[:10]}; multiclass_classification needs 3 or more"
+        )
     if spec.task is Task.MULTICLASS and len(values) > 100:
         problems.append(f"{name} has {len(values)} distinct values; at most 100 classes are supported")
     return problems

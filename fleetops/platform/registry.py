@@ -144,8 +144,7 @@ class ModelRegistry(ABC):
 def check_model_id(model_id: str) -> None:
     if not isinstance(model_id, str) or not MODEL_ID_PATTERN.match(model_id):
         raise RegistryRuleError(
-            f"model id {model_id!r} is invalid: up to 63 characters of [a-z0-9_-], "
-            "not starting with a digit or '-'"
+            f"model id {model_id!r} is invalid: up to 63 characters of [a-z0-9_-], not starting with a digit or '-'"
         )
 
 

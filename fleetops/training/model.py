@@ -79,9 +79,9 @@ def build_model(
         inputs[column] = keras.Input(shape=(1,), name=column, dtype="float32")
         filled = FillMissing(prep.means[column], name=f"fill_{column}")(inputs[column])
         encoded.append(
-            keras.layers.Normalization(
-                mean=prep.means[column], variance=prep.variances[column], name=f"norm_{column}"
-            )(filled)
+            keras.layers.Normalization(mean=prep.means[column], variance=prep.variances[column], name=f"norm_{column}")(
+                filled
+            )
         )
     for column in spec.features.categorical:
         inputs[column] = keras.Input(shape=(1,), name=column, dtype="string")

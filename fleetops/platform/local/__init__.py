@@ -1,9 +1,9 @@
 """The local twin: everything under one home folder.
 
-    <home>/registry.sqlite      the model registry (SQLite, WAL)
-    <home>/models/<id>/<ver>/   registered artifacts
-    <home>/warehouse.duckdb     tables addressed as bq://project.dataset.table
-    <home>/pipeline_root/       artifacts of local pipeline runs
+<home>/registry.sqlite      the model registry (SQLite, WAL)
+<home>/models/<id>/<ver>/   registered artifacts
+<home>/warehouse.duckdb     tables addressed as bq://project.dataset.table
+<home>/pipeline_root/       artifacts of local pipeline runs
 """
 
 from __future__ import annotations

@@ -135,9 +135,7 @@ class LocalModelRegistry(ModelRegistry):
                 row = conn.execute("SELECT next_version_id FROM models WHERE model_id = ?", (model_id,)).fetchone()
                 now = _now()
                 if row is None:
-                    conn.execute(
-                        "INSERT INTO models VALUES (?, ?, 1, ?)", (model_id, display_name or model_id, now)
-                    )
+                    conn.execute("INSERT INTO models VALUES (?, ?, 1, ?)", (model_id, display_name or model_id, now))
                     version_id = 1
                 else:
                     version_id = row[0]
@@ -231,9 +229,12 @@ class LocalModelRegistry(ModelRegistry):
     def list_versions(self, model_id: str) -> list[ModelVersion]:
         with self._connect() as conn:
             self._require_model(conn, model_id)
-            ids = [r[0] for r in conn.execute(
-                "SELECT version_id FROM versions WHERE model_id = ? ORDER BY version_id", (model_id,)
-            )]
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT version_id FROM versions WHERE model_id = ? ORDER BY version_id", (model_id,)
+                )
+            ]
             return [self._version(conn, model_id, v) for v in ids]
 
     def list_models(self, labels: dict[str, str] | None = None) -> list[str]:
@@ -245,10 +246,13 @@ class LocalModelRegistry(ModelRegistry):
     def list_evaluations(self, model_id: str, version: str | None = None) -> list[Evaluation]:
         with self._connect() as conn:
             version_id = self._resolve(conn, model_id, version)
-            ids = [r[0] for r in conn.execute(
-                "SELECT evaluation_id FROM evaluations WHERE model_id = ? AND version_id = ? ORDER BY create_time",
-                (model_id, version_id),
-            )]
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT evaluation_id FROM evaluations WHERE model_id = ? AND version_id = ? ORDER BY create_time",
+                    (model_id, version_id),
+                )
+            ]
             return [self._evaluation(conn, e) for e in ids]
 
     def artifact_path(self, version: ModelVersion) -> Path:
@@ -380,7 +384,16 @@ def _insert_evaluation(conn: sqlite3.Connection, model_id: str, version_id: int,
     evaluation_id = uuid.uuid4().hex[:16]
     conn.execute(
         "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (evaluation_id, model_id, version_id, evaluation.display_name, evaluation.metrics_schema_uri, metrics, slices, _now()),
+        (
+            evaluation_id,
+            model_id,
+            version_id,
+            evaluation.display_name,
+            evaluation.metrics_schema_uri,
+            metrics,
+            slices,
+            _now(),
+        ),
     )
     return evaluation_id
 

@@ -77,4 +77,3 @@ def bigquery_query_config(settings: VertexSettings) -> Any:
 def gcs_local_path(uri: str) -> str:
     """Vertex mounts Cloud Storage at /gcs (Cloud Storage FUSE): gs://b/x is readable at /gcs/b/x."""
     return "/gcs/" + uri.removeprefix("gs://") if uri.startswith("gs://") else uri
-

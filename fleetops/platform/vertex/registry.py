@@ -27,7 +27,6 @@ from fleetops.platform.registry import (
     check_aliases,
     check_labels,
     check_model_id,
-    upload_aliases,
 )
 
 LINEAGE_MARKER = "\nlineage: "
@@ -110,7 +109,9 @@ class VertexModelRegistry(ModelRegistry):
         try:
             model = aiplatform.Model(name, credentials=self.credentials)
         except exceptions.NotFound:
-            raise NotFoundError(f"model {model_id!r} has no version or alias {version or DEFAULT_ALIAS!r} on Vertex") from None
+            raise NotFoundError(
+                f"model {model_id!r} has no version or alias {version or DEFAULT_ALIAS!r} on Vertex"
+            ) from None
         return self._from_gca(model.gca_resource)
 
     def list_versions(self, model_id: str) -> list[ModelVersion]:
@@ -205,7 +206,11 @@ class VertexModelRegistry(ModelRegistry):
         except exceptions.NotFound:
             return None
         versions = [
-            self._from_gca(aiplatform.Model(f"{info.model_resource_name}@{info.version_id}", credentials=self.credentials).gca_resource)
+            self._from_gca(
+                aiplatform.Model(
+                    f"{info.model_resource_name}@{info.version_id}", credentials=self.credentials
+                ).gca_resource
+            )
             for info in infos
         ]
         return sorted(versions, key=lambda v: int(v.version_id))
