@@ -17,7 +17,7 @@ import pandas as pd
 
 from fleetops.data.split import SPLIT_COLUMN, TEST, with_splits
 from fleetops.data.validation import ValidationReport, schema, segment_values, statistics, validate
-from fleetops.errors import UserError
+from fleetops.errors import NotFoundError, UserError
 from fleetops.evaluation.metrics import (
     CLASSIFICATION_SCHEMA,
     REGRESSION_SCHEMA,
@@ -255,7 +255,6 @@ def _slices(spec: FleetSpec, test: pd.DataFrame, y: np.ndarray, model: Any) -> l
 def _champion(
     spec: FleetSpec, platform: Platform, test: pd.DataFrame, mid: str, metrics: dict[str, Any]
 ) -> dict[str, Any]:
-    from fleetops.errors import NotFoundError
     from fleetops.training.artifact import load_artifact
     from fleetops.training.trainer import encode_labels
 

@@ -77,7 +77,8 @@ def _progress(
         running.setdefault(match.group(1), []).append(now)
     elif match := _FINISHED.search(line):
         name, status = match.groups()
-        begun = running.get(name, [now]).pop(0) if running.get(name) else now
+        starts = running.get(name)
+        begun = starts.pop(0) if starts else now
         tasks.append((name, status, now - begun))
         mark = "ok " if status == "SUCCESS" else "FAILED"
         out.write(f"  [{now - started:6.1f}s] {mark} {name:<10} {now - begun:5.1f}s\n")

@@ -129,8 +129,9 @@ class VertexModelRegistry(ModelRegistry):
 
     def add_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
         check_aliases(aliases)
-        self._registry(model_id).add_version_aliases(list(aliases), self._version_id(model_id, version))
-        return self.get_version(model_id, version if str(version).isdigit() else aliases[0])
+        version_id = self._version_id(model_id, version)
+        self._registry(model_id).add_version_aliases(list(aliases), version_id)
+        return self.get_version(model_id, version_id)
 
     def remove_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
         check_aliases(aliases)
