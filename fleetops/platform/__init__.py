@@ -32,6 +32,7 @@ _VERTEX_SETTINGS = (
     "labels",
     "pipeline_root",
     "api_endpoint",
+    "bigquery_endpoint",
 )
 
 
@@ -49,6 +50,8 @@ class VertexSettings:
     pipeline_root: str | None = None
     # Another API endpoint (Private Service Connect, or a local server in tests); REST transport.
     api_endpoint: str | None = None
+    # Another BigQuery endpoint (regional, Private Service Connect, or a local server in tests).
+    bigquery_endpoint: str | None = None
 
 
 class Platform(ABC):

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from fleetops.data.sources import parse_table, read_file, source_kind
+from fleetops.errors import UserError
 from fleetops.platform import Platform, VertexSettings
 from fleetops.platform.vertex.registry import VertexModelRegistry
 
@@ -51,14 +52,20 @@ class VertexPlatform(Platform):
         kind = source_kind(source)
         if kind == "file":
             return read_file(gcs_local_path(source))
-        return self.bigquery_job(source).to_dataframe()
+        from google.api_core import exceptions
+
+        try:
+            return self.bigquery_job(source).to_dataframe()
+        except (exceptions.BadRequest, exceptions.NotFound) as exc:
+            raise UserError(f"data source {source!r} failed in BigQuery: {exc.message}") from None
 
     def bigquery_job(self, source: str) -> Any:
         """Run a SQL query or read a bq:// table as a BigQuery query job, labelled like every job."""
         from google.cloud import bigquery
 
         query = source if source_kind(source) == "sql" else f"SELECT * FROM `{parse_table(source).bigquery_id}`"
-        client = bigquery.Client(project=self.settings.project, credentials=self.credentials, location=None)
+        options = {"api_endpoint": self.settings.bigquery_endpoint} if self.settings.bigquery_endpoint else None
+        client = bigquery.Client(project=self.settings.project, credentials=self.credentials, client_options=options)
         config = bigquery_query_config(self.settings)
         return client.query(query, job_config=config).result()
 
