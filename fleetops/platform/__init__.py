@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import pandas as pd
 
 from fleetops.errors import UserError
+from fleetops.platform.endpoints import Endpoints
 from fleetops.platform.registry import ModelRegistry
 
 DEFAULT_HOME = ".fleetops"
@@ -55,10 +56,11 @@ class VertexSettings:
 
 
 class Platform(ABC):
-    """What components need from where they run: a registry, data access, a pipeline root."""
+    """What components need from where they run: a registry, endpoints, data access, a pipeline root."""
 
     uri: str
     registry: ModelRegistry
+    endpoints: Endpoints
 
     @abstractmethod
     def read_table(self, source: str) -> pd.DataFrame:

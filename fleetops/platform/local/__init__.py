@@ -16,6 +16,7 @@ import pandas as pd
 from fleetops.data.sources import parse_table, read_file, source_kind
 from fleetops.errors import UserError
 from fleetops.platform import Platform, local_uri
+from fleetops.platform.local.endpoints import LocalEndpoints
 from fleetops.platform.local.registry import LocalModelRegistry
 
 
@@ -25,6 +26,7 @@ class LocalPlatform(Platform):
         self.home.mkdir(parents=True, exist_ok=True)
         self.uri = local_uri(self.home)
         self.registry = LocalModelRegistry(self.home)
+        self.endpoints = LocalEndpoints(self.registry)
         self.warehouse = self.home / "warehouse.duckdb"
 
     @property

@@ -78,6 +78,26 @@ CREATE TABLE IF NOT EXISTS evaluations (
     create_time TEXT NOT NULL,
     FOREIGN KEY (model_id, version_id) REFERENCES versions(model_id, version_id) ON DELETE CASCADE
 );
+CREATE TABLE IF NOT EXISTS endpoints (
+    endpoint_id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    request_logging_rate REAL NOT NULL,
+    create_time TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deployed_models (
+    deployed_model_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(endpoint_id),
+    model_id TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    display_name TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    traffic INTEGER NOT NULL,
+    create_time TEXT NOT NULL,
+    FOREIGN KEY (model_id, version_id) REFERENCES versions(model_id, version_id)
+);
+CREATE TABLE IF NOT EXISTS endpoint_changes (id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL);
+INSERT OR IGNORE INTO endpoint_changes VALUES (1, 0);
 """
 
 
@@ -89,7 +109,7 @@ class LocalModelRegistry(ModelRegistry):
         self.database = self.home / "registry.sqlite"
         self.store = self.home / "models"
         self.store.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
+        with self.connect() as conn:
             conn.executescript(_SCHEMA)
 
     # -- writes --------------------------------------------------------------------------------
@@ -126,7 +146,7 @@ class LocalModelRegistry(ModelRegistry):
             _copy_artifact(source, staging)
             if directory_sha256(staging) != sha:
                 raise PlatformError(f"artifact {str(source)!r} changed while it was being copied; retry")
-            with self._transaction() as conn:
+            with self.transaction() as conn:
                 duplicate = conn.execute(
                     "SELECT version_id FROM versions WHERE model_id = ? AND artifact_sha256 = ?", (model_id, sha)
                 ).fetchone()
@@ -179,16 +199,16 @@ class LocalModelRegistry(ModelRegistry):
 
     def add_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
         check_aliases(aliases)
-        with self._transaction() as conn:
-            version_id = self._resolve(conn, model_id, version)
+        with self.transaction() as conn:
+            version_id = self.resolve_version(conn, model_id, version)
             _assign_aliases(conn, model_id, version_id, aliases)
             return self._version(conn, model_id, version_id)
 
     def remove_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
         check_aliases(aliases)
         check_alias_removal(aliases)
-        with self._transaction() as conn:
-            version_id = self._resolve(conn, model_id, version)
+        with self.transaction() as conn:
+            version_id = self.resolve_version(conn, model_id, version)
             conn.executemany(
                 "DELETE FROM aliases WHERE model_id = ? AND version_id = ? AND alias = ?",
                 [(model_id, version_id, a) for a in aliases],
@@ -196,8 +216,8 @@ class LocalModelRegistry(ModelRegistry):
             return self._version(conn, model_id, version_id)
 
     def delete_version(self, model_id: str, version: str) -> None:
-        with self._transaction() as conn:
-            version_id = self._resolve(conn, model_id, version)
+        with self.transaction() as conn:
+            version_id = self.resolve_version(conn, model_id, version)
             count = conn.execute("SELECT COUNT(*) FROM versions WHERE model_id = ?", (model_id,)).fetchone()[0]
             if count == 1:
                 raise RegistryRuleError(
@@ -210,24 +230,36 @@ class LocalModelRegistry(ModelRegistry):
                     f"version {version_id} of model {model_id!r} is the default version and cannot be deleted; "
                     "make another version the default first"
                 )
+            endpoints = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT endpoint_id FROM deployed_models WHERE model_id = ? AND version_id = ?",
+                    (model_id, version_id),
+                )
+            ]
+            if endpoints:
+                raise RegistryRuleError(
+                    f"version {version_id} of model {model_id!r} is deployed on endpoints {endpoints}; "
+                    "undeploy it before deleting the version"
+                )
             conn.execute("DELETE FROM versions WHERE model_id = ? AND version_id = ?", (model_id, version_id))
             # The folder goes only once the rows are gone: a failed commit leaves both.
             shutil.rmtree(self.store / model_id / str(version_id), ignore_errors=True)
 
     def import_evaluation(self, model_id: str, version: str, evaluation: EvaluationInput) -> Evaluation:
-        with self._transaction() as conn:
-            version_id = self._resolve(conn, model_id, version)
+        with self.transaction() as conn:
+            version_id = self.resolve_version(conn, model_id, version)
             evaluation_id = _insert_evaluation(conn, model_id, version_id, evaluation)
             return self._evaluation(conn, evaluation_id)
 
     # -- reads ---------------------------------------------------------------------------------
 
     def get_version(self, model_id: str, version: str | None = None) -> ModelVersion:
-        with self._connect() as conn:
-            return self._version(conn, model_id, self._resolve(conn, model_id, version))
+        with self.connect() as conn:
+            return self._version(conn, model_id, self.resolve_version(conn, model_id, version))
 
     def list_versions(self, model_id: str) -> list[ModelVersion]:
-        with self._connect() as conn:
+        with self.connect() as conn:
             self._require_model(conn, model_id)
             ids = [
                 r[0]
@@ -238,14 +270,14 @@ class LocalModelRegistry(ModelRegistry):
             return [self._version(conn, model_id, v) for v in ids]
 
     def list_models(self, labels: dict[str, str] | None = None) -> list[str]:
-        with self._connect() as conn:
+        with self.connect() as conn:
             rows = conn.execute("SELECT DISTINCT model_id, labels FROM versions ORDER BY model_id").fetchall()
         wanted = (labels or {}).items()
         return sorted({m for m, raw in rows if wanted <= json.loads(raw).items()})
 
     def list_evaluations(self, model_id: str, version: str | None = None) -> list[Evaluation]:
-        with self._connect() as conn:
-            version_id = self._resolve(conn, model_id, version)
+        with self.connect() as conn:
+            version_id = self.resolve_version(conn, model_id, version)
             ids = [
                 r[0]
                 for r in conn.execute(
@@ -261,7 +293,7 @@ class LocalModelRegistry(ModelRegistry):
     # -- helpers -------------------------------------------------------------------------------
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def connect(self) -> Iterator[sqlite3.Connection]:
         conn = sqlite3.connect(self.database, timeout=60, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -272,8 +304,8 @@ class LocalModelRegistry(ModelRegistry):
             conn.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self.connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -283,7 +315,7 @@ class LocalModelRegistry(ModelRegistry):
             conn.execute("COMMIT")
 
     def _find_by_sha(self, model_id: str, sha: str) -> ModelVersion | None:
-        with self._connect() as conn:
+        with self.connect() as conn:
             row = conn.execute(
                 "SELECT version_id FROM versions WHERE model_id = ? AND artifact_sha256 = ?", (model_id, sha)
             ).fetchone()
@@ -293,7 +325,7 @@ class LocalModelRegistry(ModelRegistry):
         if conn.execute("SELECT 1 FROM models WHERE model_id = ?", (model_id,)).fetchone() is None:
             raise NotFoundError(f"model {model_id!r} is not in the registry at {self.database}")
 
-    def _resolve(self, conn: sqlite3.Connection, model_id: str, version: str | None) -> int:
+    def resolve_version(self, conn: sqlite3.Connection, model_id: str, version: str | None) -> int:
         self._require_model(conn, model_id)
         ref = DEFAULT_ALIAS if version is None else str(version)
         if ref.isdigit():
