@@ -6,7 +6,7 @@ import pytest
 from google.cloud.aiplatform import models as sdk
 
 from fleetops.errors import UserError
-from fleetops.serving.traffic import allocate, deploy_split, undeploy_split, unallocate
+from fleetops.serving.traffic import allocate, deploy_split, unallocate, undeploy_split
 
 
 def test_vertex_md_example():

@@ -100,7 +100,7 @@ class Endpoints(ABC):
         *,
         traffic_percentage: int | None = None,
         traffic_split: dict[str, int] | None = None,
-        settings: DeploymentSettings = DeploymentSettings(),
+        settings: DeploymentSettings | None = None,
         display_name: str | None = None,
     ) -> tuple[Endpoint, str]:
         """Deploy a registered version (id or alias); return the endpoint and the new deployed model id."""

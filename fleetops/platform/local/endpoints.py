@@ -1,6 +1,7 @@
 """Endpoints of the local twin, in the registry's SQLite database.
 
-The tables are created with the registry's (one database for the twin). A deploy resolves the version (id or alias) and writes the deployed model and
+The tables are created with the registry's (one database for the twin). A
+deploy resolves the version (id or alias) and writes the deployed model and
 the new split in one transaction with the registry, so it never points at a
 version that is not there. Every change bumps `endpoint_changes.revision`;
 a running prediction server polls it and reloads without a restart.
@@ -65,9 +66,9 @@ class LocalEndpoints(Endpoints):
         with self.registry.transaction() as conn:
             endpoint = self._endpoint(conn, endpoint_id)
             if endpoint.deployed_models:
+                deployed = [m.deployed_model_id for m in endpoint.deployed_models]
                 raise UserError(
-                    f"endpoint {endpoint_id!r} has deployed models {[m.deployed_model_id for m in endpoint.deployed_models]}; "
-                    "undeploy them before deleting it"
+                    f"endpoint {endpoint_id!r} has deployed models {deployed}; undeploy them before deleting it"
                 )
             conn.execute("DELETE FROM endpoints WHERE endpoint_id = ?", (endpoint_id,))
             _bump(conn)
@@ -80,14 +81,15 @@ class LocalEndpoints(Endpoints):
         *,
         traffic_percentage: int | None = None,
         traffic_split: dict[str, int] | None = None,
-        settings: DeploymentSettings = DeploymentSettings(),
+        settings: DeploymentSettings | None = None,
         display_name: str | None = None,
     ) -> tuple[Endpoint, str]:
         with self.registry.transaction() as conn:
             endpoint = self._endpoint(conn, endpoint_id)
             version_id = self.registry.resolve_version(conn, model_id, version)
             cursor = conn.execute(
-                "INSERT INTO deployed_models (endpoint_id, model_id, version_id, display_name, settings, traffic, create_time) "
+                "INSERT INTO deployed_models "
+                "(endpoint_id, model_id, version_id, display_name, settings, traffic, create_time) "
                 "VALUES (?, ?, ?, ?, ?, 0, ?)",
                 (
                     endpoint_id,
