@@ -96,7 +96,7 @@ class LocalEndpoints(Endpoints):
                     model_id,
                     version_id,
                     display_name or f"{model_id}@{version_id}",
-                    _settings_json(settings),
+                    _settings_json(settings or DeploymentSettings()),
                     _now(),
                 ),
             )
