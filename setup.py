@@ -29,6 +29,12 @@ INSTALL_REQUIRES = [
     "pydantic==2.13.4",
     # Fleet specs are YAML.
     "PyYAML==6.0.3",
+    # The prediction server: an ASGI server with the C HTTP parser and event loop it is fastest with.
+    "uvicorn==0.54.0",
+    "httptools==0.9.0",
+    "uvloop==0.23.0",
+    # Fast JSON for prediction requests and responses.
+    "orjson==3.13.0",
 ]
 
 EXTRAS_REQUIRE = {
@@ -41,6 +47,10 @@ EXTRAS_REQUIRE = {
     ],
     "dev": [
         "ruff==0.17.5",
+    ],
+    # Baselines the serving benchmark compares against (not used by fleetops itself).
+    "bench": [
+        "fastapi==0.163.2",
     ],
 }
 

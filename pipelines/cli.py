@@ -126,6 +126,39 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fleetops.serving.server import serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        raise UserError(
+            f"--host {args.host} would accept connections from other machines; add --allow-remote to mean it"
+        )
+    home = _home(args.home)
+    print(f"fleetops serve: endpoints of {home} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    serve(home, args.host, args.port, args.workers, args.token, args.max_body_bytes)
+    return 0
+
+
+def cmd_serve_container(args: argparse.Namespace) -> int:
+    """The Vertex custom serving container: AIP_STORAGE_URI, AIP_HTTP_PORT, AIP_PREDICT_ROUTE, AIP_HEALTH_ROUTE."""
+    import os
+
+    import uvicorn
+
+    if not os.environ.get("AIP_STORAGE_URI"):
+        raise UserError("serve-container needs AIP_STORAGE_URI (Vertex sets it to the model's artifact folder)")
+    uvicorn.run(
+        "fleetops.serving.server:create_app",
+        factory=True,
+        host=args.host,
+        port=int(os.environ.get("AIP_HTTP_PORT", "8080")),
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+    )
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     print(_registry_listing(_home(args.home)))
     return 0
@@ -203,6 +236,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", dest="caching", action="store_const", const=False, default=None)
     p.add_argument("--dry-run", action="store_true", help="print the Vertex request instead of sending it")
     p.set_defaults(handler=cmd_submit)
+
+    p = sub.add_parser("serve", help="serve the local twin's endpoints over Vertex's REST API")
+    p.add_argument("--home", default=None)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback unless --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
+    p.add_argument("--max-body-bytes", type=int, default=1_572_864)
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("serve-container", help="the Vertex custom serving container (reads AIP_* variables)")
+    p.add_argument("--host", default="0.0.0.0", help="inside a container the server must listen on all interfaces")
+    p.set_defaults(handler=cmd_serve_container)
 
     p = sub.add_parser("models", help="list the local registry")
     p.add_argument("--home", default=None)

@@ -47,3 +47,96 @@ def artifact_dirs(tmp_path):
         (d / "sub" / "meta.json").write_text(f'{{"i": {i}}}')
         dirs.append(d)
     return dirs
+
+
+@pytest.fixture(scope="session")
+def trained_models(tmp_path_factory):
+    """Two real Keras churn models (different seeds), trained once per test session."""
+    from fleetops.data.split import with_splits
+    from fleetops.data.validation import segment_values
+    from fleetops.training.trainer import SEGMENT_COLUMN, train_segment
+
+    root = tmp_path_factory.mktemp("trained")
+    df = make_churn(rows_per_segment=300, segments=1, seed=3)
+    base = parse_spec(SAMPLE_SPEC.format(source="x.csv")).model_dump(mode="json")
+    spec = parse_spec(base | {"architectures": ["linear"], "training": base["training"] | {"epochs": 3}})
+    rows = with_splits(df, spec.data.split, spec.data.split_key)
+    rows[SEGMENT_COLUMN] = segment_values(rows, spec)
+    paths = []
+    for seed in (1, 2):
+        params = spec.training.model_copy(update={"seed": seed})
+        paths.append(train_segment(rows, spec, "north", root / f"model{seed}", params=params).artifact_dir)
+    return paths
+
+
+class ServerProcess:
+    """A fleetops server in a child process on a free loopback port.
+
+    `fleetops serve --home HOME` by default; `command` replaces it (the port is given
+    through `--port` or, for the serving container, AIP_HTTP_PORT).
+    """
+
+    def __init__(self, home, *extra, env=None, command=None, health="/health"):
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.health = health
+        environment = {**os.environ, "FLEETOPS_SERVE_RELOAD_SECONDS": "0.2", "AIP_HTTP_PORT": str(self.port)}
+        environment |= env or {}
+        if command is None:
+            command = ["serve", "--home", str(home), "--port", str(self.port), *extra]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", *command], env=environment, cwd=Path(__file__).resolve().parents[1]
+        )
+        self.wait_until_up()
+
+    def wait_until_up(self, seconds=60):
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}")
+            try:
+                urllib.request.urlopen(f"{self.base}{self.health}", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not come up")
+
+    def request(self, method, path, body=None, headers=None):
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.base}{path}", data=data, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(home, *extra, **options):
+        server = ServerProcess(home, *extra, **options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,110 @@
+"""Turn JSON instances into predictions with a loaded model artifact.
+
+`columns` validates a request's instances (each an object of feature values)
+and returns them column-wise; every mistake is a `UserError` naming the
+instance, the feature and the value. `Predictor.predict_columns` scores
+column-wise input straight into the model's named inputs (no DataFrame on the
+hot path) and `format_predictions` shapes the output as Vertex tabular models
+do: `{"classes": [...], "scores": [...]}` or `{"value": v}`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fleetops.errors import UserError
+from fleetops.fingerprints import directory_sha256
+from fleetops.training.artifact import ModelArtifact, load_artifact
+
+MAX_INSTANCES = 10_000
+
+
+class ArtifactIntegrityError(UserError):
+    """A stored artifact's bytes no longer match the sha256 the registry recorded."""
+
+
+class Predictor:
+    def __init__(self, artifact: ModelArtifact):
+        import tensorflow as tf
+
+        self.artifact = artifact
+        self.numeric = list(artifact.features["numeric"])
+        self.categorical = list(artifact.features["categorical"])
+        self.features = self.numeric + self.categorical
+        self._feature_set = frozenset(self.features)
+        self.classes = list(artifact.classes)
+        self.task = artifact.task
+        self._tf = tf
+
+    @classmethod
+    def load(cls, path: str | Path, expected_sha256: str | None = None) -> Predictor:
+        """Load an artifact; refuse it when its bytes do not match `expected_sha256`."""
+        if expected_sha256 is not None:
+            actual = directory_sha256(path)
+            if actual != expected_sha256:
+                raise ArtifactIntegrityError(
+                    f"model artifact {str(path)!r} has sha256 {actual[:16]}..., but the registry recorded "
+                    f"{expected_sha256[:16]}...: the files changed after registration; refusing to serve them"
+                )
+        return cls(load_artifact(path))
+
+    def columns(self, instances: Any) -> dict[str, list[Any]]:
+        """Validate instances and return them as one list per feature."""
+        if not isinstance(instances, list) or not instances:
+            raise UserError("'instances' must be a non-empty list of objects (feature name -> value)")
+        if len(instances) > MAX_INSTANCES:
+            raise UserError(f"{len(instances)} instances in one request; at most {MAX_INSTANCES} are allowed")
+        for index, instance in enumerate(instances):
+            if not isinstance(instance, dict):
+                kind = type(instance).__name__
+                raise UserError(f"instance {index} must be an object of feature values, got {kind}: {instance!r:.80}")
+            if instance.keys() != self._feature_set:
+                self._explain_keys(index, instance)
+        columns = {name: [instance[name] for instance in instances] for name in self.features}
+        for name in self.numeric:
+            for index, value in enumerate(columns[name]):
+                if value is not None and (
+                    type(value) not in (int, float) or (type(value) is float and math.isinf(value))
+                ):
+                    raise UserError(f"instance {index} feature {name!r} must be a number or null, got {value!r:.80}")
+        for name in self.categorical:
+            for index, value in enumerate(columns[name]):
+                if value is not None and type(value) is not str:
+                    raise UserError(f"instance {index} feature {name!r} must be a string or null, got {value!r:.80}")
+        return columns
+
+    def predict_columns(self, columns: dict[str, list[Any]]) -> np.ndarray:
+        """Raw model outputs for column-wise input: (n, k) probabilities or (n,) values."""
+        tf = self._tf
+        n = len(columns[self.features[0]])
+        inputs = {}
+        for name in self.numeric:
+            values = np.array([np.nan if v is None else v for v in columns[name]], dtype=np.float32)
+            inputs[name] = tf.constant(values.reshape(n, 1))
+        for name in self.categorical:
+            inputs[name] = tf.constant(["" if v is None else v for v in columns[name]], dtype=tf.string, shape=(n, 1))
+        out = np.asarray(self.artifact.model.predict_on_batch(inputs))
+        if self.task == "regression":
+            return out.reshape(-1)
+        if self.task == "binary_classification":
+            p = out.reshape(-1)
+            return np.stack([1.0 - p, p], axis=1)
+        return out
+
+    def format_predictions(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+        if self.task == "regression":
+            return [{"value": float(v)} for v in outputs]
+        classes = self.classes
+        return [{"classes": classes, "scores": [float(s) for s in row]} for row in outputs]
+
+    def _explain_keys(self, index: int, instance: dict[str, Any]) -> None:
+        problems = []
+        if missing := sorted(self._feature_set - instance.keys()):
+            problems.append(f"is missing feature(s) {missing}")
+        if extra := sorted(instance.keys() - self._feature_set):
+            problems.append(f"has unknown feature(s) {extra}")
+        raise UserError(f"instance {index} {' and '.join(problems)}; the model's features are {self.features}")

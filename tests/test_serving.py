@@ -1,0 +1,173 @@
+"""The prediction server, for real: a child process on loopback, called by the official Vertex client."""
+
+import shutil
+import time
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud.aiplatform_v1 import PredictionServiceClient
+from google.cloud.aiplatform_v1.services.prediction_service.transports.rest import PredictionServiceRestTransport
+
+from fleetops.platform import connect, local_uri
+from fleetops.serving.request_log import read_request_log
+
+ENDPOINT = "projects/local/locations/local/endpoints/churn-north"
+PATH = f"/v1/{ENDPOINT}:predict"
+GOOD = {
+    "tenure_months": 3,
+    "monthly_charges": 99.5,
+    "support_calls": 4,
+    "data_usage_gb": None,
+    "plan": "premium",
+    "contract": "monthly",
+    "payment_method": "voucher",
+}
+
+
+def _twin(home, trained_models):
+    platform = connect(local_uri(home))
+    platform.registry.upload_version("churn-north", trained_models[0], aliases=["champion"])
+    platform.registry.upload_version("churn-north", trained_models[1], is_default_version=False)
+    platform.endpoints.create("churn-north", request_logging_rate=1.0)
+    platform.endpoints.create("empty")
+    platform.endpoints.deploy("churn-north", "churn-north", "champion")
+    return platform
+
+
+@pytest.fixture
+def twin(tmp_path, trained_models):
+    return _twin(tmp_path / "home", trained_models)
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory, trained_models):
+    """One server for the tests that only read: bad requests must leave it serving for the next."""
+    from tests.conftest import ServerProcess
+
+    platform = _twin(tmp_path_factory.mktemp("shared") / "home", trained_models)
+    server = ServerProcess(platform.home)
+    yield server
+    server.stop()
+
+
+def _client(server):
+    transport = PredictionServiceRestTransport(
+        host=f"127.0.0.1:{server.port}", credentials=AnonymousCredentials(), url_scheme="http"
+    )
+    return PredictionServiceClient(transport=transport)
+
+
+def test_official_client_predicts_and_explains(shared_server):
+    client = _client(shared_server)
+    other = dict(GOOD, tenure_months=60, contract="two_year", payment_method=None)
+    response = client.predict(endpoint=ENDPOINT, instances=[GOOD, other])
+    assert len(response.predictions) == 2
+    first = dict(response.predictions[0])
+    assert list(first["classes"]) == ["0", "1"] and abs(sum(first["scores"]) - 1) < 1e-5
+    assert response.deployed_model_id == "1"
+    assert response.model == "projects/local/locations/local/models/churn-north"
+    assert response.model_version_id == "1"
+
+    explained = client.explain(endpoint=ENDPOINT, instances=[GOOD])
+    attribution = explained.explanations[0].attributions[0]
+    features = dict(attribution.feature_attributions)
+    assert set(features) == set(GOOD)
+    delta = attribution.instance_output_value - attribution.baseline_output_value
+    assert sum(features.values()) == pytest.approx(delta, abs=1e-3)  # integrated gradients' completeness
+    assert attribution.output_display_name == "1"
+
+
+@pytest.mark.parametrize(
+    "body, code, message",
+    [
+        (b"{not json", 400, "request body is not valid JSON"),
+        ({"rows": []}, 400, 'must be a JSON object {"instances"'),
+        ({"instances": []}, 400, "'instances' must be a non-empty list"),
+        ({"instances": [[1, 2]]}, 400, "instance 0 must be an object of feature values, got list"),
+        ({"instances": [dict(GOOD, plan=None, extra=1)]}, 400, "instance 0 has unknown feature(s) ['extra']"),
+        ({"instances": [{k: v for k, v in GOOD.items() if k != "plan"}]}, 400, "is missing feature(s) ['plan']"),
+        ({"instances": [dict(GOOD, tenure_months="three")]}, 400, "feature 'tenure_months' must be a number or null"),
+        ({"instances": [dict(GOOD, tenure_months=True)]}, 400, "feature 'tenure_months' must be a number or null"),
+        ({"instances": [dict(GOOD, plan=3)]}, 400, "feature 'plan' must be a string or null, got 3"),
+        ({"instances": [GOOD] * 20_000}, 413, "over the limit of"),
+    ],
+)
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(shared_server, body, code, message):
+    server = shared_server
+    status, payload = server.request("POST", PATH, body, {"Content-Type": "application/json"})
+    assert status == code
+    assert message in payload["error"]["message"]
+    assert server.request("POST", PATH, {"instances": [GOOD]})[0] == 200
+
+
+def test_unknown_and_empty_endpoints(shared_server):
+    server = shared_server
+    status, payload = server.request(
+        "POST", "/v1/projects/local/locations/local/endpoints/nope:predict", {"instances": [GOOD]}
+    )
+    assert status == 404 and "endpoint 'nope' does not exist" in payload["error"]["message"]
+    status, payload = server.request(
+        "POST", "/v1/projects/local/locations/local/endpoints/empty:predict", {"instances": [GOOD]}
+    )
+    assert status == 400 and payload["error"]["status"] == "FAILED_PRECONDITION"
+    assert server.request("GET", "/ready")[0] == 200
+
+
+def test_traffic_split_and_live_reload(twin, serve):
+    server = serve(twin.home)
+    first = twin.endpoints.get("churn-north").deployed_models[0].deployed_model_id
+    _, canary = twin.endpoints.deploy("churn-north", "churn-north", "2", traffic_percentage=50)
+    time.sleep(1.0)  # the server polls every 0.2 s here; no restart
+    seen = [server.request("POST", PATH, {"instances": [GOOD]})[1]["deployedModelId"] for _ in range(200)]
+    assert {first, canary} == set(seen)
+    assert 60 < seen.count(canary) < 140  # 50% of 200, allowing for chance
+    twin.endpoints.update_traffic("churn-north", {first: 0, canary: 100})
+    time.sleep(1.0)
+    assert {server.request("POST", PATH, {"instances": [GOOD]})[1]["modelVersionId"] for _ in range(20)} == {"2"}
+
+
+def test_request_response_log_samples_requests(twin, serve):
+    server = serve(twin.home)
+    for _ in range(5):
+        server.request("POST", PATH, {"instances": [GOOD, GOOD]})
+    server.stop()  # flushes the log
+    log = read_request_log(twin.home, "churn-north")
+    assert len(log) == 10
+    assert set(log["model_id"]) == {"churn-north"} and set(log["version_id"]) == {"1"}
+    assert log.loc[0, "plan"] == "premium" and log.loc[0, "prediction"]["classes"] == ["0", "1"]
+
+
+def test_a_tampered_artifact_is_refused_at_load(twin, serve):
+    stored = twin.registry.artifact_path(twin.registry.get_version("churn-north", "2"))
+    shutil.copy(stored / "metadata.json", stored / "metadata.json.bak")
+    (stored / "metadata.json").write_text((stored / "metadata.json").read_text().replace('"seed": 2', '"seed": 3'))
+    first = twin.endpoints.get("churn-north").deployed_models[0].deployed_model_id
+    twin.endpoints.deploy("churn-north", "churn-north", "2", traffic_split={first: 0, "0": 100})
+    server = serve(twin.home)
+    status, ready = server.request("GET", "/ready")
+    assert status == 503 and "sha256" in ready["problems"][0] and "changed after registration" in ready["problems"][0]
+    status, payload = server.request("POST", PATH, {"instances": [GOOD]})
+    assert status == 503 and "is not being served" in payload["error"]["message"]
+    assert server.request("GET", "/health")[0] == 200
+
+
+def test_bearer_token(twin, serve):
+    server = serve(twin.home, "--token", "s3cret")
+    assert server.request("POST", PATH, {"instances": [GOOD]})[0] == 401
+    status, _ = server.request("POST", PATH, {"instances": [GOOD]}, {"Authorization": "Bearer s3cret"})
+    assert status == 200
+
+
+def test_vertex_custom_container_contract(trained_models, serve):
+    env = {
+        "AIP_STORAGE_URI": str(trained_models[0]),
+        "AIP_PREDICT_ROUTE": "/v1/predict-here",
+        "AIP_HEALTH_ROUTE": "/healthz",
+        "AIP_DEPLOYED_MODEL_ID": "42",
+    }
+    server = serve(None, env=env, command=["serve-container", "--host", "127.0.0.1"], health="/healthz")
+    status, payload = server.request("POST", "/v1/predict-here", {"instances": [GOOD]})
+    assert status == 200 and payload["deployedModelId"] == "42"
+    assert len(payload["predictions"]) == 1 and payload["predictions"][0]["classes"] == ["0", "1"]
+    status, payload = server.request("POST", "/v1/predict-here", {"instances": [{"plan": "basic"}]})
+    assert status == 400 and "is missing feature(s)" in payload["error"]["message"]
