@@ -24,7 +24,6 @@ import os
 import random
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,44 +78,47 @@ class Route:
 
 
 class Batcher:
-    """Adaptive micro-batching for one predictor: no fixed wait; whatever queued during a batch goes next."""
+    """Adaptive micro-batching for one predictor, on the event loop.
+
+    Requests parsed in the same turn of the loop queue here and go to the model
+    together; the model runs inline (measured faster than a thread hand-off on
+    2 cores: less switching, no GIL ping-pong), and whatever arrives meanwhile
+    waits in the socket buffers and forms the next batch.
+    """
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
         self._pending: list[tuple[dict[str, list[Any]], int, asyncio.Future[Any]]] = []
-        self._running = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+        self._scheduled = False
 
     async def predict(self, columns: dict[str, list[Any]], n: int) -> Any:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._pending.append((columns, n, future))
-        if not self._running:
-            self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._drain)
         return await future
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, rows = [], 0
-                while self._pending and (not batch or rows + self._pending[0][1] <= MAX_BATCH_ROWS):
-                    item = self._pending.pop(0)
-                    batch.append(item)
-                    rows += item[1]
-                merged = {name: [v for cols, _, _ in batch for v in cols[name]] for name in self.predictor.features}
-                try:
-                    outputs = await loop.run_in_executor(self._executor, self.predictor.predict_columns, merged)
-                except Exception as exc:  # a model failure fails its requests, not the server
-                    for _, _, future in batch:
-                        future.set_exception(exc)
-                    continue
-                start = 0
-                for _, n, future in batch:
-                    future.set_result(outputs[start : start + n])
-                    start += n
-        finally:
-            self._running = False
+    def _drain(self) -> None:
+        self._scheduled = False
+        while self._pending:
+            batch, rows = [], 0
+            while self._pending and (not batch or rows + self._pending[0][1] <= MAX_BATCH_ROWS):
+                item = self._pending.pop(0)
+                batch.append(item)
+                rows += item[1]
+            merged = {name: [v for cols, _, _ in batch for v in cols[name]] for name in self.predictor.features}
+            try:
+                outputs = self.predictor.predict_columns(merged)
+            except Exception as exc:  # a model failure fails its requests, not the server
+                for _, _, future in batch:
+                    future.set_exception(exc)
+                continue
+            start = 0
+            for _, n, future in batch:
+                future.set_result(outputs[start : start + n])
+                start += n
 
 
 class TwinModels:
@@ -386,6 +388,11 @@ class PredictionApp:
 
 def create_app() -> PredictionApp:
     """The app as uvicorn workers build it, from FLEETOPS_SERVE_* (or Vertex's AIP_*) environment variables."""
+    import tensorflow as tf
+
+    # Requests are small: one TF thread per worker avoids oversubscribing the cores the workers share.
+    tf.config.threading.set_intra_op_parallelism_threads(int(os.environ.get("FLEETOPS_SERVE_TF_THREADS", "1")))
+    tf.config.threading.set_inter_op_parallelism_threads(int(os.environ.get("FLEETOPS_SERVE_TF_THREADS", "1")))
     storage_uri = os.environ.get("AIP_STORAGE_URI")
     if storage_uri:
         return PredictionApp(

@@ -1,0 +1,213 @@
+"""Online prediction throughput and latency: fleetops serve against FastAPI + uvicorn baselines.
+
+Every server serves the same Keras churn model with the same number of worker
+processes; wrk (a C load generator, so the client does not eat the servers'
+Python CPU) drives each at 32 connections for a fixed duration with
+single-instance requests, then 100-instance requests.
+
+    python benchmarks/bench_serving.py [--seconds 15] [--workers 2]
+
+Ends with: BENCH serving: <ours rps> vs <competent rps> = <ratio>x (target >= 1.5x, p99 <= 20 ms, 0 errors)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PATH = "/v1/projects/local/locations/local/endpoints/churn-north:predict"
+INSTANCE = {
+    "tenure_months": 3,
+    "monthly_charges": 99.5,
+    "support_calls": 4,
+    "data_usage_gb": None,
+    "plan": "premium",
+    "contract": "monthly",
+    "payment_method": "voucher",
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--servers", default="fleetops,competent,naive", help="comma-separated subset to run")
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    try:
+        model_dir, home = prepare(work)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        servers = {
+            "fleetops": lambda port: [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "serve",
+                "--home",
+                str(home),
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+            ],
+            "competent": lambda port: baseline_command(port, args.workers),
+            "naive": lambda port: baseline_command(port, args.workers),
+        }
+        results = {}
+        wanted = args.servers.split(",")
+        for name, command in servers.items():
+            if name not in wanted:
+                continue
+            server_env = env | {"BASELINE_MODEL_DIR": str(model_dir), "BASELINE_MODE": name}
+            for size in (1, 100):
+                if name == "naive" and size == 100:
+                    continue
+                results[(name, size)] = measure(wrk, command, server_env, work, size, args)
+                r = results[(name, size)]
+                print(
+                    f"{name:<10} {size:>3} instance(s)/request: {r['rps']:8.0f} req/s  p50 {r['p50']:6.1f} ms  "
+                    f"p99 {r['p99']:6.1f} ms  errors {r['errors']}",
+                    flush=True,
+                )
+        if not {("fleetops", 1), ("competent", 1)} <= results.keys():
+            return 0
+        ours, competent = results[("fleetops", 1)], results[("competent", 1)]
+        ratio = ours["rps"] / competent["rps"]
+        print(
+            f"\nrows/s with 100-instance requests: fleetops {results[('fleetops', 100)]['rps'] * 100:.0f}, "
+            f"competent {results[('competent', 100)]['rps'] * 100:.0f}"
+        )
+        print(
+            f"BENCH serving: {ours['rps']:.0f} req/s (p99 {ours['p99']:.1f} ms, {ours['errors']} errors) vs "
+            f"{competent['rps']:.0f} req/s = {ratio:.2f}x (target >= 1.5x, p99 <= 20 ms, 0 errors)"
+        )
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def baseline_command(port: int, workers: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "benchmarks.serving_baselines:create_app",
+        "--factory",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+
+
+def prepare(work: Path) -> tuple[Path, Path]:
+    """Train the sample churn model for one region and deploy it on a fresh local twin."""
+    from fleetops import fleet
+    from fleetops.data.sample import SAMPLE_SPEC, write_sample
+    from fleetops.platform import connect, local_uri
+    from fleetops.spec import parse_spec
+    from fleetops.training.trainer import train_shard
+
+    data = write_sample(work / "churn.csv", rows_per_segment=2000, segments=1)
+    spec = parse_spec(SAMPLE_SPEC.format(source=data))
+    platform = connect(local_uri(work / "home"))
+    data_path = work / "raw.parquet"
+    fleet.ingest(spec, platform, data_path)
+    fleet.split_dataset(spec, data_path, work / "dataset.parquet")
+    model_dir = train_shard(work / "dataset.parquet", spec, ["north"], work / "models", log=lambda *_: None)[
+        0
+    ].artifact_dir
+    platform.registry.upload_version("churn-north", model_dir, aliases=["champion"])
+    platform.endpoints.create("churn-north")
+    platform.endpoints.deploy("churn-north", "churn-north", "champion")
+    return model_dir, platform.home
+
+
+def measure(wrk: str, command, env: dict, work: Path, size: int, args) -> dict:
+    port = free_port()
+    server = subprocess.Popen(command(port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}{PATH}"
+        body = json.dumps({"instances": [INSTANCE] * size})
+        wait_ready(url, body, server)
+        script = work / f"post{size}.lua"
+        script.write_text(
+            f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n'
+        )
+        # A short warm-up, then the measured run.
+        subprocess.run([wrk, "-t1", "-c8", "-d2s", "-s", str(script), url], capture_output=True, check=True)
+        out = subprocess.run(
+            [wrk, "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "-s", str(script), url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return parse_wrk(out)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def parse_wrk(out: str) -> dict:
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = 0
+    if match := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(match.group(1))
+    if match := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(map(int, match.groups()))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {"rps": rps, "p50": ms("50%"), "p99": ms("99%"), "errors": errors}
+
+
+def wait_ready(url: str, body: str, server: subprocess.Popen, seconds: int = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited with {server.returncode}")
+        try:
+            request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(request, timeout=5).read()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"server at {url} did not answer")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("installing wrk (Debian package) ...", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+    return shutil.which("wrk") or "wrk"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
