@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+_ENDPOINTS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints$")
+_ENDPOINT = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints/([^/:]+)(:\w+)?$")
 _MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models/([^/@:]+)(?:@([^/:]+))?(.*)$")
 
 
@@ -22,6 +24,8 @@ class FakeVertex:
         self.requests: list[dict[str, Any]] = []
         self.models: dict[str, dict[str, Any]] = {}  # model id -> {"versions": {id: model json}, "next": n}
         self.evaluations: dict[str, list[dict[str, Any]]] = {}
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self._next_deployed_id = 1000
         self.fail_evaluation_import = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -45,6 +49,10 @@ class FakeVertex:
 
     def handle(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self.requests.append({"method": method, "path": path, "query": query, "body": body})
+        if match := _ENDPOINTS.match(path):
+            return self._endpoints(method, match.group(1), query, body)
+        if match := _ENDPOINT.match(path):
+            return self._endpoint(method, *match.groups(), body)
         if method == "POST" and path.endswith("/models:upload"):
             return self._upload(path.removeprefix("/v1/").removesuffix("/models:upload"), body)
         if method == "GET" and re.match(r"^/v1/projects/[^/]+/locations/[^/]+/models$", path):
@@ -79,6 +87,62 @@ class FakeVertex:
             return 200, {"modelEvaluations": self.evaluations.get(f"{model_id}@{resolved}", [])}
         return _error(404, f"unsupported {method} {path}")
 
+    def _endpoints(self, method: str, parent: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if method == "GET":
+            return 200, {"endpoints": [self.endpoints[e] for e in sorted(self.endpoints)]}
+        endpoint_id = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("endpointId")
+        if endpoint_id in self.endpoints:
+            return _error(409, f"endpoint {endpoint_id} already exists")
+        endpoint = dict(body) | {"name": f"{parent}/endpoints/{endpoint_id}", "deployedModels": [], "trafficSplit": {}}
+        self.endpoints[endpoint_id] = endpoint
+        return 200, _done(
+            f"{parent}/endpoints/{endpoint_id}/operations/create",
+            {"@type": "type.googleapis.com/google.cloud.aiplatform.v1.Endpoint", **endpoint},
+        )
+
+    def _endpoint(
+        self, method: str, parent: str, endpoint_id: str, verb: str | None, body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        endpoint = self.endpoints.get(endpoint_id)
+        if endpoint is None:
+            return _error(404, f"Endpoint {parent}/endpoints/{endpoint_id} not found")
+        operation = f"{parent}/endpoints/{endpoint_id}/operations/{len(self.requests)}"
+        if method == "GET" and verb is None:
+            return 200, endpoint
+        if method == "DELETE" and verb is None:
+            if endpoint["deployedModels"]:
+                return _error(400, "endpoint has deployed models")
+            del self.endpoints[endpoint_id]
+            return 200, _done(operation, {"@type": "type.googleapis.com/google.protobuf.Empty"})
+        if method == "PATCH" and verb is None:
+            if "trafficSplit" in body:
+                endpoint["trafficSplit"] = body["trafficSplit"]
+            return 200, endpoint
+        if method == "POST" and verb == ":deployModel":
+            deployed = dict(body["deployedModel"]) | {"id": str(self._next_deployed_id)}
+            self._next_deployed_id += 1
+            if "@" in deployed["model"]:
+                deployed["model"], deployed["modelVersionId"] = deployed["model"].split("@")
+            endpoint["deployedModels"].append(deployed)
+            split = body.get("trafficSplit", {})
+            endpoint["trafficSplit"] = {(deployed["id"] if k == "0" else k): v for k, v in split.items()}
+            return 200, _done(
+                operation,
+                {
+                    "@type": "type.googleapis.com/google.cloud.aiplatform.v1.DeployModelResponse",
+                    "deployedModel": deployed,
+                },
+            )
+        if method == "POST" and verb == ":undeployModel":
+            target = body["deployedModelId"]
+            endpoint["deployedModels"] = [m for m in endpoint["deployedModels"] if m["id"] != target]
+            split = body.get("trafficSplit") or {k: v for k, v in endpoint["trafficSplit"].items() if k != target}
+            endpoint["trafficSplit"] = {k: v for k, v in split.items() if k != target}
+            return 200, _done(
+                operation, {"@type": "type.googleapis.com/google.cloud.aiplatform.v1.UndeployModelResponse"}
+            )
+        return _error(404, f"unsupported {method} endpoints/{endpoint_id}{verb or ''}")
+
     def _upload(self, parent: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         model = dict(body["model"])
         if body.get("parentModel"):
@@ -99,6 +163,7 @@ class FakeVertex:
         for other in entry["versions"].values():
             other["versionAliases"] = [a for a in other["versionAliases"] if a not in aliases]
         model |= {
+            "supportedDeploymentResourcesTypes": ["DEDICATED_RESOURCES"],
             "name": f"{parent}/models/{model_id}",
             "versionId": version_id,
             "versionAliases": aliases,
@@ -172,6 +237,9 @@ class FakeVertex:
 
             def do_DELETE(self) -> None:
                 self._serve("DELETE")
+
+            def do_PATCH(self) -> None:
+                self._serve("PATCH")
 
             def log_message(self, *args: object) -> None:
                 pass

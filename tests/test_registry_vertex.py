@@ -43,7 +43,11 @@ def test_first_upload_creates_the_model_with_our_id(vertex, fake, artifact_dirs)
     assert body["modelId"] == "churn-north" and "parentModel" not in body
     model = body["model"]
     assert model["artifactUri"] == "gs://bucket/run/model/north"
-    assert model["containerSpec"]["imageUri"] == "us-docker.pkg.dev/p/fleetops/serving:1"
+    container = model["containerSpec"]
+    assert container["imageUri"] == "us-docker.pkg.dev/p/fleetops/serving:1"
+    assert container["command"] == ["fleetops", "serve-container"]
+    assert (container["predictRoute"], container["healthRoute"]) == ("/predict", "/health")
+    assert container["ports"] == [{"containerPort": 8080}]
     assert sorted(model["versionAliases"]) == ["champion", "default"]
     assert model["labels"]["team"] == "ml" and model["labels"]["fleet"] == "churn"
     assert model["labels"]["artifact-sha256"] == registration.version.artifact_sha256

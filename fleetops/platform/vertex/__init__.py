@@ -14,6 +14,7 @@ import pandas as pd
 from fleetops.data.sources import parse_table, read_file, source_kind
 from fleetops.errors import UserError
 from fleetops.platform import Platform, VertexSettings
+from fleetops.platform.vertex.endpoints import VertexEndpoints
 from fleetops.platform.vertex.registry import VertexModelRegistry
 
 
@@ -37,6 +38,7 @@ class VertexPlatform(Platform):
             init_kwargs |= {"api_endpoint": settings.api_endpoint, "api_transport": "rest"}
         aiplatform.init(**{k: v for k, v in init_kwargs.items() if v is not None})
         self.registry = VertexModelRegistry(settings, credentials)
+        self.endpoints = VertexEndpoints(settings, credentials, self.registry)
 
     @property
     def pipeline_root(self) -> str:

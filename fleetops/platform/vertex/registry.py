@@ -30,6 +30,10 @@ from fleetops.platform.registry import (
 )
 
 LINEAGE_MARKER = "\nlineage: "
+SERVING_COMMAND = ["fleetops", "serve-container"]
+SERVING_PREDICT_ROUTE = "/predict"
+SERVING_HEALTH_ROUTE = "/health"
+SERVING_PORT = 8080
 
 
 class VertexModelRegistry(ModelRegistry):
@@ -76,6 +80,11 @@ class VertexModelRegistry(ModelRegistry):
             display_name=display_name or model_id,
             artifact_uri=uri,
             serving_container_image_uri=serving_image,
+            # Our image is the serving container: `fleetops serve-container` honours the AIP_* contract.
+            serving_container_command=SERVING_COMMAND,
+            serving_container_predict_route=SERVING_PREDICT_ROUTE,
+            serving_container_health_route=SERVING_HEALTH_ROUTE,
+            serving_container_ports=[SERVING_PORT],
             model_id=None if existing_versions else model_id,
             parent_model=self.model_name(model_id) if existing_versions else None,
             # The SDK appends 'default' itself when is_default_version is set.
