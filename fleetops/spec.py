@@ -150,6 +150,24 @@ class RegistrySpec(_Strict):
         return v
 
 
+class ServingSpec(_Strict):
+    deploy: bool = Field(True, description="Deploy each new champion to its endpoint at the end of training.")
+    canary_percent: int = Field(10, ge=1, le=100, description="Traffic a new champion gets next to the old one.")
+    machine_type: str = "n1-standard-2"
+    min_replica_count: int = Field(1, ge=1)
+    max_replica_count: int = Field(1, ge=1)
+    autoscaling_target_cpu: int | None = Field(None, ge=1, le=100)
+    request_logging_rate: float = Field(1.0, ge=0, le=1, description="Share of requests logged for monitoring.")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ServingSpec:
+        if self.max_replica_count < self.min_replica_count:
+            raise ValueError(
+                f"max_replica_count {self.max_replica_count} is below min_replica_count {self.min_replica_count}"
+            )
+        return self
+
+
 class ShardingSpec(_Strict):
     models_per_task: int = Field(1, ge=1, le=1000)
 
@@ -164,6 +182,7 @@ class FleetSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     registry: RegistrySpec = RegistrySpec()
+    serving: ServingSpec = ServingSpec()
     sharding: ShardingSpec = ShardingSpec()
 
     @model_validator(mode="after")

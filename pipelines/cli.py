@@ -161,6 +161,20 @@ def cmd_serve_container(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     print(_registry_listing(_home(args.home)))
+    print(_endpoint_listing(_home(args.home)))
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from fleetops.deployment import promote_fleet, rollback_fleet
+    from fleetops.platform import connect, local_uri
+
+    platform = connect(args.platform or local_uri(_home(args.home)))
+    done = (promote_fleet if args.command == "promote" else rollback_fleet)(platform, args.fleet)
+    for item in done:
+        print(json.dumps(item))
+    if not done:
+        print(f"fleet {args.fleet!r} has no endpoint with a canary")
     return 0
 
 
@@ -188,6 +202,19 @@ def _registry_listing(home: Path) -> str:
         versions = registry.list_versions(model_id)
         shown = ", ".join(f"v{v.version_id}" + (f" [{', '.join(v.aliases)}]" if v.aliases else "") for v in versions)
         lines.append(f"  {model_id:<24} {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def _endpoint_listing(home: Path) -> str:
+    from fleetops.platform import connect, local_uri
+
+    lines = ["endpoints (deployed model: version, traffic %):"]
+    for endpoint in connect(local_uri(home)).endpoints.list():
+        shown = ", ".join(
+            f"{m.deployed_model_id}: v{m.version_id} {endpoint.traffic_split.get(m.deployed_model_id, 0)}%"
+            for m in endpoint.deployed_models
+        )
+        lines.append(f"  {endpoint.endpoint_id:<24} {shown or 'nothing deployed'}")
     return "\n".join(lines) + "\n"
 
 
@@ -250,6 +277,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve-container", help="the Vertex custom serving container (reads AIP_* variables)")
     p.add_argument("--host", default="0.0.0.0", help="inside a container the server must listen on all interfaces")
     p.set_defaults(handler=cmd_serve_container)
+
+    for name, text in (("promote", "give every canary of a fleet all traffic"), ("rollback", "undeploy every canary")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--fleet", required=True, help="the fleet's name (its endpoints' `fleet` label)")
+        p.add_argument("--home", default=None)
+        p.add_argument("--platform", default=None, help="platform URI (default: the local twin)")
+        p.set_defaults(handler=cmd_release)
 
     p = sub.add_parser("models", help="list the local registry")
     p.add_argument("--home", default=None)

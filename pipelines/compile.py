@@ -8,9 +8,10 @@ import yaml
 from kfp import compiler
 
 from components.image import DEFAULT_IMAGE
+from pipelines.serving import fleet_promote, fleet_rollback
 from pipelines.training import fleet_training
 
-PIPELINES = {"fleet_training": fleet_training}
+PIPELINES = {"fleet_training": fleet_training, "fleet_promote": fleet_promote, "fleet_rollback": fleet_rollback}
 
 
 def compile_all(output_dir: str | Path, image: str | None = None) -> dict[str, Path]:

@@ -7,12 +7,14 @@ compiled spec does not grow with the fleet.
 
 from kfp import dsl
 
-from components import data, evaluation, registry, training
+from components import data, evaluation, registry, serving, training
 
 PIPELINE_NAME = "fleetops-training"
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate and register one model per segment of a fleet.")
+@dsl.pipeline(
+    name=PIPELINE_NAME, description="Train, evaluate, register and canary-deploy one model per segment of a fleet."
+)
 def fleet_training(fleet_spec: str, platform: str = "local", serving_image: str = "") -> str:
     """Args:
     fleet_spec: The fleet spec (YAML or JSON text).
@@ -45,6 +47,10 @@ def fleet_training(fleet_spec: str, platform: str = "local", serving_image: str 
             serving_image=serving_image,
         )
         register_task.set_caching_options(False)
+        # New champions go out as canaries (or to fresh endpoints) when the spec's serving.deploy says so.
+        serving.deploy(
+            fleet_spec=fleet_spec, platform=platform, registered=register_task.outputs["registered"]
+        ).set_caching_options(False)
 
     summary_task = registry.summarize(registrations=dsl.Collected(register_task.outputs["Output"]))
     summary_task.set_caching_options(False)

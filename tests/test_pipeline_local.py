@@ -28,7 +28,7 @@ def test_fleet_trains_registers_and_refuses_bad_data(tmp_path):
     run = run_compiled(template, arguments, home, out=open(tmp_path / "progress.txt", "w"))
     assert run.ok, run.log_path.read_text()[-3000:]
     progress = (tmp_path / "progress.txt").read_text()
-    for task in ("ingest", "validate", "split", "train", "evaluate", "register", "summarize"):
+    for task in ("ingest", "validate", "split", "train", "evaluate", "register", "deploy", "summarize"):
         assert f"ok  {task}" in progress
     assert "| north | churn-north | 1 | auRoc |" in run.outputs["Output"]
 
@@ -41,6 +41,11 @@ def test_fleet_trains_registers_and_refuses_bad_data(tmp_path):
     evaluation = registry.list_evaluations("churn-north")[0]
     assert 0.5 < evaluation.metrics["auRoc"] <= 1.0 and len(evaluation.metrics["confidenceMetrics"]) == 24
     assert any(s["feature"] == "plan" for s in evaluation.slices)
+    # Each new champion went to its own endpoint with all the traffic.
+    endpoint = connect(local_uri(home)).endpoints.get("churn-north")
+    assert [(m.model_id, m.version_id) for m in endpoint.deployed_models] == [("churn-north", "1")]
+    assert list(endpoint.traffic_split.values()) == [100] and endpoint.labels["fleet"] == "churn"
+
     # The ROC curve and confusion matrix the Vertex console renders, as the evaluate step logged them.
     outputs = sorted((home / "pipeline_root").glob("*/for-loop-1-iteration-*/evaluate/executor_output.json"))
     assert len(outputs) == 2
