@@ -136,7 +136,8 @@ class VertexEndpoints(Endpoints):
         unknown = sorted(set(traffic_split) - deployed)
         if unknown:
             raise UserError(
-                f"traffic_split names {unknown}, which are not deployed on {endpoint_id!r}; deployed: {sorted(deployed)}"
+                f"traffic_split names {unknown}, which are not deployed on {endpoint_id!r}; "
+                f"deployed: {sorted(deployed)}"
             )
         endpoint.update(traffic_split=traffic_split)
         return self.get(endpoint_id)
