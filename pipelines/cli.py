@@ -159,6 +159,20 @@ def cmd_serve_container(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from fleetops.batch import fleet_batch_predict
+    from fleetops.platform import connect, local_uri
+    from fleetops.spec import load_spec
+
+    spec = load_spec(args.spec)
+    home = _home(args.home)
+    output = Path(args.output) if args.output else home / "batch" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    source = args.source or spec.data.source
+    result = fleet_batch_predict(spec, connect(local_uri(home)), source, output, args.version)
+    print(json.dumps(result.summary(), indent=2))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     print(_registry_listing(_home(args.home)))
     print(_endpoint_listing(_home(args.home)))
@@ -284,6 +298,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--home", default=None)
         p.add_argument("--platform", default=None, help="platform URI (default: the local twin)")
         p.set_defaults(handler=cmd_release)
+
+    p = sub.add_parser("batch-predict", help="score a table with each segment's model (local twin)")
+    p.add_argument("spec", help="fleet spec YAML")
+    p.add_argument("--source", default=None, help="file, SQL or bq:// table (default: the spec's data source)")
+    p.add_argument("--version", default="champion", help="alias or version id for every segment")
+    p.add_argument("--output", default=None, help="folder for predictions.parquet and errors.parquet")
+    p.add_argument("--home", default=None)
+    p.set_defaults(handler=cmd_batch)
 
     p = sub.add_parser("models", help="list the local registry")
     p.add_argument("--home", default=None)

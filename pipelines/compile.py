@@ -8,10 +8,16 @@ import yaml
 from kfp import compiler
 
 from components.image import DEFAULT_IMAGE
+from pipelines.batch import fleet_batch_prediction
 from pipelines.serving import fleet_promote, fleet_rollback
 from pipelines.training import fleet_training
 
-PIPELINES = {"fleet_training": fleet_training, "fleet_promote": fleet_promote, "fleet_rollback": fleet_rollback}
+PIPELINES = {
+    "fleet_training": fleet_training,
+    "fleet_batch_prediction": fleet_batch_prediction,
+    "fleet_promote": fleet_promote,
+    "fleet_rollback": fleet_rollback,
+}
 
 
 def compile_all(output_dir: str | Path, image: str | None = None) -> dict[str, Path]:

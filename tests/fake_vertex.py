@@ -25,6 +25,7 @@ class FakeVertex:
         self.models: dict[str, dict[str, Any]] = {}  # model id -> {"versions": {id: model json}, "next": n}
         self.evaluations: dict[str, list[dict[str, Any]]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
+        self.batch_jobs: dict[str, dict[str, Any]] = {}
         self._next_deployed_id = 1000
         self.fail_evaluation_import = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -49,6 +50,15 @@ class FakeVertex:
 
     def handle(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self.requests.append({"method": method, "path": path, "query": query, "body": body})
+        if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/batchPredictionJobs(?:/(\w+))?$", path):
+            parent, job_id = match.groups()
+            if method == "POST":
+                job_id = str(len(self.batch_jobs) + 1)
+                self.batch_jobs[job_id] = dict(body) | {
+                    "name": f"{parent}/batchPredictionJobs/{job_id}",
+                    "state": "JOB_STATE_SUCCEEDED",
+                }
+            return 200, self.batch_jobs[job_id]
         if match := _ENDPOINTS.match(path):
             return self._endpoints(method, match.group(1), query, body)
         if match := _ENDPOINT.match(path):

@@ -71,6 +71,21 @@ class Platform(ABC):
     def pipeline_root(self) -> str:
         """Where pipeline runs write their artifacts."""
 
+    @abstractmethod
+    def batch_predict(
+        self,
+        model_id: str,
+        version: str,
+        source: str,
+        destination: str,
+        *,
+        machine_type: str = "n1-standard-4",
+        starting_replica_count: int = 1,
+        max_replica_count: int = 4,
+        batch_size: int = 64,
+    ) -> dict:
+        """Score `source` with one registered version into `destination`; bad rows go to an errors output."""
+
 
 def connect(uri: str = "local", credentials: object = None) -> Platform:
     """Resolve a platform URI (see the module docstring) to a `Platform`.

@@ -48,6 +48,27 @@ class LocalPlatform(Platform):
             except duckdb.Error as exc:
                 raise UserError(f"data source {source!r} failed in DuckDB: {exc}") from None
 
+    def batch_predict(
+        self,
+        model_id: str,
+        version: str,
+        source: str,
+        destination: str,
+        *,
+        machine_type: str = "n1-standard-4",
+        starting_replica_count: int = 1,
+        max_replica_count: int = 4,
+        batch_size: int = 64,
+    ) -> dict:
+        """Locally the machine settings do not apply: the job runs here, writing Parquet under `destination`."""
+        from fleetops.batch import batch_predict
+        from fleetops.serving.predictor import Predictor
+
+        registered = self.registry.get_version(model_id, version)
+        predictor = Predictor.load(self.registry.artifact_path(registered), registered.artifact_sha256)
+        result = batch_predict(predictor, self.read_table(source), destination)
+        return result.summary() | {"model": registered.versioned_name}
+
     def write_table(self, df: pd.DataFrame, table: str) -> None:
         """Create or replace a `bq://project.dataset.table` of the local twin (the project is not used)."""
         ref = parse_table(table)

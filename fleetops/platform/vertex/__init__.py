@@ -61,6 +61,55 @@ class VertexPlatform(Platform):
         except (exceptions.BadRequest, exceptions.NotFound) as exc:
             raise UserError(f"data source {source!r} failed in BigQuery: {exc.message}") from None
 
+    def batch_predict(
+        self,
+        model_id: str,
+        version: str,
+        source: str,
+        destination: str,
+        *,
+        machine_type: str = "n1-standard-4",
+        starting_replica_count: int = 1,
+        max_replica_count: int = 4,
+        batch_size: int = 64,
+    ) -> dict:
+        """A Vertex BatchPredictionJob: bq:// or gs:// in, a BigQuery dataset or gs:// prefix out."""
+        from google.cloud import aiplatform
+
+        registered = self.registry.get_version(model_id, version)
+        model = aiplatform.Model(registered.versioned_name, credentials=self.credentials)
+        inputs: dict[str, Any]
+        if source.startswith("bq://"):
+            inputs = {"bigquery_source": source, "instances_format": "bigquery"}
+        elif source.startswith("gs://") and source.endswith((".csv", ".jsonl")):
+            inputs = {"gcs_source": source, "instances_format": source.rsplit(".", 1)[-1]}
+        else:
+            raise UserError(
+                f"Vertex batch prediction reads bq://project.dataset.table or gs://...csv|jsonl, not {source!r}"
+            )
+        if destination.startswith("bq://"):
+            outputs = {"bigquery_destination_prefix": destination, "predictions_format": "bigquery"}
+        elif destination.startswith("gs://"):
+            outputs = {"gcs_destination_prefix": destination, "predictions_format": "jsonl"}
+        else:
+            raise UserError(
+                f"Vertex batch prediction writes to bq://project.dataset or gs://prefix, not {destination!r}"
+            )
+        job = model.batch_predict(
+            job_display_name=f"{model_id}-v{registered.version_id}-batch",
+            machine_type=machine_type,
+            starting_replica_count=starting_replica_count,
+            max_replica_count=max_replica_count,
+            batch_size=batch_size,
+            labels=dict(self.settings.labels) or None,
+            encryption_spec_key_name=self.settings.encryption_key,
+            service_account=self.settings.service_account,
+            credentials=self.credentials,
+            **inputs,
+            **outputs,
+        )
+        return {"job": job.resource_name, "state": job.state.name, "model": registered.versioned_name}
+
     def bigquery_job(self, source: str) -> Any:
         """Run a SQL query or read a bq:// table as a BigQuery query job, labelled like every job."""
         from google.cloud import bigquery

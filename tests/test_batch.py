@@ -1,0 +1,105 @@
+"""Batch prediction: bad rows to errors with a reason, rows routed to their segment's model, Vertex jobs."""
+
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from google.auth.credentials import AnonymousCredentials
+
+from fleetops.batch import batch_predict, fleet_batch_predict
+from fleetops.data.sample import make_churn
+from fleetops.errors import UserError
+from fleetops.platform import connect
+from fleetops.serving.predictor import Predictor
+from tests.fake_vertex import FakeVertex
+
+
+@pytest.fixture
+def rows():
+    df = make_churn(rows_per_segment=100, segments=2, seed=9)
+    df["tenure_months"] = df["tenure_months"].astype(object)
+    df.loc[3, "tenure_months"] = "ten"
+    df.loc[7, "monthly_charges"] = float("inf")
+    return df
+
+
+def test_bad_rows_go_to_errors_and_never_fail_the_job(trained_models, rows, tmp_path):
+    predictor = Predictor.load(trained_models[0])
+    result = batch_predict(predictor, rows, tmp_path)
+    assert (result.rows, result.predicted, result.errors) == (200, 198, 2)
+    predictions = pq.read_table(result.predictions_path).to_pandas()
+    assert list(predictions.columns) == [*rows.columns, "prediction"]
+    first = predictions.loc[0, "prediction"]
+    assert list(first["classes"]) == ["0", "1"] and abs(sum(first["scores"]) - 1) < 1e-6
+    errors = pd.read_parquet(result.errors_path)
+    messages = {row["customer_id"]: row["errors"]["message"] for _, row in errors.iterrows()}
+    assert messages["c0000003"] == "feature 'tenure_months' must be a number, got 'ten'"
+    assert messages["c0000007"] == "feature 'monthly_charges' must be a number, got inf"
+    assert set(errors["errors"].map(lambda e: e["code"])) == {3}
+    # The batch job scores a row exactly as the server does.
+    good = rows.drop(index=[3, 7]).head(3)
+    instances = [
+        {f: (None if pd.isna(v) else (float(v) if f in predictor.numeric else v)) for f, v in row.items()}
+        for row in good[predictor.features].to_dict("records")
+    ]
+    served = predictor.predict_columns(predictor.columns(instances))
+    batch = [s for p in predictions.head(3)["prediction"] for s in p["scores"]]
+    assert batch == pytest.approx(served.ravel().tolist(), abs=1e-6)
+
+
+def test_missing_feature_column_fails_up_front(trained_models, rows, tmp_path):
+    with pytest.raises(UserError, match=r"lacks feature column\(s\) \['plan'\]"):
+        batch_predict(Predictor.load(trained_models[0]), rows.drop(columns=["plan"]), tmp_path)
+
+
+def test_fleet_rows_go_to_their_segment_champion(platform, trained_models, rows, spec, tmp_path):
+    platform.registry.upload_version("churn-north", trained_models[0], aliases=["champion"])
+    source = tmp_path / "score.csv"
+    rows.to_csv(source, index=False)
+    result = fleet_batch_predict(spec, platform, str(source), tmp_path / "out")
+    predictions = pd.read_parquet(result.predictions_path)
+    assert set(predictions["model_id"]) == {"churn-north"} and set(predictions["version_id"]) == {"1"}
+    errors = pd.read_parquet(result.errors_path)
+    south = errors[errors["region"] == "south"]
+    assert len(south) == 100
+    assert "model 'churn-south' is not in the registry" in south.iloc[0]["errors"]["message"]
+    assert result.predicted + result.errors == 200
+
+
+def test_local_platform_batch_predict(platform, trained_models, rows, tmp_path):
+    platform.registry.upload_version("churn-north", trained_models[0], aliases=["champion"])
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    summary = platform.batch_predict("churn-north", "champion", str(tmp_path / "rows.csv"), str(tmp_path / "out"))
+    assert summary["predicted"] == 198 and summary["errors"] == 2
+    assert summary["model"].endswith("models/churn-north@1")
+
+
+def test_vertex_batch_prediction_job_request(artifact_dirs):
+    with FakeVertex() as fake:
+        platform = connect(
+            f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&labels=team:ml",
+            credentials=AnonymousCredentials(),
+        )
+        platform.registry.upload_version("churn-north", artifact_dirs[0], artifact_uri="gs://b/m", serving_image="img")
+        summary = platform.batch_predict(
+            "churn-north",
+            "1",
+            "bq://proj-1.crm.churn",
+            "bq://proj-1.scores",
+            machine_type="n1-standard-8",
+            batch_size=256,
+        )
+        job = fake.calls("POST", "batchPredictionJobs")[0]["body"]
+        with pytest.raises(UserError, match="reads bq://project.dataset.table or gs://"):
+            platform.batch_predict("churn-north", "1", "/local/file.csv", "bq://proj-1.scores")
+    assert summary["state"] == "JOB_STATE_SUCCEEDED"
+    assert job["model"] == "projects/proj-1/locations/us-central1/models/churn-north@1"
+    assert job["inputConfig"] == {
+        "instancesFormat": "bigquery",
+        "bigquerySource": {"inputUri": "bq://proj-1.crm.churn"},
+    }
+    assert job["outputConfig"]["bigqueryDestination"] == {"outputUri": "bq://proj-1.scores"}
+    assert job["dedicatedResources"]["machineSpec"]["machineType"] == "n1-standard-8"
+    assert job["manualBatchTuningParameters"] == {"batchSize": 256}
+    assert json.dumps(job["labels"]) == '{"team": "ml"}'
