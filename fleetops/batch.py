@@ -170,7 +170,7 @@ def fleet_batch_predict(
 def _error_rows(rows: pd.DataFrame, reasons: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows that were not scored, with `errors`; mixed-type columns become text so the bad value stays visible."""
     errors = rows.copy()
-    for name in errors.columns[errors.dtypes == object]:
+    for name in [c for c in errors.columns if pd.api.types.is_object_dtype(errors[c])]:
         errors[name] = errors[name].map(lambda v: None if v is None or v != v else str(v))
     errors["errors"] = reasons
     return errors
