@@ -29,7 +29,7 @@ from fleetops.data.validation import segment_values
 from fleetops.errors import NotFoundError, UserError
 from fleetops.names import CHAMPION_ALIAS, model_id
 from fleetops.platform import Platform
-from fleetops.serving.predictor import Predictor
+from fleetops.serving.predictor import Predictor, bucket_size
 from fleetops.spec import FleetSpec
 
 CHUNK_ROWS = 131_072
@@ -196,13 +196,15 @@ def _empty_predictions(predictor: Predictor, frame: pd.DataFrame) -> pa.Table:
 
 
 def _score(predictor: Predictor, inputs: dict[str, Any]) -> np.ndarray:
-    out = np.asarray(predictor.artifact.model.predict_on_batch(inputs))
-    if predictor.task == "regression":
-        return out.reshape(-1, 1)
-    if predictor.task == "binary_classification":
-        p = out.reshape(-1)
-        return np.stack([1.0 - p, p], axis=1)
-    return out
+    """Score a chunk, padded to a bucket size so the model is traced for few shapes (chunks are few)."""
+    import tensorflow as tf
+
+    n = int(next(iter(inputs.values())).shape[0])
+    size = bucket_size(n)
+    if size != n:
+        inputs = {k: tf.concat([t, tf.repeat(t[:1], size - n, axis=0)], axis=0) for k, t in inputs.items()}
+    scores = predictor.score_tensors(inputs)[:n]
+    return scores.reshape(-1, 1) if predictor.task == "regression" else scores
 
 
 def _prediction_column(predictor: Predictor, scores: np.ndarray) -> pa.Array:

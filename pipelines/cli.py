@@ -24,6 +24,9 @@ TRAINING = "fleet_training"
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before any TensorFlow import: keep the output readable
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -61,15 +64,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec_path = sample / "fleet.yaml"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(SAMPLE_SPEC.format(source="churn.csv"))
-    print(f"fleetops demo: a churn model per region, local twin at {home}\n")
+    print(f"fleetops demo: a churn model per region, local twin at {home}\n", flush=True)
     months = [("month 1", 7), ("month 2, fresh data", 8)]
     for step, (label, seed) in enumerate(months, start=1):
         data = write_sample(sample / "churn.csv", rows_per_segment=args.rows, segments=args.segments, seed=seed)
-        print(f"[{step}/{len(months)}] {label}: {data}")
+        print(f"[{step}/{len(months) + 1}] {label}: {data}", flush=True)
         ok, run = _run_training(load_spec(spec_path), home, local_uri(home), label=label)
         if not ok:
             return 1
     print(_registry_listing(home))
+    print(f"[{len(months) + 1}/{len(months) + 1}] serving: new champions are canaries next to last month's models")
+    print(_endpoint_listing(home))
+    from pipelines.demo_serving import serve_and_send_traffic
+
+    serve_and_send_traffic(home, load_spec(spec_path), data)
     print(f"fleet spec:      {spec_path}\nregistry:        {home / 'registry.sqlite'}")
     print(f"model artifacts: {home / 'models'}\npipeline root:   {home / 'pipeline_root'}")
     print(f"run log:         {run.log_path}")

@@ -23,6 +23,11 @@ from fleetops.training.artifact import ModelArtifact, load_artifact
 MAX_INSTANCES = 10_000
 
 
+def bucket_size(n: int) -> int:
+    """The power of two at or above `n`: the batch shapes the model is traced for."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 class ArtifactIntegrityError(UserError):
     """A stored artifact's bytes no longer match the sha256 the registry recorded."""
 
@@ -81,12 +86,24 @@ class Predictor:
         """Raw model outputs for column-wise input: (n, k) probabilities or (n,) values."""
         tf = self._tf
         n = len(columns[self.features[0]])
+        size = bucket_size(n)
         inputs = {}
         for name in self.numeric:
-            values = np.array([np.nan if v is None else v for v in columns[name]], dtype=np.float32)
-            inputs[name] = tf.constant(values.reshape(n, 1))
+            values = [np.nan if v is None else v for v in columns[name]]
+            values += values[:1] * (size - n)  # padding to the bucket: cheap here, costly as tensor ops
+            inputs[name] = tf.constant(np.array(values, dtype=np.float32).reshape(size, 1))
         for name in self.categorical:
-            inputs[name] = tf.constant(["" if v is None else v for v in columns[name]], dtype=tf.string, shape=(n, 1))
+            values = ["" if v is None else v for v in columns[name]]
+            values += values[:1] * (size - n)
+            inputs[name] = tf.constant(values, dtype=tf.string, shape=(size, 1))
+        return self.score_tensors(inputs)[:n]
+
+    def score_tensors(self, inputs: dict[str, Any]) -> np.ndarray:
+        """Model outputs for named input tensors: (n, k) probabilities or (n,) values.
+
+        Keras traces a graph per input shape, so callers pad batches to `bucket_size`:
+        a handful of shapes instead of one per batch size.
+        """
         out = np.asarray(self.artifact.model.predict_on_batch(inputs))
         if self.task == "regression":
             return out.reshape(-1)
