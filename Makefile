@@ -45,7 +45,8 @@ compile: install  ## compile every pipeline to $(BUILD) with IMAGE as the compon
 golden: install  ## refresh the golden compiled specs in tests/golden after a deliberate change
 	$(BIN)/python -m tests.golden_specs --write
 
-bench: install  ## run every benchmark in benchmarks/
+bench: install  ## run every benchmark in benchmarks/ (installs the baselines' extras; wrk comes from apt)
+	$(BIN)/pip install --quiet -e ".[bench]"
 	@for b in benchmarks/bench_*.py; do [ -e "$$b" ] || continue; echo "== $$b"; $(BIN)/python "$$b" || exit 1; done
 
 clean:  ## remove build outputs and the local twin home

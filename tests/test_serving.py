@@ -171,3 +171,25 @@ def test_vertex_custom_container_contract(trained_models, serve):
     assert len(payload["predictions"]) == 1 and payload["predictions"][0]["classes"] == ["0", "1"]
     status, payload = server.request("POST", "/v1/predict-here", {"instances": [{"plan": "basic"}]})
     assert status == 400 and "is missing feature(s)" in payload["error"]["message"]
+
+
+def test_an_endpoint_without_logging_logs_nothing(twin, serve):
+    twin.endpoints.create("quiet", request_logging_rate=0.0)
+    twin.endpoints.deploy("quiet", "churn-north", "1")
+    server = serve(twin.home)
+    for _ in range(5):
+        assert (
+            server.request("POST", "/v1/projects/local/locations/local/endpoints/quiet:predict", {"instances": [GOOD]})[
+                0
+            ]
+            == 200
+        )
+    server.stop()
+    assert read_request_log(twin.home, "quiet").empty
+
+
+def test_binding_beyond_loopback_needs_allow_remote(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["serve", "--home", str(tmp_path), "--host", "0.0.0.0"]) == 2
+    assert "--host 0.0.0.0 would accept connections from other machines" in capsys.readouterr().err
