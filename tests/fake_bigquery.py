@@ -7,22 +7,21 @@ rows back. Table names `project.dataset.table` map to DuckDB `dataset.table`.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
 
 import duckdb
 import pandas as pd
 
+from tests.loopback import LoopbackJsonServer
+
 _TYPES = {"int": "INTEGER", "float": "FLOAT", "double": "FLOAT", "bool": "BOOLEAN", "str": "STRING", "object": "STRING"}
 
 
-class FakeBigQuery:
+class FakeBigQuery(LoopbackJsonServer):
     def __init__(self, tables: dict[str, pd.DataFrame]):
-        self.requests: list[dict[str, Any]] = []
+        super().__init__()
         self.jobs: dict[str, dict[str, Any]] = {}
         self.conn = duckdb.connect()
         for name, frame in tables.items():
@@ -32,22 +31,8 @@ class FakeBigQuery:
             self.conn.execute(f'CREATE TABLE "{dataset}"."{table}" AS SELECT * FROM frame')
             self.conn.unregister("frame")
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> FakeBigQuery:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def handle(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def handle(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self.requests.append({"method": method, "path": path, "body": body})
         if match := re.match(r"^/bigquery/v2/projects/([^/]+)/jobs$", path):
             return self._insert(match.group(1), body)
@@ -89,32 +74,6 @@ class FakeBigQuery:
             "totalRows": str(len(rows)),
             "jobComplete": True,
         }
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else {}
-                status, payload = fake.handle(method, urlsplit(self.path).path, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._serve("GET")
-
-            def do_POST(self) -> None:
-                self._serve("POST")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
 
 
 def _kind(series: pd.Series) -> str:

@@ -37,13 +37,7 @@ def integrated_gradients(
     encoders += [model.get_layer(f"vocab_{f}") for f in predictor.categorical]
     encode = keras.Model(model.inputs, [layer.output for layer in encoders])
     n = len(columns[predictor.features[0]])
-    inputs = {}
-    for name in predictor.numeric:
-        values = np.array([np.nan if v is None else v for v in columns[name]], dtype=np.float32)
-        inputs[name] = tf.constant(values.reshape(n, 1))
-    for name in predictor.categorical:
-        inputs[name] = tf.constant(["" if v is None else v for v in columns[name]], dtype=tf.string, shape=(n, 1))
-    encoded = [tf.cast(t, tf.float32) for t in encode(inputs)]
+    encoded = [tf.cast(t, tf.float32) for t in encode(predictor.tensors(columns))]
     widths = [int(t.shape[-1]) for t in encoded]
     x = tf.concat(encoded, axis=1)  # (n, d)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from fleetops.errors import UserError
 from fleetops.fingerprints import directory_sha256
-from fleetops.training.artifact import ModelArtifact, load_artifact
+from fleetops.training.artifact import ModelArtifact, load_artifact, shape_outputs
 
 MAX_INSTANCES = 10_000
 
@@ -84,19 +84,27 @@ class Predictor:
 
     def predict_columns(self, columns: dict[str, list[Any]]) -> np.ndarray:
         """Raw model outputs for column-wise input: (n, k) probabilities or (n,) values."""
+        n = len(columns[self.features[0]])
+        return self.score_tensors(self.tensors(columns, pad_to=bucket_size(n)))[:n]
+
+    def tensors(self, columns: dict[str, list[Any]], pad_to: int | None = None) -> dict[str, Any]:
+        """The model's named input tensors; padded (repeating the first row) to `pad_to` rows.
+
+        Padding is done on the Python lists: as tensor ops it costs several times the request.
+        """
         tf = self._tf
         n = len(columns[self.features[0]])
-        size = bucket_size(n)
+        extra = (pad_to or n) - n
         inputs = {}
         for name in self.numeric:
             values = [np.nan if v is None else v for v in columns[name]]
-            values += values[:1] * (size - n)  # padding to the bucket: cheap here, costly as tensor ops
-            inputs[name] = tf.constant(np.array(values, dtype=np.float32).reshape(size, 1))
+            values += values[:1] * extra
+            inputs[name] = tf.constant(np.array(values, dtype=np.float32).reshape(n + extra, 1))
         for name in self.categorical:
             values = ["" if v is None else v for v in columns[name]]
-            values += values[:1] * (size - n)
-            inputs[name] = tf.constant(values, dtype=tf.string, shape=(size, 1))
-        return self.score_tensors(inputs)[:n]
+            values += values[:1] * extra
+            inputs[name] = tf.constant(values, dtype=tf.string, shape=(n + extra, 1))
+        return inputs
 
     def score_tensors(self, inputs: dict[str, Any]) -> np.ndarray:
         """Model outputs for named input tensors: (n, k) probabilities or (n,) values.
@@ -104,13 +112,7 @@ class Predictor:
         Keras traces a graph per input shape, so callers pad batches to `bucket_size`:
         a handful of shapes instead of one per batch size.
         """
-        out = np.asarray(self.artifact.model.predict_on_batch(inputs))
-        if self.task == "regression":
-            return out.reshape(-1)
-        if self.task == "binary_classification":
-            p = out.reshape(-1)
-            return np.stack([1.0 - p, p], axis=1)
-        return out
+        return shape_outputs(self.task, np.asarray(self.artifact.model.predict_on_batch(inputs)))
 
     def format_predictions(self, outputs: np.ndarray) -> list[dict[str, Any]]:
         if self.task == "regression":

@@ -69,16 +69,9 @@ def allocate(current: dict[str, int], percentage: int) -> dict[str, int]:
     new_split: dict[str, int] = {}
     old_models_traffic = 100 - percentage
     if old_models_traffic:
-        unallocated = old_models_traffic
         for deployed_model in current:
-            new_traffic = int(current[deployed_model] / 100 * old_models_traffic)
-            new_split[deployed_model] = new_traffic
-            unallocated -= new_traffic
-        for deployed_model in new_split:
-            if unallocated == 0:
-                break
-            new_split[deployed_model] += 1
-            unallocated -= 1
+            new_split[deployed_model] = int(current[deployed_model] / 100 * old_models_traffic)
+        _fix_up(new_split, old_models_traffic)
     new_split[DEPLOYING_KEY] = percentage
     return new_split
 
@@ -116,15 +109,18 @@ def unallocate(current: dict[str, int], deployed_id: str) -> dict[str, int]:
     del new_split[deployed_id]
     left = 100 - current[deployed_id]
     if left:
-        unallocated = 100
         for deployed_model in new_split:
-            new_traffic = int(current[deployed_model] / left * 100)
-            new_split[deployed_model] = new_traffic
-            unallocated -= new_traffic
-        for deployed_model in new_split:
-            if unallocated == 0:
-                break
-            new_split[deployed_model] += 1
-            unallocated -= 1
+            new_split[deployed_model] = int(current[deployed_model] / left * 100)
+        _fix_up(new_split, 100)
     new_split[deployed_id] = 0
     return new_split
+
+
+def _fix_up(split: dict[str, int], total: int) -> None:
+    """The SDK's rounding repair: +1 to the first models, in order, until the split reaches `total`."""
+    unallocated = total - sum(split.values())
+    for deployed_model in split:
+        if unallocated == 0:
+            break
+        split[deployed_model] += 1
+        unallocated -= 1

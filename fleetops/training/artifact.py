@@ -54,13 +54,17 @@ class ModelArtifact:
         for start in range(0, len(typed), _PREDICT_CHUNK):
             chunk = typed.iloc[start : start + _PREDICT_CHUNK]
             parts.append(np.asarray(self.model.predict_on_batch(to_inputs(chunk, self.features))))
-        out = np.concatenate(parts) if parts else np.zeros((0, 1))
-        if self.task == "regression":
-            return out.reshape(-1)
-        if self.task == "binary_classification":
-            p = out.reshape(-1)
-            return np.stack([1 - p, p], axis=1)
-        return out
+        return shape_outputs(self.task, np.concatenate(parts) if parts else np.zeros((0, 1)))
+
+
+def shape_outputs(task: str, out: np.ndarray) -> np.ndarray:
+    """Raw model outputs as class probabilities (n, k), the sigmoid made two columns, or values (n,)."""
+    if task == "regression":
+        return out.reshape(-1)
+    if task == "binary_classification":
+        p = out.reshape(-1)
+        return np.stack([1.0 - p, p], axis=1)
+    return out
 
 
 def save_artifact(model: Any, metadata: dict[str, Any], statistics: dict[str, Any], directory: str | Path) -> Path:
