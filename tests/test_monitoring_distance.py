@@ -86,3 +86,16 @@ def test_thresholds_per_feature_alert_strictly_above():
     assert at.distance == pytest.approx(0.3) and not at.anomaly  # equal to the threshold: no alert
     [below] = compare(base, cur, ["c"], thresholds={"c": 0.29})
     assert below.anomaly
+
+
+def test_agrees_with_the_independent_reference():
+    from benchmarks.drift_reference import reference_jsd, reference_linf
+
+    rng = np.random.default_rng(11)
+    for shift, spread in [(0.0, 1.0), (0.5, 1.2), (2.0, 0.5)]:
+        a, b = rng.normal(size=3000), rng.normal(shift, spread, 2000)
+        assert jensen_shannon(histogram(a), histogram(b)) == pytest.approx(reference_jsd(a, b), abs=1e-9)
+    a, b = list(rng.choice(["x", "y", "z"], 500)), list(rng.choice(["x", "y", "w"], 300))
+    base = distributions(pd.DataFrame({"c": a}), [], ["c"])["features"]["c"]["values"]
+    cur = distributions(pd.DataFrame({"c": b}), [], ["c"])["features"]["c"]["values"]
+    assert l_infinity(base, cur) == pytest.approx(reference_linf(a, b), abs=1e-12)
