@@ -41,7 +41,8 @@ for metric in result.dict()["metrics"]:
     config = metric.get("config", {})
     if "column" in config and isinstance(metric.get("value"), (int, float)):
         values[config["column"]] = metric["value"]
-print(json.dumps({"seconds": seconds, "values": values, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": seconds, "values": values, "max_rss_mb": peak}))
 """
 
 

@@ -24,7 +24,7 @@ def reference_jsd(p_values: np.ndarray, q_values: np.ndarray, buckets: int = 10)
         edges = [low + i * width for i in range(buckets)] + [high]
         sides.append([(edges[i], edges[i + 1], counts[i]) for i in range(buckets)])
     points = sorted({edge for side in sides for low, high, _ in side for edge in (low, high)})
-    segments = list(zip(points[:-1], points[1:])) + [(x, x) for x in points]
+    segments = list(zip(points[:-1], points[1:], strict=True)) + [(x, x) for x in points]
     masses = []
     for side in sides:
         mass = []
