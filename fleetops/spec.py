@@ -168,6 +168,26 @@ class ServingSpec(_Strict):
         return self
 
 
+class MonitoringSpec(_Strict):
+    skew_threshold: float = Field(0.3, gt=0, le=1, description="Alert when a feature's skew is above this.")
+    drift_threshold: float = Field(0.3, gt=0, le=1, description="Alert when a feature's drift is above this.")
+    feature_thresholds: dict[str, float] = Field({}, description="Per-feature thresholds (skew and drift).")
+    window_hours: float = Field(24.0, gt=0, description="The serving window: the last N hours of the request log.")
+    min_rows: int = Field(30, ge=1, description="A window with fewer logged rows is reported, not judged.")
+    interval_hours: int = Field(1, ge=1, le=24 * 7, description="How often Vertex-managed monitoring runs.")
+    sampling_rate: float = Field(1.0, gt=0, le=1, description="Share of requests Vertex-managed monitoring samples.")
+    alert_emails: list[str] = []
+    webhook: str | None = Field(None, description="POST each alert as JSON to this URL.")
+
+    @field_validator("feature_thresholds")
+    @classmethod
+    def _in_range(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: t for k, t in v.items() if not 0 < t <= 1}
+        if bad:
+            raise ValueError(f"thresholds {bad} must be in (0, 1]")
+        return v
+
+
 class ShardingSpec(_Strict):
     models_per_task: int = Field(1, ge=1, le=1000)
 
@@ -183,6 +203,7 @@ class FleetSpec(_Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     registry: RegistrySpec = RegistrySpec()
     serving: ServingSpec = ServingSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
     sharding: ShardingSpec = ShardingSpec()
 
     @model_validator(mode="after")
@@ -203,6 +224,9 @@ class FleetSpec(_Strict):
             problems.append(
                 f"evaluation.primary_metric '{metric}' is not a {self.task.value} metric; allowed: {allowed}"
             )
+        unknown_thresholds = sorted(set(self.monitoring.feature_thresholds) - set(self.features.all))
+        if unknown_thresholds:
+            problems.append(f"monitoring.feature_thresholds names {unknown_thresholds}, which are not features")
         unknown_slices = [c for c in self.evaluation.slice_columns if c not in self.features.categorical]
         if unknown_slices:
             problems.append(f"evaluation.slice_columns {unknown_slices} must be categorical features")

@@ -33,7 +33,6 @@ class FakeBigQuery(LoopbackJsonServer):
         self._lock = threading.Lock()
 
     def handle(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        self.requests.append({"method": method, "path": path, "body": body})
         if match := re.match(r"^/bigquery/v2/projects/([^/]+)/jobs$", path):
             return self._insert(match.group(1), body)
         if match := re.match(r"^/bigquery/v2/projects/([^/]+)/queries/([^/]+)$", path):

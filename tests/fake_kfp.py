@@ -17,7 +17,6 @@ class FakeKfp(LoopbackJsonServer):
         return self.endpoint
 
     def handle(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        self.requests.append({"method": method, "path": path, "body": body})
         if path == "/apis/v2beta1/healthz":
             return 200, {"commit_sha": "fake", "tag_name": "2.5.0", "multi_user": False}
         if path == "/apis/v2beta1/experiments" and method == "GET":

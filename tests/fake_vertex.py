@@ -33,7 +33,6 @@ class FakeVertex(LoopbackJsonServer):
     # -- the API -------------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        self.requests.append({"method": method, "path": path, "query": query, "body": body})
         if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/batchPredictionJobs(?:/(\w+))?$", path):
             parent, job_id = match.groups()
             if method == "POST":

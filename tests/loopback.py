@@ -42,7 +42,9 @@ class LoopbackJsonServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else {}
-                status, payload = server.handle(self.command, unquote(parts.path), unquote(parts.query), body)
+                path, query = unquote(parts.path), unquote(parts.query)
+                server.requests.append({"method": self.command, "path": path, "query": query, "body": body})
+                status, payload = server.handle(self.command, path, query, body)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

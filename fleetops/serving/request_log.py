@@ -48,8 +48,16 @@ class RequestLogWriter:
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
 
-    def log(self, endpoint_id: str, deployed: Any, instances: list[dict[str, Any]], predictions: list[Any]) -> None:
-        now = datetime.now(UTC).isoformat(timespec="microseconds")
+    def log(
+        self,
+        endpoint_id: str,
+        deployed: Any,
+        instances: list[dict[str, Any]],
+        predictions: list[Any],
+        at: datetime | None = None,
+    ) -> None:
+        """Queue one row per instance, stamped now (or `at`, when replaying a log)."""
+        now = (at or datetime.now(UTC)).isoformat(timespec="microseconds")
         for instance, prediction in zip(instances, predictions, strict=True):
             self._queue.put(
                 (

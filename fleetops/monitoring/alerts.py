@@ -1,0 +1,88 @@
+"""Monitoring alerts: the local twin's alert log, an optional webhook, and a structured log line.
+
+Every flagged endpoint becomes one alert. It is appended to
+`<home>/monitoring.sqlite` (table `alerts`) when there is a home, POSTed as
+JSON to the webhook when one is configured (a failed delivery is recorded on
+the alert, never raised), and printed as a structured JSON line with severity
+WARNING, which Cloud Logging ingests from Vertex pipeline steps.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import urllib.request
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fleetops.monitoring.jobs import EndpointReport
+
+ALERTS_FILE = "monitoring.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    fleet TEXT NOT NULL,
+    endpoint_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    delivery TEXT NOT NULL
+);
+"""
+
+
+def send_alerts(
+    fleet: str, reports: list[EndpointReport], home: str | Path | None = None, webhook: str | None = None
+) -> list[dict[str, Any]]:
+    """Raise one alert per flagged endpoint; return the alerts with how each was delivered."""
+    alerts = []
+    for report in reports:
+        if not report.anomalies:
+            continue
+        results = {r.feature: r.distance for r in [*report.skew, *report.drift] if r.anomaly}
+        alert = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "fleet": fleet,
+            "endpoint_id": report.endpoint_id,
+            "segment": report.segment,
+            "model": f"{report.model_id}@{report.version_id}",
+            "anomalies": report.anomalies,
+            "distances": results,
+        }
+        alert["delivery"] = _post(webhook, alert) if webhook else "no webhook configured"
+        print(
+            json.dumps({"severity": "WARNING", "message": f"fleetops monitoring alert: {report.segment}", **alert}),
+            file=sys.stdout,
+            flush=True,
+        )
+        alerts.append(alert)
+    if home is not None and alerts:
+        path = Path(home) / ALERTS_FILE
+        with closing(sqlite3.connect(path)) as conn, conn:
+            conn.executescript(_SCHEMA)
+            conn.executemany(
+                "INSERT INTO alerts (time, fleet, endpoint_id, payload, delivery) VALUES (?, ?, ?, ?, ?)",
+                [(a["time"], fleet, a["endpoint_id"], json.dumps(a), a["delivery"]) for a in alerts],
+            )
+    return alerts
+
+
+def read_alerts(home: str | Path) -> list[dict[str, Any]]:
+    path = Path(home) / ALERTS_FILE
+    if not path.is_file():
+        return []
+    with closing(sqlite3.connect(path)) as conn:
+        return [json.loads(row[0]) for row in conn.execute("SELECT payload FROM alerts ORDER BY id")]
+
+
+def _post(url: str, alert: dict[str, Any]) -> str:
+    request = urllib.request.Request(
+        url, data=json.dumps(alert).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return f"webhook answered {response.status}"
+    except OSError as exc:  # an unreachable webhook must not stop the monitoring run
+        return f"webhook failed: {exc}"

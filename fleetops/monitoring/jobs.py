@@ -1,0 +1,124 @@
+"""Skew and drift jobs over the local twin's request-response log, for one endpoint or a whole fleet.
+
+Skew: each endpoint's serving window (the last `window_hours` of logged
+requests answered by the deployed model that now takes most traffic) against
+that model version's own training statistics, saved beside it at training.
+Drift: the latest window against the window before it. A window with fewer
+than `min_rows` rows is reported as such and not judged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fleetops.monitoring.compare import FeatureResult, compare, distributions
+from fleetops.names import LABEL_FLEET, MODEL_STATISTICS_FILE
+from fleetops.platform import Platform
+from fleetops.serving.request_log import read_request_log
+from fleetops.spec import FleetSpec
+from fleetops.training.artifact import read_metadata
+
+
+@dataclass
+class EndpointReport:
+    endpoint_id: str
+    segment: str
+    model_id: str
+    version_id: str
+    window_start: str
+    window_end: str
+    rows: int
+    previous_rows: int
+    skew: list[FeatureResult] = field(default_factory=list)
+    drift: list[FeatureResult] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def skew_anomaly(self) -> bool:
+        return any(r.anomaly for r in self.skew)
+
+    @property
+    def drift_anomaly(self) -> bool:
+        return any(r.anomaly for r in self.drift)
+
+    @property
+    def anomalies(self) -> list[str]:
+        found = [f"skew {r.feature}" for r in self.skew if r.anomaly]
+        return found + [f"drift {r.feature}" for r in self.drift if r.anomaly]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "endpoint_id": self.endpoint_id,
+            "segment": self.segment,
+            "model_id": self.model_id,
+            "version_id": self.version_id,
+            "window": {"start": self.window_start, "end": self.window_end, "rows": self.rows},
+            "previous_rows": self.previous_rows,
+            "skew_anomaly": self.skew_anomaly,
+            "drift_anomaly": self.drift_anomaly,
+            "anomalies": self.anomalies,
+            "note": self.note,
+            "skew": [r.to_dict() for r in self.skew],
+            "drift": [r.to_dict() for r in self.drift],
+        }
+
+
+def monitor_fleet(
+    spec: FleetSpec, platform: Platform, home: str | Path, now: datetime | None = None
+) -> list[EndpointReport]:
+    """One report per endpoint of the fleet (endpoints labelled `fleet=<name>`)."""
+    return [
+        monitor_endpoint(spec, platform, home, endpoint.endpoint_id, now)
+        for endpoint in platform.endpoints.list({LABEL_FLEET: spec.name})
+    ]
+
+
+def monitor_endpoint(
+    spec: FleetSpec, platform: Platform, home: str | Path, endpoint_id: str, now: datetime | None = None
+) -> EndpointReport:
+    endpoint = platform.endpoints.get(endpoint_id)
+    end = now or datetime.now(UTC)
+    start = end - timedelta(hours=spec.monitoring.window_hours)
+    log = read_request_log(home, endpoint_id, since=(start - timedelta(hours=spec.monitoring.window_hours)).isoformat())
+    times = pd.to_datetime(log["time"], utc=True) if not log.empty else pd.Series([], dtype="datetime64[ns, UTC]")
+    current = log[(times >= start) & (times < end)]
+    previous = log[times < start]
+    window = (start.isoformat(), end.isoformat(), len(current), len(previous))
+    if not endpoint.deployed_models:
+        return EndpointReport(endpoint_id, endpoint_id, "", "", *window, note="nothing is deployed on this endpoint")
+    serving = max(endpoint.deployed_models, key=lambda m: endpoint.traffic_split.get(m.deployed_model_id, 0))
+    version = platform.registry.get_version(serving.model_id, serving.version_id)
+    artifact = platform.registry.artifact_path(version)
+    segment = read_metadata(artifact)["segment"]
+    report = EndpointReport(endpoint_id, segment, serving.model_id, serving.version_id, *window)
+    numeric, categorical, features = spec.features.numeric, spec.features.categorical, spec.features.all
+    thresholds, min_rows = spec.monitoring.feature_thresholds, spec.monitoring.min_rows
+    served = current[current["version_id"] == serving.version_id] if not current.empty else current
+    if len(served) >= min_rows:
+        baseline = json.loads((artifact / MODEL_STATISTICS_FILE).read_text())
+        served_stats = distributions(served, numeric, categorical)
+        report.skew = compare(baseline, served_stats, features, thresholds, spec.monitoring.skew_threshold)
+    else:
+        report.note = (
+            f"{len(served)} logged request row(s) for v{serving.version_id} in the window; "
+            f"at least {min_rows} are needed to judge skew"
+        )
+    if len(current) >= min_rows and len(previous) >= min_rows:
+        before, after = distributions(previous, numeric, categorical), distributions(current, numeric, categorical)
+        report.drift = compare(before, after, features, thresholds, spec.monitoring.drift_threshold)
+    else:
+        report.note = " ".join(
+            filter(None, [report.note, f"drift needs {min_rows} rows in both windows (previous: {len(previous)})"])
+        )
+    return report
+
+
+def drifted_segments(reports: list[EndpointReport]) -> list[str]:
+    """The segments whose serving model saw skew or drift above a threshold: the ones to retrain."""
+    return sorted({r.segment for r in reports if r.skew_anomaly or r.drift_anomaly})
