@@ -16,6 +16,17 @@ from fleetops.monitoring.jobs import EndpointReport
 
 _BASE, _CURRENT, _ALERT = "#4e79a7", "#f28e2b", "#e15759"
 _W, _H, _PAD = 360, 130, 18
+_CSS = " ".join(
+    [
+        "body{font-family:system-ui,sans-serif;margin:24px;color:#222} h2 small{font-weight:normal;color:#666}",
+        f"h2.alert{{color:{_ALERT}}} .cards{{display:flex;flex-wrap:wrap;gap:12px}}",
+        f".card{{border:1px solid #ddd;border-radius:6px;padding:8px;width:{_W}px}}",
+        f".card.anomaly{{border-color:{_ALERT};box-shadow:0 0 0 1px {_ALERT}}}",
+        ".card h3{margin:0 0 4px;font-size:14px}",
+        ".meta{font-size:12px;color:#555} .note{color:#a33}",
+        ".legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}",
+    ]
+)
 
 
 def render_markdown(fleet: str, reports: list[EndpointReport]) -> str:
@@ -51,11 +62,7 @@ def render_html(fleet: str, reports: list[EndpointReport]) -> str:
         )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Monitoring: {html.escape(fleet)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}} h2 small{{font-weight:normal;color:#666}}
-h2.alert{{color:{_ALERT}}} .cards{{display:flex;flex-wrap:wrap;gap:12px}} .card{{border:1px solid #ddd;border-radius:6px;
-padding:8px;width:{_W}px}} .card.anomaly{{border-color:{_ALERT};box-shadow:0 0 0 1px {_ALERT}}} .card h3{{margin:0 0 4px;
-font-size:14px}} .meta{{font-size:12px;color:#555}} .note{{color:#a33}} .legend span{{display:inline-block;width:10px;
-height:10px;margin:0 4px 0 10px}}</style></head><body>
+<style>{_CSS}</style></head><body>
 <h1>Monitoring: fleet {html.escape(fleet)}</h1>
 <p>{len(reports)} endpoint(s); <b>{len(flagged)}</b> with skew or drift above threshold. Generated {generated}.
 <span class="legend"><span style="background:{_BASE}"></span>baseline<span style="background:{_CURRENT}"></span>current
@@ -143,10 +150,12 @@ def _bars(base: dict[str, float], cur: dict[str, float]) -> str:
             ((base.get(value, 0) / base_total, _BASE), (cur.get(value, 0) / cur_total, _CURRENT))
         ):
             shapes.append(
-                f"<rect x='{label_width}' y='{y + j * row / 2:.1f}' width='{share * scale:.1f}' height='{row / 2 - 1:.1f}' fill='{color}'/>"
+                f"<rect x='{label_width}' y='{y + j * row / 2:.1f}' width='{share * scale:.1f}' "
+                f"height='{row / 2 - 1:.1f}' fill='{color}'/>"
             )
         shapes.append(
-            f"<text x='{label_width - 4}' y='{y + row / 2 + 3:.1f}' font-size='10' text-anchor='end'>{html.escape(value[:14])}</text>"
+            f"<text x='{label_width - 4}' y='{y + row / 2 + 3:.1f}' font-size='10' text-anchor='end'>"
+            f"{html.escape(value[:14])}</text>"
         )
     return f"<svg width='{_W}' height='{_H}' role='img'>{''.join(shapes)}</svg>"
 
