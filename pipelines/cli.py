@@ -181,6 +181,53 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from fleetops.platform import local_uri
+    from fleetops.spec import load_spec
+    from pipelines.compile import compile_all
+
+    spec = load_spec(args.spec)
+    if args.platform and args.platform.startswith("vertex://"):
+        if not args.cron:
+            raise UserError("a Vertex schedule needs --cron, e.g. --cron '0 * * * *'")
+        from fleetops.platform import vertex_settings
+        from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job, create_schedule
+
+        settings = vertex_settings(args.platform)
+        credentials = None
+        if args.dry_run:
+            from google.auth.credentials import AnonymousCredentials
+
+            credentials = AnonymousCredentials()
+        template = compile_all(DEFAULT_BUILD, args.image)[args.pipeline]
+        job = build_pipeline_job(
+            settings,
+            template,
+            {"fleet_spec": spec.to_json(), "platform": args.platform, "serving_image": args.serving_image},
+            display_name=f"{spec.name}-{args.pipeline.replace('_', '-')}",
+            labels={"fleet": spec.name},
+            credentials=credentials,
+        )
+        if args.dry_run:
+            print(
+                json.dumps({"cron": args.cron, "pipeline_job": type(job._gca_resource).to_dict(job._gca_resource)})[
+                    :2000
+                ]
+            )
+            return 0
+        print(f"created {create_schedule(job, settings, args.cron, f'{spec.name}-{args.pipeline}-schedule')}")
+        return 0
+    if args.every_minutes is None or args.every_minutes <= 0:
+        raise UserError("a local schedule needs --every-minutes N (N > 0)")
+    from pipelines.schedule import run_every
+
+    home = _home(args.home)
+    template = compile_all(home / "build")[args.pipeline]
+    arguments = {"fleet_spec": spec.to_json(), "platform": local_uri(home), "serving_image": ""}
+    outcomes = run_every(template, arguments, home, args.every_minutes, args.runs)
+    return 0 if all(outcomes) else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     print(_registry_listing(_home(args.home)))
     print(_endpoint_listing(_home(args.home)))
@@ -314,6 +361,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="folder for predictions.parquet and errors.parquet")
     p.add_argument("--home", default=None)
     p.set_defaults(handler=cmd_batch)
+
+    p = sub.add_parser("schedule", help="run a pipeline on a schedule: locally every N minutes, or a Vertex schedule")
+    p.add_argument("spec", help="fleet spec YAML")
+    p.add_argument("--pipeline", default="continuous_training", choices=["continuous_training", "fleet_training"])
+    p.add_argument("--every-minutes", type=float, default=None, help="local: minutes between run starts")
+    p.add_argument("--runs", type=int, default=None, help="local: stop after this many runs (default: until Ctrl-C)")
+    p.add_argument("--home", default=None)
+    p.add_argument("--platform", default=None, help="vertex://PROJECT/REGION?... for a Vertex PipelineJobSchedule")
+    p.add_argument("--cron", default=None, help="Vertex: cron expression, e.g. '0 * * * *'")
+    p.add_argument("--image", default=None)
+    p.add_argument("--serving-image", default="")
+    p.add_argument("--dry-run", action="store_true", help="Vertex: print the request instead of sending it")
+    p.set_defaults(handler=cmd_schedule)
 
     p = sub.add_parser("models", help="list the local registry")
     p.add_argument("--home", default=None)

@@ -9,12 +9,14 @@ from kfp import compiler
 
 from components.image import DEFAULT_IMAGE
 from pipelines.batch import fleet_batch_prediction
+from pipelines.continuous import continuous_training
 from pipelines.serving import fleet_promote, fleet_rollback
 from pipelines.training import fleet_training
 
 PIPELINES = {
     "fleet_training": fleet_training,
     "fleet_batch_prediction": fleet_batch_prediction,
+    "continuous_training": continuous_training,
     "fleet_promote": fleet_promote,
     "fleet_rollback": fleet_rollback,
 }

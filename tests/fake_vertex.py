@@ -24,6 +24,7 @@ class FakeVertex(LoopbackJsonServer):
         self.evaluations: dict[str, list[dict[str, Any]]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.batch_jobs: dict[str, dict[str, Any]] = {}
+        self.monitoring_jobs: dict[str, dict[str, Any]] = {}
         self._next_deployed_id = 1000
         self.fail_evaluation_import = False
 
@@ -42,6 +43,18 @@ class FakeVertex(LoopbackJsonServer):
                     "state": "JOB_STATE_SUCCEEDED",
                 }
             return 200, self.batch_jobs[job_id]
+        if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/modelDeploymentMonitoringJobs(?:/(\w+))?$", path):
+            parent, job_id = match.groups()
+            if method == "POST":
+                job_id = str(len(self.monitoring_jobs) + 1)
+                self.monitoring_jobs[job_id] = dict(body) | {
+                    "name": f"{parent}/modelDeploymentMonitoringJobs/{job_id}",
+                    "state": "JOB_STATE_RUNNING",
+                }
+            return 200, self.monitoring_jobs[job_id]
+        if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/schedules$", path):
+            schedule = dict(body) | {"name": f"{match.group(1)}/schedules/{len(self.requests)}", "state": "ACTIVE"}
+            return 200, schedule
         if match := _ENDPOINTS.match(path):
             return self._endpoints(method, match.group(1), query, body)
         if match := _ENDPOINT.match(path):

@@ -62,3 +62,29 @@ def submit_pipeline_job(job: Any, settings: VertexSettings) -> str:
     """Submit (does not wait); runs as the platform's service account on its network."""
     job.submit(service_account=settings.service_account, network=settings.network)
     return job.resource_name
+
+
+def create_schedule(
+    job: Any, settings: VertexSettings, cron: str, display_name: str, max_concurrent_run_count: int = 1
+) -> str:
+    """A `PipelineJobSchedule` running `job` on `cron`, as the platform's service account on its network."""
+    from google.cloud import aiplatform
+
+    if len(cron.split()) != 5:
+        raise UserError(f"cron {cron!r} must have 5 fields (minute hour day-of-month month day-of-week)")
+    if max_concurrent_run_count < 1:
+        raise UserError(f"max_concurrent_run_count {max_concurrent_run_count} must be at least 1")
+    schedule = aiplatform.PipelineJobSchedule(
+        pipeline_job=job,
+        display_name=display_name,
+        credentials=job.credentials,
+        project=settings.project,
+        location=settings.region,
+    )
+    schedule.create(
+        cron=cron,
+        max_concurrent_run_count=max_concurrent_run_count,
+        service_account=settings.service_account,
+        network=settings.network,
+    )
+    return schedule.resource_name

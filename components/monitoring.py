@@ -1,0 +1,97 @@
+"""Monitoring components: skew and drift of a fleet's endpoints on the local twin, and Vertex-managed monitoring."""
+
+from typing import NamedTuple
+
+from kfp.dsl import HTML, Artifact, Input, Markdown, Metrics, Output
+
+from components.image import fleetops_component
+
+
+@fleetops_component
+def monitor(
+    fleet_spec: str,
+    platform: str,
+    report: Output[HTML],
+    summary: Output[Markdown],
+    metrics: Output[Metrics],
+    anomalies: Output[Artifact],
+) -> bool:
+    """Skew (against each model's training statistics) and drift (against the previous window) per endpoint.
+
+    Args:
+        fleet_spec: The fleet spec, YAML or JSON text (its `monitoring` section sets thresholds and windows).
+        platform: The local twin's URI (`local:///path`); its request-response log is the serving data.
+        report: Output. HTML with a baseline-vs-current chart per feature.
+        summary: Output. A Markdown table per segment.
+        metrics: Output. The largest skew and drift per segment, and how many segments were flagged.
+        anomalies: Output. Every endpoint's findings (JSON); `segments` lists those to retrain.
+
+    Returns:
+        Whether any segment went over a threshold: the task's single output, for dsl.If
+        (kfp.local resolves conditions only on a task's `Output`).
+    """
+    import json
+
+    from fleetops.monitoring.service import run_monitoring
+    from fleetops.platform import connect
+    from fleetops.spec import parse_spec
+
+    result = run_monitoring(parse_spec(fleet_spec), connect(platform))
+    with open(report.path, "w") as handle:
+        handle.write(result.html)
+    with open(summary.path, "w") as handle:
+        handle.write(result.markdown)
+    with open(anomalies.path, "w") as handle:
+        json.dump({"segments": result.drifted, "endpoints": [r.to_dict() for r in result.reports]}, handle)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    anomalies.metadata["segments"] = result.drifted
+    return bool(result.drifted)
+
+
+@fleetops_component
+def plan_retraining(fleet_spec: str, anomalies: Input[Artifact]) -> NamedTuple(
+    "RetrainingPlan", retrain_spec=str, fleet_name=str
+):
+    """The fleet spec narrowed to the segments monitoring flagged.
+
+    Args:
+        fleet_spec: The fleet spec, YAML or JSON text.
+        anomalies: The monitor step's findings.
+
+    Returns:
+        retrain_spec: The spec with `data.segments` set to the flagged segments.
+        fleet_name: The fleet's name (for promoting its canaries).
+    """
+    import json
+    from collections import namedtuple
+
+    from fleetops.monitoring.service import narrow_to_segments
+    from fleetops.spec import parse_spec
+
+    spec = parse_spec(fleet_spec)
+    with open(anomalies.path) as handle:
+        segments = json.load(handle)["segments"]
+    plan = namedtuple("RetrainingPlan", ["retrain_spec", "fleet_name"])
+    return plan(narrow_to_segments(spec, segments).to_json(), spec.name)
+
+
+@fleetops_component
+def configure_vertex_monitoring(fleet_spec: str, platform: str, training_data: str) -> str:
+    """Create a Vertex ModelDeploymentMonitoringJob (skew and drift) for each endpoint of the fleet.
+
+    Args:
+        fleet_spec: The fleet spec (thresholds, interval, sampling rate, alert emails).
+        platform: `vertex://PROJECT/REGION?...`.
+        training_data: The training data for skew: bq://project.dataset.table or gs://...csv.
+
+    Returns:
+        The monitoring jobs' resource names, as JSON text.
+    """
+    import json
+
+    from fleetops.platform import connect
+    from fleetops.platform.vertex.monitoring import configure_fleet_monitoring
+    from fleetops.spec import parse_spec
+
+    return json.dumps(configure_fleet_monitoring(parse_spec(fleet_spec), connect(platform), training_data))
