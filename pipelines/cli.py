@@ -50,38 +50,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     home = _home(args.home)
-    ok, _ = _run_training(spec, home, local_uri(home), label=f"fleet '{spec.name}'")
+    ok, _ = _run_pipeline(spec, home, local_uri(home), f"fleet '{spec.name}'", TRAINING)
     return 0 if ok else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fleetops.data.sample import SAMPLE_SPEC, write_sample
     from fleetops.platform import local_uri
-    from fleetops.spec import load_spec
+    from pipelines.demo import run_demo
 
     home = _home(args.home)
-    sample = home / "sample"
-    spec_path = sample / "fleet.yaml"
-    spec_path.parent.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(SAMPLE_SPEC.format(source="churn.csv"))
-    print(f"fleetops demo: a churn model per region, local twin at {home}\n", flush=True)
-    months = [("month 1", 7), ("month 2, fresh data", 8)]
-    for step, (label, seed) in enumerate(months, start=1):
-        data = write_sample(sample / "churn.csv", rows_per_segment=args.rows, segments=args.segments, seed=seed)
-        print(f"[{step}/{len(months) + 1}] {label}: {data}", flush=True)
-        ok, run = _run_training(load_spec(spec_path), home, local_uri(home), label=label)
-        if not ok:
-            return 1
-    print(_registry_listing(home))
-    print(f"[{len(months) + 1}/{len(months) + 1}] serving: new champions are canaries next to last month's models")
-    print(_endpoint_listing(home))
-    from pipelines.demo_serving import serve_and_send_traffic
 
-    serve_and_send_traffic(home, load_spec(spec_path), data)
-    print(f"fleet spec:      {spec_path}\nregistry:        {home / 'registry.sqlite'}")
-    print(f"model artifacts: {home / 'models'}\npipeline root:   {home / 'pipeline_root'}")
-    print(f"run log:         {run.log_path}")
-    return 0
+    def run(spec: Any, pipeline: str, label: str) -> tuple[bool, Any]:
+        return _run_pipeline(spec, home, local_uri(home), label, pipeline)
+
+    return run_demo(home, args.segments, args.rows, run, lambda h: _registry_listing(h) + "\n" + _endpoint_listing(h))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -247,18 +229,20 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_training(spec: Any, home: Path, platform: str, label: str) -> tuple[bool, Any]:
+def _run_pipeline(spec: Any, home: Path, platform: str, label: str, pipeline: str) -> tuple[bool, Any]:
     from pipelines.compile import compile_all
     from pipelines.local_run import run_compiled
 
-    template = compile_all(home / "build")[TRAINING]
+    template = compile_all(home / "build")[pipeline]
     arguments = {"fleet_spec": spec.to_json(), "platform": platform, "serving_image": ""}
     run = run_compiled(template, arguments, home)
     if not run.ok:
         print(f"{label}: FAILED after {run.seconds:.0f}s; full log {run.log_path}", file=sys.stderr)
         return False, run
-    print(f"\n{run.outputs.get('Output', '')}")
-    print(f"{label}: finished in {run.seconds:.0f}s; log {run.log_path}\n")
+    output = run.outputs.get("Output")
+    if output:
+        print(f"\n{output}")
+    print(f"{label}: finished in {run.seconds:.0f}s; log {run.log_path}\n", flush=True)
     return True, run
 
 
@@ -315,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=None, help="local twin home (default $FLEETOPS_HOME or ./.fleetops)")
     p.set_defaults(handler=cmd_run)
 
-    p = sub.add_parser("demo", help="train a sample fleet twice on the local twin and show the registry")
+    p = sub.add_parser("demo", help="train, serve, monitor and retrain a sample fleet on the local twin")
     p.add_argument("--home", default=None)
     p.add_argument("--segments", type=int, default=4)
     p.add_argument("--rows", type=int, default=800, help="rows per segment")
