@@ -1,4 +1,4 @@
-"""The monitoring loop for real: a trained fleet, traffic with drift in one segment, continuous training under kfp.local."""
+"""The monitoring loop for real: a trained fleet, drift in one segment, continuous training under kfp.local."""
 
 import numpy as np
 import pytest
