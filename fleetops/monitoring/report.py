@@ -23,7 +23,7 @@ _CSS = " ".join(
         f".card{{border:1px solid #ddd;border-radius:6px;padding:8px;width:{_W}px}}",
         f".card.anomaly{{border-color:{_ALERT};box-shadow:0 0 0 1px {_ALERT}}}",
         ".card h3{margin:0 0 4px;font-size:14px}",
-        ".meta{font-size:12px;color:#555} .note{color:#a33}",
+        ".meta{font-size:12px;color:#555} .note{color:#a33} .info{color:#666;font-style:italic}",
         ".legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}",
     ]
 )
@@ -54,7 +54,7 @@ def render_html(fleet: str, reports: list[EndpointReport]) -> str:
         state = "ALERT" if report in flagged else "ok"
         cards = [_card(result, "skew", "training") for result in report.skew]
         cards += [_card(result, "drift", "previous window") for result in report.drift]
-        note = f"<p class='note'>{html.escape(report.note)}</p>" if report.note else ""
+        note = f"<p class='info'>{html.escape(report.note)}</p>" if report.note else ""
         sections.append(
             f"<section><h2 class='{state.lower()}'>{html.escape(report.segment)} "
             f"<small>{html.escape(report.model_id)}@{html.escape(report.version_id)} · {report.rows} rows · {state}"
