@@ -35,6 +35,10 @@ INSTALL_REQUIRES = [
     "uvloop==0.23.0",
     # Fast JSON for prediction requests and responses.
     "orjson==3.13.0",
+    # Local hyperparameter tuning: TPE, random and grid samplers, studies kept in SQLite (resumable).
+    "optuna==5.0.0",
+    # How a trainer reports its metric to a Vertex hyperparameter tuning trial.
+    "cloudml-hypertune==0.1.0.dev6",
 ]
 
 EXTRAS_REQUIRE = {
@@ -44,6 +48,8 @@ EXTRAS_REQUIRE = {
         "nbclient==0.11.0",
         "nbformat==5.11.1",
         "ipykernel==7.4.0",
+        # The tuning notebook plots its trials.
+        "matplotlib==3.11.2",
     ],
     "dev": [
         "ruff==0.17.5",

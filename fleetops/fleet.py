@@ -131,6 +131,8 @@ def evaluate_shard(
             "metrics": metrics,
             "slices": _slices(spec, test, y, challenger),
             "roc": roc_curve(y, challenger.scores(test)) if spec.task.is_classification else None,
+            # The tuning trials behind this model, for the evaluation report.
+            "tuning": challenger.metadata.get("tuning"),
         }
         result |= _champion(spec, platform, test, result["model_id"], metrics)
         results.append(result)
@@ -173,6 +175,7 @@ def register_shard(
             "primary_metric": evaluation["metric"],
             "test_value": evaluation["metrics"].get(evaluation["metric"]),
             "champion_value": evaluation.get("champion_value"),
+            "tuning": _tuning_lineage(metadata.get("tuning")),
         }
         schema_uri = CLASSIFICATION_SCHEMA if spec.task.is_classification else REGRESSION_SCHEMA
         registration = platform.registry.upload_version(
@@ -229,6 +232,20 @@ def summarize(registrations: list[dict[str, Any]]) -> str:
         cells = [r["segment"], r["model_id"], r["version_id"], r["metric"], _fmt(r["value"]), before, now]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _tuning_lineage(tuning: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What lineage keeps of a tuning study: the winner and the trial counts (the full table is in the artifact)."""
+    if not tuning:
+        return None
+    trials = tuning.get("trials", [])
+    return {
+        "scope": tuning.get("scope"),
+        "best_parameters": tuning.get("best_parameters"),
+        "best_value": tuning.get("best_value"),
+        "trials": len(trials),
+        "failed_trials": sum(t["state"] != "SUCCEEDED" for t in trials),
+    }
 
 
 def _metrics(task: Task, y: np.ndarray, scores: np.ndarray, classes: list[str]) -> dict[str, Any]:

@@ -125,6 +125,99 @@ class TrainingSpec(_Strict):
         return v
 
 
+class ParameterKind(StrEnum):
+    DOUBLE = "double"
+    INTEGER = "integer"
+    CATEGORICAL = "categorical"
+    DISCRETE = "discrete"
+
+
+class Scale(StrEnum):
+    LINEAR = "linear"
+    LOG = "log"
+    REVERSE_LOG = "reverse_log"
+
+
+class ParameterSpec(_Strict):
+    """One hyperparameter, with Vertex's kinds: double/integer ranges, categorical strings, discrete numbers."""
+
+    type: ParameterKind
+    min: float | None = None
+    max: float | None = None
+    scale: Scale = Scale.LINEAR
+    values: list[str] | list[float] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> ParameterSpec:
+        if self.type in (ParameterKind.DOUBLE, ParameterKind.INTEGER):
+            if self.min is None or self.max is None or self.values is not None:
+                raise ValueError(f"a {self.type.value} parameter needs min and max (and no values)")
+            if self.min >= self.max:
+                raise ValueError(f"min {self.min:g} must be below max {self.max:g}")
+            if self.scale is not Scale.LINEAR and self.min <= 0:
+                raise ValueError(f"a {self.scale.value} scale needs min > 0, got {self.min:g}")
+            if self.type is ParameterKind.INTEGER and (self.min != int(self.min) or self.max != int(self.max)):
+                raise ValueError(f"an integer parameter needs whole min and max, got {self.min:g}..{self.max:g}")
+        else:
+            if not self.values or self.min is not None or self.max is not None:
+                raise ValueError(f"a {self.type.value} parameter needs a non-empty list of values (and no min/max)")
+            wanted = str if self.type is ParameterKind.CATEGORICAL else (int, float)
+            wrong = [v for v in self.values if not isinstance(v, wanted) or isinstance(v, bool)]
+            if wrong:
+                kind = "strings" if self.type is ParameterKind.CATEGORICAL else "numbers"
+                raise ValueError(f"{self.type.value} values must be {kind}, got {wrong}")
+        return self
+
+
+class Algorithm(StrEnum):
+    DEFAULT = "default"  # Bayesian optimisation (Vertex); TPE locally
+    GRID = "grid"
+    RANDOM = "random"
+
+
+# Hyperparameters a trial may set: the trainer's flags.
+TUNABLE = (
+    "architecture",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "hidden_units",
+    "dropout",
+    "early_stopping_patience",
+)
+
+
+class TuningSpec(_Strict):
+    enabled: bool = False
+    scope: str = Field("per_segment", pattern="^(per_segment|fleet)$")
+    metric: str | None = Field(None, description="Default: evaluation.primary_metric.")
+    algorithm: Algorithm = Algorithm.DEFAULT
+    max_trial_count: int = Field(8, ge=1, le=1000)
+    parallel_trial_count: int = Field(2, ge=1, le=100)
+    max_failed_trial_count: int = Field(2, ge=0)
+    parameters: dict[str, ParameterSpec] = {}
+
+    @model_validator(mode="after")
+    def _rules(self) -> TuningSpec:
+        unknown = sorted(set(self.parameters) - set(TUNABLE))
+        if unknown:
+            raise ValueError(f"parameters {unknown} are not trainer flags; tunable: {list(TUNABLE)}")
+        if self.algorithm is Algorithm.GRID:
+            continuous = sorted(n for n, p in self.parameters.items() if p.type is ParameterKind.DOUBLE)
+            if continuous:
+                raise ValueError(
+                    f"grid search cannot enumerate double parameter(s) {continuous}: Vertex allows only "
+                    "integer, categorical and discrete parameters with the grid algorithm"
+                )
+        if self.enabled and not self.parameters:
+            raise ValueError("tuning is enabled but declares no parameters")
+        if self.parallel_trial_count > self.max_trial_count:
+            raise ValueError(
+                f"parallel_trial_count {self.parallel_trial_count} exceeds max_trial_count {self.max_trial_count}"
+            )
+        return self
+
+
 class EvaluationSpec(_Strict):
     primary_metric: str | None = None
     promote_if_better_by: float = Field(0.0, ge=0)
@@ -201,6 +294,7 @@ class FleetSpec(_Strict):
     architectures: list[Architecture] = [Architecture.DNN]
     training: TrainingSpec = TrainingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
+    tuning: TuningSpec = TuningSpec()
     registry: RegistrySpec = RegistrySpec()
     serving: ServingSpec = ServingSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
@@ -224,6 +318,10 @@ class FleetSpec(_Strict):
             problems.append(
                 f"evaluation.primary_metric '{metric}' is not a {self.task.value} metric; allowed: {allowed}"
             )
+        tuning_metric = self.tuning.metric
+        if tuning_metric is not None and tuning_metric not in METRIC_GOALS[self.task]:
+            allowed = ", ".join(METRIC_GOALS[self.task])
+            problems.append(f"tuning.metric '{tuning_metric}' is not a {self.task.value} metric; allowed: {allowed}")
         unknown_thresholds = sorted(set(self.monitoring.feature_thresholds) - set(self.features.all))
         if unknown_thresholds:
             problems.append(f"monitoring.feature_thresholds names {unknown_thresholds}, which are not features")
@@ -241,6 +339,10 @@ class FleetSpec(_Strict):
     @property
     def metric_goal(self) -> str:
         return METRIC_GOALS[self.task][self.primary_metric]
+
+    @property
+    def tuning_metric(self) -> str:
+        return self.tuning.metric or self.primary_metric
 
     def fingerprint(self) -> str:
         """A short stable hash of the spec, recorded in every model's lineage."""
@@ -266,7 +368,7 @@ def parse_spec(obj: Any, source: str = "fleet spec") -> FleetSpec:
     try:
         return FleetSpec.model_validate(obj)
     except ValidationError as exc:
-        raise SpecError([_describe(err) for err in exc.errors()], source) from None
+        raise SpecError([describe_error(err) for err in exc.errors()], source) from None
 
 
 def load_spec(path: str | Path) -> FleetSpec:
@@ -282,7 +384,8 @@ def load_spec(path: str | Path) -> FleetSpec:
     return spec
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
+    """One pydantic error as `field: what is wrong (got value)`."""
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
     kind = err["type"]
     given = err.get("input")

@@ -7,7 +7,7 @@ compiled spec does not grow with the fleet.
 
 from kfp import dsl
 
-from components import data, evaluation, registry, serving, training
+from components import data, evaluation, registry, serving, training, tuning
 
 PIPELINE_NAME = "fleetops-training"
 
@@ -27,8 +27,16 @@ def fleet_training(fleet_spec: str, platform: str = "local", serving_image: str 
     validate_task = data.validate(fleet_spec=fleet_spec, raw_data=ingest_task.outputs["raw_data"])
     split_task = data.split(fleet_spec=fleet_spec, raw_data=ingest_task.outputs["raw_data"]).after(validate_task)
 
+    # Tuning once for the whole fleet (scope: fleet); per-segment tuning happens inside each train step.
+    tune_task = tuning.tune(fleet_spec=fleet_spec, platform=platform, dataset=split_task.outputs["dataset"])
     with dsl.ParallelFor(validate_task.outputs["Output"], name="shards") as shard:
-        train_task = training.train(fleet_spec=fleet_spec, dataset=split_task.outputs["dataset"], shard=shard)
+        train_task = training.train(
+            fleet_spec=fleet_spec,
+            platform=platform,
+            dataset=split_task.outputs["dataset"],
+            shard=shard,
+            tuning=tune_task.outputs["trials"],
+        )
         evaluate_task = evaluation.evaluate(
             fleet_spec=fleet_spec,
             platform=platform,

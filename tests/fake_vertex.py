@@ -24,6 +24,7 @@ class FakeVertex(LoopbackJsonServer):
         self.evaluations: dict[str, list[dict[str, Any]]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.batch_jobs: dict[str, dict[str, Any]] = {}
+        self.tuning_jobs: dict[str, dict[str, Any]] = {}
         self.monitoring_jobs: dict[str, dict[str, Any]] = {}
         self._next_deployed_id = 1000
         self.fail_evaluation_import = False
@@ -55,6 +56,28 @@ class FakeVertex(LoopbackJsonServer):
         if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/schedules$", path):
             schedule = dict(body) | {"name": f"{match.group(1)}/schedules/{len(self.requests)}", "state": "ACTIVE"}
             return 200, schedule
+        if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/hyperparameterTuningJobs(?:/(\w+))?$", path):
+            parent, job_id = match.groups()
+            if method == "POST":
+                job_id = str(len(self.tuning_jobs) + 1)
+                self.tuning_jobs[job_id] = dict(body) | {
+                    "name": f"{parent}/hyperparameterTuningJobs/{job_id}",
+                    "state": "JOB_STATE_SUCCEEDED",
+                    "trials": [
+                        {
+                            "id": "1",
+                            "state": "SUCCEEDED",
+                            "parameters": [{"parameterId": "learning_rate", "value": 0.01}],
+                            "finalMeasurement": {"metrics": [{"metricId": "auRoc", "value": 0.81}]},
+                        },
+                        {
+                            "id": "2",
+                            "state": "INFEASIBLE",
+                            "parameters": [{"parameterId": "learning_rate", "value": 0.09}],
+                        },
+                    ],
+                }
+            return 200, self.tuning_jobs[job_id]
         if match := _ENDPOINTS.match(path):
             return self._endpoints(method, match.group(1), query, body)
         if match := _ENDPOINT.match(path):

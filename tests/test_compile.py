@@ -17,7 +17,7 @@ def test_every_executor_runs_our_image_without_installing_kfp(tmp_path):
     path = compile_all(tmp_path, image="europe-docker.pkg.dev/p/r/components:abc123")["fleet_training"]
     spec = yaml.safe_load(path.read_text())
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 8
+    assert len(executors) == 9
     for executor in executors.values():
         container = executor["container"]
         assert container["image"] == "europe-docker.pkg.dev/p/r/components:abc123"

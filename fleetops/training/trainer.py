@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -22,14 +23,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from fleetops.data.split import SPLIT_COLUMN, TRAIN, VALIDATION
 from fleetops.data.validation import coerce_features, statistics
-from fleetops.errors import UserError
-from fleetops.evaluation.metrics import classification_metrics, regression_metrics
+from fleetops.errors import SpecError, UserError
+from fleetops.evaluation.metrics import classification_metrics, headline, regression_metrics
 from fleetops.fingerprints import frame_sha256
 from fleetops.names import segment_slug
-from fleetops.spec import Architecture, FleetSpec, Task, TrainingSpec, load_spec
+from fleetops.spec import Architecture, FleetSpec, Task, TrainingSpec, describe_error, load_spec
 
 SEGMENT_COLUMN = "__segment"
 
@@ -70,17 +72,31 @@ def train_shard(
     output_dir: str | Path,
     params: TrainingSpec | None = None,
     log: Any = print,
+    tuned: dict[str, Any] | None = None,
+    tuning_dir: str | Path | None = None,
 ) -> list[TrainResult]:
-    """Train the best model of each segment in `segments`; artifacts go to `output_dir/<segment slug>/`."""
+    """Train the best model of each segment in `segments`; artifacts go to `output_dir/<segment slug>/`.
+
+    With `tuned` parameters (tuned once for the fleet) every segment uses them; with per-segment
+    tuning enabled in the spec, each segment is tuned first (trials under `tuning_dir`).
+    """
     results = []
     for segment in segments:
         started = time.perf_counter()
+        segment_params, architectures, record = params, None, None
+        if tuned:
+            segment_params, architectures = apply_parameters(spec, tuned)
+        elif spec.tuning.enabled and spec.tuning.scope == "per_segment":
+            record = tune(spec, dataset_path, segment, Path(tuning_dir or Path(output_dir) / "tuning"), log)
+            segment_params, architectures = apply_parameters(spec, record["best_parameters"])
         result = train_segment(
             read_segment(dataset_path, segment),
             spec,
             segment,
             Path(output_dir) / segment_slug(segment),
-            params=params,
+            params=segment_params,
+            architectures=architectures,
+            tuning=record or ({"best_parameters": tuned, "scope": "fleet"} if tuned else None),
         )
         log(
             f"trained {segment}: {result.architecture} {result.metric}={_fmt(result.validation_value)} "
@@ -90,6 +106,30 @@ def train_shard(
     return results
 
 
+def tune(spec: FleetSpec, dataset_path: str | Path, segment: str, work_dir: Path, log: Any = print) -> dict[str, Any]:
+    """Tune one segment locally (trials are this module run as processes); the result as a dict."""
+    from fleetops.tuning.local import tune_segment
+
+    work_dir = work_dir / segment_slug(segment)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec_file = work_dir / "spec.json"
+    spec_file.write_text(spec.to_json())
+    return tune_segment(spec, spec_file, dataset_path, segment, work_dir, log).to_dict() | {"scope": spec.tuning.scope}
+
+
+def apply_parameters(spec: FleetSpec, parameters: dict[str, Any]) -> tuple[TrainingSpec, list[Architecture] | None]:
+    """Tuned values over the spec's training settings; an `architecture` parameter picks the architecture."""
+    values = dict(parameters)
+    architecture = values.pop("architecture", None)
+    if isinstance(values.get("hidden_units"), str):
+        values["hidden_units"] = [int(x) for x in values["hidden_units"].split(",")]
+    for name in ("epochs", "batch_size", "early_stopping_patience"):
+        if name in values:
+            values[name] = int(values[name])
+    params = TrainingSpec.model_validate(spec.training.model_dump() | values)
+    return params, ([Architecture(architecture)] if architecture else None)
+
+
 def train_segment(
     rows: pd.DataFrame,
     spec: FleetSpec,
@@ -97,6 +137,7 @@ def train_segment(
     output_dir: str | Path,
     params: TrainingSpec | None = None,
     architectures: list[Architecture] | None = None,
+    tuning: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train each architecture on the segment's train split, keep the best on validation, save it."""
     from fleetops.training.artifact import save_artifact
@@ -135,6 +176,7 @@ def train_segment(
         "rows": {"train": len(train), "validation": len(validation)},
         "data_sha256": frame_sha256(rows.drop(columns=[SPLIT_COLUMN], errors="ignore")),
         "spec_sha256": spec.fingerprint(),
+        "tuning": tuning,
         **details,
     }
     directory = save_artifact(model, metadata, statistics(train, spec), output_dir)
@@ -214,23 +256,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, help="fleet spec YAML")
     parser.add_argument("--data", required=True, help="split dataset (Parquet written by the split step)")
     parser.add_argument("--segment", required=True)
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument(
+        "--output-dir",
+        default=os.environ.get("AIP_MODEL_DIR"),
+        help="where the model goes (default: AIP_MODEL_DIR, which Vertex sets for each trial)",
+    )
+    # Each flag also answers to its underscore spelling: Vertex tuning passes --learning_rate=0.01.
     parser.add_argument("--architecture", choices=[a.value for a in Architecture], default=None)
     for name, field in TrainingSpec.model_fields.items():
+        flags = [f"--{name.replace('_', '-')}", f"--{name}"] if "_" in name else [f"--{name}"]
         if name == "hidden_units":
-            parser.add_argument("--hidden-units", type=lambda s: [int(x) for x in s.split(",")], default=None)
+            parser.add_argument(*flags, dest=name, type=lambda s: [int(x) for x in s.split(",")], default=None)
         else:
-            parser.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=None)
+            parser.add_argument(*flags, dest=name, type=_number(type(field.default)), default=None)
     args = parser.parse_args(argv)
+    if not args.output_dir:
+        parser.error("--output-dir is required (or AIP_MODEL_DIR)")
+    threads = os.environ.get("FLEETOPS_TF_THREADS")
+    if threads:  # parallel trials share the cores: one or two TF threads each, not all of them
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(int(threads))
     spec = load_spec(args.spec)
     overrides = {k: v for k, v in vars(args).items() if k in TrainingSpec.model_fields and v is not None}
-    params = TrainingSpec.model_validate(spec.training.model_dump() | overrides)
+    try:
+        params = TrainingSpec.model_validate(spec.training.model_dump() | overrides)
+    except ValidationError as exc:
+        raise SpecError([describe_error(e) for e in exc.errors()], "trainer flags") from None
     architectures = [Architecture(args.architecture)] if args.architecture else None
-    result = train_segment(
-        read_segment(args.data, args.segment), spec, args.segment, args.output_dir, params, architectures
-    )
-    print(json.dumps({"metric": result.metric, "value": result.validation_value, **result.summary()}))
+    from fleetops.platform.vertex import gcs_local_path
+
+    output_dir = gcs_local_path(args.output_dir)
+    result = train_segment(read_segment(args.data, args.segment), spec, args.segment, output_dir, params, architectures)
+    report = {"metric": result.metric, "value": result.validation_value, **result.summary()}
+    print(json.dumps(report | {"validation_metrics": headline(result.metadata["validation_metrics"])}))
+    _report_to_vertex_tuning(result)
     return 0
+
+
+def _number(kind: type) -> Any:
+    """int flags accept '64.0' too: Vertex passes discrete values as doubles."""
+    if kind is int:
+        return lambda text: int(float(text))
+    return kind
+
+
+def _report_to_vertex_tuning(result: TrainResult) -> None:
+    """In a Vertex hyperparameter tuning trial, report the metric with cloudml-hypertune (Vertex reads it)."""
+    if not os.environ.get("CLOUD_ML_TRIAL_ID") or result.validation_value is None:
+        return
+    import hypertune
+
+    hypertune.HyperTune().report_hyperparameter_tuning_metric(
+        hyperparameter_metric_tag=result.metric, metric_value=result.validation_value
+    )
 
 
 def _beats(value: float | None, best: float | None, goal: str) -> bool:
@@ -252,4 +332,8 @@ def _fmt(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as exc:  # a tuning trial records this last line as the reason it failed
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,45 @@
+"""Tuning component: tune once for the whole fleet (per-segment tuning runs inside the train step)."""
+
+from kfp.dsl import Artifact, Dataset, Input, Output
+
+from components.image import fleetops_component
+
+
+@fleetops_component
+def tune(fleet_spec: str, platform: str, dataset: Input[Dataset], trials: Output[Artifact]):
+    """With `tuning.scope: fleet`, tune the largest segment and share its best parameters with every segment.
+
+    Per-segment tuning (`scope: per_segment`) happens in each train step instead, so a fleet
+    pays no extra task start-up per shard. With tuning off this step only says so.
+
+    Args:
+        fleet_spec: The fleet spec, YAML or JSON text (its `tuning` section).
+        platform: Platform URI; the local twin keeps studies under its home, so a rerun resumes them.
+        dataset: The split dataset.
+        trials: Output. The study (JSON): its trials in Vertex's Trial shape and `best_parameters`, which
+            every train step applies (null when tuning is off or per segment). An artifact rather than a
+            parameter: kfp.local resolves a parameter from outside a ParallelFor to the loop item.
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from fleetops.platform import connect
+    from fleetops.spec import parse_spec
+    from fleetops.training.trainer import SEGMENT_COLUMN
+    from fleetops.training.trainer import tune as tune_segment
+
+    spec = parse_spec(fleet_spec)
+    if not (spec.tuning.enabled and spec.tuning.scope == "fleet"):
+        with open(trials.path, "w") as handle:
+            json.dump({"scope": spec.tuning.scope, "enabled": spec.tuning.enabled, "best_parameters": None}, handle)
+        return
+    sizes = pd.read_parquet(dataset.path, columns=[SEGMENT_COLUMN])[SEGMENT_COLUMN].value_counts()
+    segment = str(sizes.index[0])
+    home = getattr(connect(platform), "home", None)
+    work = Path(home) / "tuning" if home else Path(trials.path).parent / "tuning"
+    result = tune_segment(spec, dataset.path, segment, work)
+    with open(trials.path, "w") as handle:
+        json.dump(result, handle)
+    trials.metadata.update({"segment": segment, "best_value": result["best_value"]})

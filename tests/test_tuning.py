@@ -1,0 +1,229 @@
+"""Hyperparameter tuning: Vertex's parameter rules, local Optuna trials as processes, failures, resume, Vertex jobs."""
+
+import optuna
+import pytest
+import yaml
+from google.auth.credentials import AnonymousCredentials
+
+from fleetops import fleet
+from fleetops.data.sample import SAMPLE_SPEC, write_sample
+from fleetops.errors import SpecError, UserError
+from fleetops.platform import connect, local_uri, vertex_settings
+from fleetops.spec import parse_spec
+from fleetops.training.trainer import apply_parameters
+from fleetops.tuning.local import study_name, trainer_flags, tune_segment
+from tests.fake_vertex import FakeVertex
+
+
+def _spec(source, **tuning):
+    base = yaml.safe_load(SAMPLE_SPEC.format(source=source))
+    base["training"] |= {"epochs": 3}
+    base["tuning"] = {"enabled": True, "max_trial_count": 3, "parallel_trial_count": 2, **tuning}
+    return parse_spec(base)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tuning")
+    data = write_sample(work / "churn.csv", rows_per_segment=300, segments=1, seed=2)
+    spec = _spec(data, parameters={"learning_rate": {"type": "double", "min": 0.001, "max": 0.1}})
+    fleet.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
+    fleet.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
+    return data, work / "dataset.parquet"
+
+
+@pytest.mark.parametrize(
+    "tuning, message",
+    [
+        (
+            {"algorithm": "grid", "parameters": {"dropout": {"type": "double", "min": 0, "max": 0.5}}},
+            "grid search cannot enumerate double parameter(s) ['dropout']",
+        ),
+        (
+            {"parameters": {"learning_rate": {"type": "double", "min": 0, "max": 0.1, "scale": "log"}}},
+            "a log scale needs min > 0, got 0",
+        ),
+        (
+            {"parameters": {"momentum": {"type": "double", "min": 0, "max": 1}}},
+            "parameters ['momentum'] are not trainer flags",
+        ),
+        ({"parameters": {"batch_size": {"type": "discrete", "values": ["big"]}}}, "discrete values must be numbers"),
+        ({"parameters": {"epochs": {"type": "integer", "min": 5, "max": 5}}}, "min 5 must be below max 5"),
+        ({"parameters": {}}, "tuning is enabled but declares no parameters"),
+        (
+            {"metric": "rSquared", "parameters": {"epochs": {"type": "integer", "min": 1, "max": 3}}},
+            "tuning.metric 'rSquared' is not a binary_classification metric",
+        ),
+    ],
+)
+def test_vertex_parameter_rules_name_the_parameter(tuning, message):
+    with pytest.raises(
+        SpecError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
+        _spec("x.csv", **tuning)
+
+
+def test_flags_and_applied_parameters():
+    assert trainer_flags({"batch_size": 64.0, "learning_rate": 0.01, "hidden_units": "16,8"}) == [
+        "--batch-size",
+        "64",
+        "--hidden-units",
+        "16,8",
+        "--learning-rate",
+        "0.01",
+    ]
+    spec = _spec("x.csv", parameters={"epochs": {"type": "integer", "min": 1, "max": 3}})
+    params, architectures = apply_parameters(spec, {"hidden_units": "12,4", "architecture": "linear", "epochs": 2.0})
+    assert params.hidden_units == [12, 4] and params.epochs == 2 and [a.value for a in architectures] == ["linear"]
+
+
+def test_failed_trials_are_recorded_and_the_study_goes_on(dataset, tmp_path):
+    data, path = dataset
+    # hidden_units "0" is refused by the trainer: that trial fails, the others run.
+    spec = _spec(
+        data,
+        algorithm="grid",
+        max_trial_count=3,
+        max_failed_trial_count=1,
+        parameters={
+            "hidden_units": {"type": "categorical", "values": ["8", "0", "4"]},
+            "architecture": {"type": "categorical", "values": ["dnn"]},
+        },
+    )
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    result = tune_segment(spec, tmp_path / "spec.json", path, "north", tmp_path / "study", log=lambda *_: None)
+    states = {t.parameters["hidden_units"]: t.state for t in result.trials}
+    assert states == {"8": "SUCCEEDED", "0": "FAILED", "4": "SUCCEEDED"}
+    failed = next(t for t in result.trials if t.state == "FAILED")
+    assert "hidden_units" in failed.error and failed.seconds > 0
+    assert result.best_parameters["hidden_units"] in {"8", "4"} and result.goal == "maximize"
+    assert all(t.metric == "auRoc" for t in result.trials)
+
+    strict = _spec(
+        data,
+        algorithm="grid",
+        max_trial_count=3,
+        max_failed_trial_count=1,
+        parameters={
+            "hidden_units": {"type": "categorical", "values": ["0", "-1", "8"]},
+            "architecture": {"type": "categorical", "values": ["dnn"]},
+        },
+    )
+    (tmp_path / "strict.json").write_text(strict.to_json())
+    with pytest.raises(UserError, match="over max_failed_trial_count 1"):
+        tune_segment(strict, tmp_path / "strict.json", path, "north", tmp_path / "strict", log=lambda *_: None)
+
+
+def test_an_interrupted_study_resumes_without_repeating_finished_trials(dataset, tmp_path):
+    data, path = dataset
+    spec = _spec(
+        data,
+        max_trial_count=2,
+        parallel_trial_count=1,
+        parameters={
+            "learning_rate": {"type": "double", "min": 0.001, "max": 0.1, "scale": "log"},
+            "architecture": {"type": "categorical", "values": ["linear"]},
+        },
+    )
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    first = tune_segment(spec, tmp_path / "spec.json", path, "north", tmp_path / "study", log=lambda *_: None)
+    assert len(first.trials) == 2
+    # A run that died mid-trial leaves a RUNNING trial behind.
+    study = optuna.load_study(
+        study_name=study_name(spec, "north"), storage=f"sqlite:///{tmp_path / 'study' / 'study.sqlite3'}"
+    )
+    study.ask(
+        {
+            "learning_rate": optuna.distributions.FloatDistribution(0.001, 0.1, log=True),
+            "architecture": optuna.distributions.CategoricalDistribution(["linear"]),
+        }
+    )
+    more = parse_spec(
+        spec.model_dump(mode="json") | {"tuning": spec.tuning.model_dump(mode="json") | {"max_trial_count": 3}}
+    )
+    assert study_name(more, "north") == study_name(spec, "north")  # a bigger budget is the same study
+    ran = []
+    resumed = tune_segment(more, tmp_path / "spec.json", path, "north", tmp_path / "study", log=ran.append)
+    assert len(ran) == 1  # only the missing trial ran
+    assert [t.trial_id for t in resumed.trials[:2]] == [t.trial_id for t in first.trials]
+    assert len(resumed.trials) == 3
+
+
+def test_vertex_hyperparameter_tuning_job_request(artifact_dirs):
+    from fleetops.tuning.vertex import tune_on_vertex
+
+    spec = _spec(
+        "bq://proj-1.crm.churn",
+        algorithm="random",
+        max_trial_count=6,
+        parameters={
+            "learning_rate": {"type": "double", "min": 0.001, "max": 0.1, "scale": "log"},
+            "batch_size": {"type": "discrete", "values": [32, 64]},
+            "architecture": {"type": "categorical", "values": ["linear", "dnn"]},
+        },
+    )
+    with FakeVertex() as fake:
+        settings = vertex_settings(
+            f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&staging_bucket=gs://b"
+            "&service_account=sa@proj-1.iam.gserviceaccount.com"
+        )
+        connect(
+            f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&staging_bucket=gs://b",
+            credentials=AnonymousCredentials(),
+        )
+        result = tune_on_vertex(
+            spec,
+            settings,
+            "us-docker.pkg.dev/p/fleetops/components:v1",
+            "gs://b/spec.json",
+            "gs://b/dataset.parquet",
+            "north",
+            "gs://b/tuning/north",
+            credentials=AnonymousCredentials(),
+        )
+        job = fake.calls("POST", "hyperparameterTuningJobs")[0]["body"]
+    from google.cloud.aiplatform_v1.types import StudySpec
+
+    study = job["studySpec"]  # the REST transport sends enums as their numbers
+    assert study["metrics"] == [{"metricId": "auRoc", "goal": StudySpec.MetricSpec.GoalType.MAXIMIZE.value}]
+    assert study["algorithm"] == StudySpec.Algorithm.RANDOM_SEARCH.value
+    specs = {p["parameterId"]: p for p in study["parameters"]}
+    assert specs["learning_rate"]["doubleValueSpec"] == {"minValue": 0.001, "maxValue": 0.1}
+    assert specs["learning_rate"]["scaleType"] == StudySpec.ParameterSpec.ScaleType.UNIT_LOG_SCALE.value
+    assert specs["batch_size"]["discreteValueSpec"] == {"values": [32.0, 64.0]}
+    assert (job["maxTrialCount"], job["parallelTrialCount"]) == (6, 2)
+    worker = job["trialJobSpec"]["workerPoolSpecs"][0]["containerSpec"]
+    assert worker["imageUri"] == "us-docker.pkg.dev/p/fleetops/components:v1"
+    assert worker["command"] == ["python", "-m", "fleetops.training.trainer"]
+    assert worker["args"] == ["--spec", "/gcs/b/spec.json", "--data", "/gcs/b/dataset.parquet", "--segment", "north"]
+    assert job["trialJobSpec"]["serviceAccount"] == "sa@proj-1.iam.gserviceaccount.com"
+    assert [t.state for t in result.trials] == ["SUCCEEDED", "FAILED"]
+    assert result.best_parameters == {"learning_rate": 0.01} and result.best_value == 0.81
+
+
+def test_training_tunes_first_and_records_the_trials(dataset, tmp_path, platform):
+    from fleetops.training.artifact import read_metadata
+    from fleetops.training.trainer import train_shard
+
+    data, path = dataset
+    spec = _spec(
+        data,
+        max_trial_count=2,
+        parameters={
+            "learning_rate": {"type": "double", "min": 0.005, "max": 0.05, "scale": "log"},
+            "architecture": {"type": "categorical", "values": ["linear", "dnn"]},
+        },
+    )
+    [result] = train_shard(path, spec, ["north"], tmp_path / "model", log=lambda *_: None, tuning_dir=tmp_path / "t")
+    tuning = read_metadata(result.artifact_dir)["tuning"]
+    assert tuning["scope"] == "per_segment" and len(tuning["trials"]) == 2
+    assert result.architecture == tuning["best_parameters"]["architecture"]
+    assert (
+        read_metadata(result.artifact_dir)["hyperparameters"]["learning_rate"]
+        == tuning["best_parameters"]["learning_rate"]
+    )
+    evaluations = fleet.evaluate_shard(spec, platform, path, tmp_path / "model", ["north"])
+    assert len(evaluations[0]["tuning"]["trials"]) == 2  # the trials table, in the evaluation output
+    [registered] = fleet.register_shard(spec, platform, tmp_path / "model", evaluations)
+    lineage = platform.registry.get_version("churn-north", registered["version_id"]).lineage
+    assert lineage["tuning"]["trials"] == 2 and lineage["tuning"]["best_parameters"] == tuning["best_parameters"]
