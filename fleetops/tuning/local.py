@@ -84,6 +84,11 @@ def tune_segment(
     )
     _fail_interrupted(study)
     distributions = {name: _distribution(p) for name, p in tuning.parameters.items()}
+    if not study.trials and spec.tuning.algorithm is not Algorithm.GRID:
+        # The spec's own settings go first, so tuning never ends below not tuning (on validation).
+        defaults = _defaults(spec)
+        if defaults is not None:
+            study.enqueue_trial(defaults)
     threads = max(1, (os.cpu_count() or 1) // tuning.parallel_trial_count)
     running: dict[Future[Trial], Any] = {}
     with ThreadPoolExecutor(max_workers=tuning.parallel_trial_count, thread_name_prefix="trial") as pool:
@@ -217,6 +222,25 @@ def _value(parameter: ParameterSpec, raw: Any) -> Any:
     if parameter.scale is Scale.REVERSE_LOG and parameter.type is ParameterKind.INTEGER:
         return int(parameter.max + parameter.min - raw)
     return raw
+
+
+def _defaults(spec: FleetSpec) -> dict[str, Any] | None:
+    """The spec's training values for the tuned parameters, if every one of them lies in its search space."""
+    current = spec.training.model_dump()
+    current["hidden_units"] = ",".join(map(str, current["hidden_units"]))
+    current["architecture"] = spec.architectures[0].value if len(spec.architectures) == 1 else None
+    defaults = {}
+    for name, parameter in spec.tuning.parameters.items():
+        value = current.get(name)
+        if value is None:
+            return None
+        if parameter.type in (ParameterKind.DOUBLE, ParameterKind.INTEGER):
+            if not parameter.min <= value <= parameter.max or parameter.scale is Scale.REVERSE_LOG:
+                return None
+        elif value not in parameter.values:
+            return None
+        defaults[name] = value
+    return defaults
 
 
 def _grid(parameter: ParameterSpec) -> list[Any]:
