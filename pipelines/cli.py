@@ -94,11 +94,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             f"data.source {spec.data.source!r} is a file on this machine; on Vertex use gs://..., bq://... or SQL"
         )
     settings = vertex_settings(args.platform)
-    credentials = None
-    if args.dry_run:
-        from google.auth.credentials import AnonymousCredentials
-
-        credentials = AnonymousCredentials()  # nothing is sent, so no real credentials are needed
+    credentials = _dry_run_credentials(args.dry_run)
     job = build_pipeline_job(
         settings,
         template,
@@ -176,11 +172,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job, create_schedule
 
         settings = vertex_settings(args.platform)
-        credentials = None
-        if args.dry_run:
-            from google.auth.credentials import AnonymousCredentials
-
-            credentials = AnonymousCredentials()
+        credentials = _dry_run_credentials(args.dry_run)
         template = compile_all(DEFAULT_BUILD, args.image)[args.pipeline]
         job = build_pipeline_job(
             settings,
@@ -269,6 +261,15 @@ def _endpoint_listing(home: Path) -> str:
         )
         lines.append(f"  {endpoint.endpoint_id:<24} {shown or 'nothing deployed'}")
     return "\n".join(lines) + "\n"
+
+
+def _dry_run_credentials(dry_run: bool) -> Any:
+    """A dry run sends nothing, so it needs no real credentials; otherwise the SDK finds the defaults."""
+    if not dry_run:
+        return None
+    from google.auth.credentials import AnonymousCredentials
+
+    return AnonymousCredentials()
 
 
 def _home(value: str | None) -> Path:

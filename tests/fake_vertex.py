@@ -12,6 +12,27 @@ from typing import Any
 
 from tests.loopback import LoopbackJsonServer
 
+_JOBS = re.compile(
+    r"^/v1/(projects/[^/]+/locations/[^/]+)/"
+    r"(batchPredictionJobs|modelDeploymentMonitoringJobs|hyperparameterTuningJobs)(?:/(\w+))?$"
+)
+# Jobs come back finished (or running, for monitoring); a tuning job with two trials, one infeasible.
+_JOB_RESULTS: dict[str, dict[str, Any]] = {
+    "batchPredictionJobs": {"state": "JOB_STATE_SUCCEEDED"},
+    "modelDeploymentMonitoringJobs": {"state": "JOB_STATE_RUNNING"},
+    "hyperparameterTuningJobs": {
+        "state": "JOB_STATE_SUCCEEDED",
+        "trials": [
+            {
+                "id": "1",
+                "state": "SUCCEEDED",
+                "parameters": [{"parameterId": "learning_rate", "value": 0.01}],
+                "finalMeasurement": {"metrics": [{"metricId": "auRoc", "value": 0.81}]},
+            },
+            {"id": "2", "state": "INFEASIBLE", "parameters": [{"parameterId": "learning_rate", "value": 0.09}]},
+        ],
+    },
+}
 _ENDPOINTS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints$")
 _ENDPOINT = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints/([^/:]+)(:\w+)?$")
 _MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models/([^/@:]+)(?:@([^/:]+))?(.*)$")
@@ -23,9 +44,7 @@ class FakeVertex(LoopbackJsonServer):
         self.models: dict[str, dict[str, Any]] = {}  # model id -> {"versions": {id: model json}, "next": n}
         self.evaluations: dict[str, list[dict[str, Any]]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
-        self.batch_jobs: dict[str, dict[str, Any]] = {}
-        self.tuning_jobs: dict[str, dict[str, Any]] = {}
-        self.monitoring_jobs: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self._next_deployed_id = 1000
         self.fail_evaluation_import = False
 
@@ -35,49 +54,11 @@ class FakeVertex(LoopbackJsonServer):
     # -- the API -------------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/batchPredictionJobs(?:/(\w+))?$", path):
-            parent, job_id = match.groups()
-            if method == "POST":
-                job_id = str(len(self.batch_jobs) + 1)
-                self.batch_jobs[job_id] = dict(body) | {
-                    "name": f"{parent}/batchPredictionJobs/{job_id}",
-                    "state": "JOB_STATE_SUCCEEDED",
-                }
-            return 200, self.batch_jobs[job_id]
-        if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/modelDeploymentMonitoringJobs(?:/(\w+))?$", path):
-            parent, job_id = match.groups()
-            if method == "POST":
-                job_id = str(len(self.monitoring_jobs) + 1)
-                self.monitoring_jobs[job_id] = dict(body) | {
-                    "name": f"{parent}/modelDeploymentMonitoringJobs/{job_id}",
-                    "state": "JOB_STATE_RUNNING",
-                }
-            return 200, self.monitoring_jobs[job_id]
+        if match := _JOBS.match(path):
+            return self._job(method, *match.groups(), body)
         if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/schedules$", path):
             schedule = dict(body) | {"name": f"{match.group(1)}/schedules/{len(self.requests)}", "state": "ACTIVE"}
             return 200, schedule
-        if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/hyperparameterTuningJobs(?:/(\w+))?$", path):
-            parent, job_id = match.groups()
-            if method == "POST":
-                job_id = str(len(self.tuning_jobs) + 1)
-                self.tuning_jobs[job_id] = dict(body) | {
-                    "name": f"{parent}/hyperparameterTuningJobs/{job_id}",
-                    "state": "JOB_STATE_SUCCEEDED",
-                    "trials": [
-                        {
-                            "id": "1",
-                            "state": "SUCCEEDED",
-                            "parameters": [{"parameterId": "learning_rate", "value": 0.01}],
-                            "finalMeasurement": {"metrics": [{"metricId": "auRoc", "value": 0.81}]},
-                        },
-                        {
-                            "id": "2",
-                            "state": "INFEASIBLE",
-                            "parameters": [{"parameterId": "learning_rate", "value": 0.09}],
-                        },
-                    ],
-                }
-            return 200, self.tuning_jobs[job_id]
         if match := _ENDPOINTS.match(path):
             return self._endpoints(method, match.group(1), query, body)
         if match := _ENDPOINT.match(path):
@@ -115,6 +96,12 @@ class FakeVertex(LoopbackJsonServer):
         if method == "GET" and rest == "/evaluations":
             return 200, {"modelEvaluations": self.evaluations.get(f"{model_id}@{resolved}", [])}
         return _error(404, f"unsupported {method} {path}")
+
+    def _job(self, method: str, parent: str, kind: str, job_id: str | None, body: dict[str, Any]) -> tuple[int, dict]:
+        if method == "POST":
+            job_id = str(sum(k == kind for k, _ in self.jobs) + 1)
+            self.jobs[(kind, job_id)] = dict(body) | {"name": f"{parent}/{kind}/{job_id}"} | _JOB_RESULTS[kind]
+        return 200, self.jobs[(kind, job_id)]
 
     def _endpoints(self, method: str, parent: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if method == "GET":
