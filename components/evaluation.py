@@ -1,6 +1,6 @@
 """Evaluation component: test metrics of a shard's models against their champions."""
 
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components.image import fleetops_component
 
@@ -15,6 +15,7 @@ def evaluate(
     metrics: Output[Metrics],
     classification_metrics: Output[ClassificationMetrics],
     evaluation: Output[Artifact],
+    report: Output[Markdown],
 ):
     """Evaluate each new model and the current champion on the same test rows.
 
@@ -27,6 +28,7 @@ def evaluate(
         metrics: Output. Scalar test metrics per segment (`<segment>/<metric>`).
         classification_metrics: Output. ROC curve and confusion matrix (the shard's first segment).
         evaluation: Output. Full Vertex-shaped metrics, slices and the champion comparison (JSON).
+        report: Output. The same for people: metrics, the champion decision, slices, tuning trials.
     """
     import json
 
@@ -39,6 +41,8 @@ def evaluate(
     )
     with open(evaluation.path, "w") as handle:
         json.dump(results, handle)
+    with open(report.path, "w") as handle:
+        handle.write(fleet.evaluation_report(results))
     for result in results:
         for name, value in result["metrics"].items():
             if isinstance(value, (int, float)):

@@ -216,6 +216,38 @@ def register_shard(
     return results
 
 
+def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
+    """Markdown for a shard's evaluation: test metrics, the champion decision, slices, and the tuning trials."""
+    lines = []
+    for e in evaluations:
+        headline_metrics = {k: v for k, v in headline(e["metrics"]).items() if v is not None}
+        lines += [f"## {e['segment']} ({e['model_id']}), {e['test_rows']} test rows", ""]
+        lines += [
+            "| metric | value |",
+            "|---|---|",
+            *[f"| {k} | {v:.4f} |" for k, v in sorted(headline_metrics.items())],
+        ]
+        lines += ["", f"**Champion**: {e['reason']}; promote: {'yes' if e['promote'] else 'no'}.", ""]
+        if e["slices"]:
+            lines += ["| slice | rows | " + e["metric"] + " |", "|---|---|---|"]
+            lines += [
+                f"| {s['feature']}={s['value']} | {s['rows']} | {_fmt(s['metrics'].get(e['metric']))} |"
+                for s in e["slices"]
+            ]
+            lines.append("")
+        tuning = e.get("tuning") or {}
+        if tuning.get("trials"):
+            names = sorted({n for t in tuning["trials"] for n in t["parameters"]})
+            lines += [f"**Tuning** ({tuning.get('scope')}): best {tuning['metric']} {_fmt(tuning['best_value'])}", ""]
+            lines += ["| trial | state | " + tuning["metric"] + " | seconds | " + " | ".join(names) + " |"]
+            lines += ["|---" * (4 + len(names)) + "|"]
+            for t in tuning["trials"]:
+                values = " | ".join(_cell(t["parameters"].get(n)) for n in names)
+                lines.append(f"| {t['trial_id']} | {t['state']} | {_fmt(t['value'])} | {t['seconds']:.1f} | {values} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def summarize(registrations: list[dict[str, Any]]) -> str:
     """A Markdown table of what was registered, for the run's summary artifact and console."""
     rows = sorted(registrations, key=lambda r: r["segment"])
@@ -320,6 +352,10 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _fmt(value: float | None) -> str:

@@ -223,7 +223,12 @@ def test_training_tunes_first_and_records_the_trials(dataset, tmp_path, platform
         == tuning["best_parameters"]["learning_rate"]
     )
     evaluations = fleet.evaluate_shard(spec, platform, path, tmp_path / "model", ["north"])
-    assert len(evaluations[0]["tuning"]["trials"]) == 2  # the trials table, in the evaluation output
+    assert len(evaluations[0]["tuning"]["trials"]) == 2  # the trials, in the evaluation output
+    report = fleet.evaluation_report(evaluations)
+    assert (
+        "**Tuning** (per_segment)" in report
+        and "| trial | state | auRoc | seconds | architecture | learning_rate |" in report
+    )
     [registered] = fleet.register_shard(spec, platform, tmp_path / "model", evaluations)
     lineage = platform.registry.get_version("churn-north", registered["version_id"]).lineage
     assert lineage["tuning"]["trials"] == 2 and lineage["tuning"]["best_parameters"] == tuning["best_parameters"]
