@@ -54,6 +54,16 @@ class VertexSettings:
     # Another BigQuery endpoint (regional, Private Service Connect, or a local server in tests).
     bigquery_endpoint: str | None = None
 
+    def resolved_pipeline_root(self) -> str:
+        """`pipeline_root`, else `<staging_bucket>/pipeline_root`: where Vertex pipeline runs write."""
+        if self.pipeline_root:
+            return self.pipeline_root
+        if self.staging_bucket:
+            return f"{self.staging_bucket.rstrip('/')}/pipeline_root"
+        raise UserError(
+            "a Vertex pipeline needs a pipeline root: add ?pipeline_root=gs://... or ?staging_bucket=gs://..."
+        )
+
 
 class Platform(ABC):
     """What components need from where they run: a registry, endpoints, data access, a pipeline root."""

@@ -117,15 +117,21 @@ def tune(spec: FleetSpec, dataset_path: str | Path, segment: str, work_dir: Path
     return tune_segment(spec, spec_file, dataset_path, segment, work_dir, log).to_dict() | {"scope": spec.tuning.scope}
 
 
+# The training settings that are integers, as TrainingSpec declares them (epochs, batch_size, ...).
+INTEGER_SETTINGS = frozenset(name for name, f in TrainingSpec.model_fields.items() if f.annotation is int)
+
+
+def whole_numbers(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Integer settings as ints: a tuner hands discrete values over as doubles (batch_size 64.0 is 64)."""
+    return {k: int(v) if k in INTEGER_SETTINGS and v is not None else v for k, v in parameters.items()}
+
+
 def apply_parameters(spec: FleetSpec, parameters: dict[str, Any]) -> tuple[TrainingSpec, list[Architecture] | None]:
     """Tuned values over the spec's training settings; an `architecture` parameter picks the architecture."""
-    values = dict(parameters)
+    values = whole_numbers(parameters)
     architecture = values.pop("architecture", None)
     if isinstance(values.get("hidden_units"), str):
         values["hidden_units"] = [int(x) for x in values["hidden_units"].split(",")]
-    for name in ("epochs", "batch_size", "early_stopping_patience"):
-        if name in values:
-            values[name] = int(values[name])
     params = TrainingSpec.model_validate(spec.training.model_dump() | values)
     return params, ([Architecture(architecture)] if architecture else None)
 

@@ -25,6 +25,7 @@ from typing import Any
 from fleetops.errors import UserError
 from fleetops.names import model_id
 from fleetops.spec import METRIC_GOALS, Algorithm, FleetSpec, ParameterKind, ParameterSpec, Scale
+from fleetops.training.trainer import whole_numbers
 
 SUCCEEDED, FAILED = "SUCCEEDED", "FAILED"
 
@@ -142,9 +143,7 @@ def tune_segment(
 def trainer_flags(parameters: dict[str, Any]) -> list[str]:
     """Hyperparameters as the trainer's command-line flags (what Vertex passes to a trial, too)."""
     flags = []
-    for name, value in sorted(parameters.items()):
-        if isinstance(value, float) and value.is_integer() and name != "learning_rate" and name != "dropout":
-            value = int(value)  # a whole discrete value (batch_size 64.0) is the integer flag 64
+    for name, value in sorted(whole_numbers(parameters).items()):
         flags += [f"--{name.replace('_', '-')}", str(value)]
     return flags
 

@@ -42,13 +42,7 @@ class VertexPlatform(Platform):
 
     @property
     def pipeline_root(self) -> str:
-        if self.settings.pipeline_root:
-            return self.settings.pipeline_root
-        if self.settings.staging_bucket:
-            return f"{self.settings.staging_bucket.rstrip('/')}/pipeline_root"
-        raise ValueError(
-            f"platform {self.uri} has no pipeline root: add ?pipeline_root=gs://... or ?staging_bucket=gs://..."
-        )
+        return self.settings.resolved_pipeline_root()
 
     def read_table(self, source: str) -> pd.DataFrame:
         kind = source_kind(source)

@@ -36,13 +36,7 @@ def build_pipeline_job(
         raise UserError(f"pipeline job id {job_id!r} is invalid: it must match [a-z][-a-z0-9]{{0,127}}")
     all_labels = {**settings.labels, **(labels or {})}
     check_labels(all_labels)
-    root = settings.pipeline_root or (
-        f"{settings.staging_bucket.rstrip('/')}/pipeline_root" if settings.staging_bucket else None
-    )
-    if root is None:
-        raise UserError(
-            "a Vertex pipeline needs a pipeline root: add ?pipeline_root=gs://... or ?staging_bucket=gs://..."
-        )
+    root = settings.resolved_pipeline_root()
     return aiplatform.PipelineJob(
         display_name=display_name,
         template_path=str(template_path),
