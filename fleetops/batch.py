@@ -87,15 +87,17 @@ def scored_chunks(
         numeric[name] = values
     errors = _error_rows(frame[bad], [{"code": INVALID_ARGUMENT, "message": r} for r in reasons[bad]])
     good = np.flatnonzero(~bad)
+    # Numeric features as parsed (valid rows are numbers). The output schema is decided once from all
+    # the valid rows: inferred per chunk, a column missing throughout one chunk would come out `null`
+    # there, and a Parquet file takes one schema.
+    typed = frame.assign(**numeric).iloc[good]
+    schema = pa.Schema.from_pandas(typed, preserve_index=False)
 
     def chunks() -> Iterator[pa.Table]:
-        for start in range(0, len(good), chunk_rows):
-            rows = good[start : start + chunk_rows]
-            scored = frame.iloc[rows].copy()
-            for name in predictor.numeric:
-                scored[name] = numeric[name][rows]  # as parsed: valid rows are numbers
+        for start in range(0, len(typed), chunk_rows):
+            scored = typed.iloc[start : start + chunk_rows]
             scores = _score(predictor, _input_tensors(predictor, scored))
-            table = pa.Table.from_pandas(scored, preserve_index=False)
+            table = pa.Table.from_pandas(scored, schema=schema, preserve_index=False)
             yield table.append_column("prediction", _prediction_column(predictor, scores))
 
     return chunks(), errors

@@ -103,3 +103,14 @@ def test_vertex_batch_prediction_job_request(artifact_dirs):
     assert job["dedicatedResources"]["machineSpec"]["machineType"] == "n1-standard-8"
     assert job["manualBatchTuningParameters"] == {"batchSize": 256}
     assert json.dumps(job["labels"]) == '{"team": "ml"}'
+
+
+def test_a_column_missing_throughout_one_chunk_keeps_the_file_schema(trained_models, tmp_path):
+    rows = make_churn(rows_per_segment=100, segments=2, seed=9)
+    rows["payment_method"] = rows["payment_method"].astype(object)
+    rows.loc[100:, "payment_method"] = None  # the whole second chunk has no payment method
+    result = batch_predict(Predictor.load(trained_models[0]), rows, tmp_path, chunk_rows=100)
+    assert result.predicted == 200
+    written = pq.read_table(result.predictions_path)
+    assert written.schema.field("payment_method").type == "string"
+    assert written.column("payment_method").null_count == 100 + rows["payment_method"].iloc[:100].isna().sum()
