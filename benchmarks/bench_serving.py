@@ -17,16 +17,16 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from pipelines.child_server import free_port, wait_until_answering  # noqa: E402
 
 PATH = "/v1/projects/local/locations/local/endpoints/churn-north:predict"
 INSTANCE = {
@@ -147,7 +147,9 @@ def measure(wrk: str, command, env: dict, work: Path, size: int, args) -> dict:
     try:
         url = f"http://127.0.0.1:{port}{PATH}"
         body = json.dumps({"instances": [INSTANCE] * size})
-        wait_ready(url, body, server)
+        # A predict request, not the health route: the model must be loaded before the clock starts.
+        request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
+        wait_until_answering(request, server, seconds=120, timeout=5)
         script = work / f"post{size}.lua"
         script.write_text(
             f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n'
@@ -178,26 +180,6 @@ def parse_wrk(out: str) -> dict:
         errors += sum(map(int, match.groups()))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return {"rps": rps, "p50": ms("50%"), "p99": ms("99%"), "errors": errors}
-
-
-def wait_ready(url: str, body: str, server: subprocess.Popen, seconds: int = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited with {server.returncode}")
-        try:
-            request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
-            urllib.request.urlopen(request, timeout=5).read()
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"server at {url} did not answer")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def ensure_wrk() -> str:

@@ -10,11 +10,9 @@ month 3: customers change in two regions; their traffic is logged; the
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +25,7 @@ from fleetops.data.sample import SAMPLE_SPEC, write_sample
 from fleetops.names import model_id
 from fleetops.platform import connect, local_uri
 from fleetops.spec import load_spec
+from pipelines.child_server import free_port, wait_until_answering
 
 DRIFTED_REGIONS = ("north", "east")
 
@@ -105,9 +104,7 @@ def running_server(home: Path) -> Iterator[Any]:
     from google.cloud.aiplatform_v1 import PredictionServiceClient
     from google.cloud.aiplatform_v1.services.prediction_service.transports.rest import PredictionServiceRestTransport
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = (home / "serve.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "serve", "--home", str(home), "--port", str(port)],
@@ -116,7 +113,7 @@ def running_server(home: Path) -> Iterator[Any]:
         stderr=log,
     )
     try:
-        _wait(f"http://127.0.0.1:{port}/health", server)
+        wait_until_answering(f"http://127.0.0.1:{port}/health", server)
         yield PredictionServiceClient(
             transport=PredictionServiceRestTransport(
                 host=f"127.0.0.1:{port}", credentials=AnonymousCredentials(), url_scheme="http"
@@ -150,16 +147,3 @@ def send_traffic(client: Any, spec: Any, rows: pd.DataFrame, show: int) -> None:
     if shown:
         print("a few:\n" + "\n".join(shown))
     print("answered by endpoint and version: " + ", ".join(f"{e} v{v}: {n}" for (e, v), n in sorted(served.items())))
-
-
-def _wait(url: str, server: subprocess.Popen, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the prediction server exited with {server.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("the prediction server did not start")

@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from fleetops.data.sample import SAMPLE_SPEC, make_churn  # noqa: E402
 from fleetops.platform import connect, local_uri  # noqa: E402
 from fleetops.spec import parse_spec  # noqa: E402
+from pipelines.child_server import free_port, wait_until_answering  # noqa: E402
 
 
 @pytest.fixture
@@ -77,13 +78,10 @@ class ServerProcess:
     """
 
     def __init__(self, home, *extra, env=None, command=None, health="/health"):
-        import socket
         import subprocess
         import sys
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.health = health
         environment = {**os.environ, "FLEETOPS_SERVE_RELOAD_SECONDS": "0.2", "AIP_HTTP_PORT": str(self.port)}
@@ -96,19 +94,7 @@ class ServerProcess:
         self.wait_until_up()
 
     def wait_until_up(self, seconds=60):
-        import time
-        import urllib.request
-
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}")
-            try:
-                urllib.request.urlopen(f"{self.base}{self.health}", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not come up")
+        wait_until_answering(f"{self.base}{self.health}", self.process, seconds)
 
     def request(self, method, path, body=None, headers=None):
         import json
