@@ -1,6 +1,7 @@
 """The `fleetops` command: compile, run locally, submit to Vertex or a KFP cluster, and the demo.
 
 fleetops demo                         generate sample data, train the fleet twice locally
+fleetops sample churn.csv --segments N --rows R --spec fleet.yaml   sample data and spec, any fleet size
 fleetops compile --image URI          every pipeline to build/pipelines/*.yaml
 fleetops run fleet.yaml               run the training pipeline locally (kfp.local + local twin)
 fleetops submit fleet.yaml --platform vertex://PROJECT/REGION?staging_bucket=gs://b
@@ -64,6 +65,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _run_pipeline(spec, home, local_uri(home), label, pipeline)
 
     return run_demo(home, args.segments, args.rows, run, lambda h: _registry_listing(h) + "\n" + _endpoint_listing(h))
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from fleetops.data.sample import SAMPLE_SPEC, check_sample_path, make_churn, save_table
+
+    try:
+        output = check_sample_path(args.output)  # before generating: a large fleet takes a while
+        frame = make_churn(args.rows, args.segments, args.seed, args.size_spread)
+    except ValueError as exc:
+        # The message starts with the library's parameter name; the user typed a flag.
+        name, _, rest = str(exc).partition(" ")
+        flag = {"segments": "--segments", "rows_per_segment": "--rows", "size_spread": "--size-spread"}.get(name)
+        raise UserError(f"{flag} {rest}" if flag else str(exc)) from exc
+    save_table(frame, output)
+    print(f"wrote {len(frame):,} rows, {args.segments:,} segments to {output}")
+    if args.spec:
+        spec_path = Path(args.spec)
+        spec_path.parent.mkdir(parents=True, exist_ok=True)
+        spec_path.write_text(SAMPLE_SPEC.format(source=_relative_to(output, spec_path.parent)))
+        print(f"wrote fleet spec {spec_path} (train it with: fleetops run {spec_path})")
+    return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -272,6 +294,17 @@ def _dry_run_credentials(dry_run: bool) -> Any:
     return AnonymousCredentials()
 
 
+def _relative_to(path: Path, folder: Path) -> str:
+    """`path` as the spec should name it: relative to the spec's folder when possible (load_spec
+    resolves it from there, so the two files can move together), else absolute."""
+    import os
+
+    try:
+        return Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix()
+    except ValueError:  # another drive on Windows
+        return str(path.resolve())
+
+
 def _home(value: str | None) -> Path:
     from fleetops.platform import local_home
 
@@ -305,6 +338,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--segments", type=int, default=4)
     p.add_argument("--rows", type=int, default=800, help="rows per segment")
     p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("sample", help="write generated churn data of any fleet size (and a fleet spec for it)")
+    p.add_argument("output", help="OUT.csv or OUT.parquet")
+    p.add_argument("--segments", type=int, default=4, help="regions, 1 to 100,000 (default 4)")
+    p.add_argument("--rows", type=int, default=600, help="rows per segment (default 600)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--size-spread", type=float, default=0.0, help="vary segment sizes: lognormal sigma, 0 to 2")
+    p.add_argument("--spec", default=None, help="also write a fleet spec for the data here (SPEC.yaml)")
+    p.set_defaults(handler=cmd_sample)
 
     p = sub.add_parser("submit", help="submit the training pipeline to Vertex AI Pipelines or a KFP cluster")
     p.add_argument("spec", help="fleet spec YAML")
