@@ -26,6 +26,7 @@ from fleetops.evaluation.metrics import (
     is_better,
     regression_metrics,
     roc_curve,
+    undefined_reasons,
 )
 from fleetops.fingerprints import frame_sha256
 from fleetops.names import (
@@ -46,6 +47,9 @@ from fleetops.training.trainer import SEGMENT_COLUMN
 # Vertex collects at most 100 artifacts from one ParallelFor.
 MAX_SHARDS = 100
 MIN_SLICE_ROWS = 20
+# Defined on any test split (one class, a constant label): the evidence a first champion
+# may be promoted on when its primary metric is undefined there.
+FALLBACK_METRIC = {Task.BINARY: "logLoss", Task.MULTICLASS: "logLoss", Task.REGRESSION: "rootMeanSquaredError"}
 
 
 def ingest(spec: FleetSpec, platform: Platform, output_path: str | Path) -> dict[str, Any]:
@@ -109,7 +113,12 @@ def evaluate_shard(
     model_dir: str | Path,
     segments: list[str],
 ) -> list[dict[str, Any]]:
-    """Evaluate each segment's new model and its current champion on the same test rows."""
+    """Evaluate each segment's new model and its current champion on the same test rows.
+
+    Each result carries `undefined`: metric name -> why that metric is undefined on
+    the segment's test split (e.g. one class only); those metrics are None in `metrics`.
+    The champion decision (`promote`, `reason`) follows the rule in `_champion`.
+    """
     from fleetops.training.artifact import load_artifact
     from fleetops.training.trainer import encode_labels, read_segment
 
@@ -121,7 +130,9 @@ def evaluate_shard(
             raise UserError(f"segment {segment!r} has no test rows; add rows or change data.split")
         challenger = load_artifact(Path(model_dir) / segment_slug(segment))
         y = encode_labels(test[spec.label], challenger.classes)
-        metrics = _metrics(spec.task, y, challenger.scores(test), challenger.classes)
+        scores = challenger.scores(test)
+        metrics = _metrics(spec.task, y, scores, challenger.classes)
+        undefined = undefined_reasons(metrics, y, challenger.classes, f"the test split of segment {segment!r}")
         result: dict[str, Any] = {
             "segment": segment,
             "model_id": model_id(spec.name, segment),
@@ -129,12 +140,14 @@ def evaluate_shard(
             "metric": spec.primary_metric,
             "goal": spec.metric_goal,
             "metrics": metrics,
+            "undefined": undefined,
             "slices": _slices(spec, test, y, challenger),
-            "roc": roc_curve(y, challenger.scores(test)) if spec.task.is_classification else None,
+            "roc": roc_curve(y, scores) if spec.task.is_classification else None,
             # The tuning trials behind this model, for the evaluation report.
             "tuning": challenger.metadata.get("tuning"),
         }
-        result |= _champion(spec, platform, test, result["model_id"], metrics)
+        validation = challenger.metadata.get("validation_metrics") or {}
+        result |= _champion(spec, platform, test, result["model_id"], metrics, undefined, validation)
         results.append(result)
     return results
 
@@ -210,6 +223,8 @@ def register_shard(
                 "value": evaluation["metrics"].get(evaluation["metric"]),
                 "champion_version": evaluation.get("champion_version"),
                 "champion_value": evaluation.get("champion_value"),
+                # Why it was (not) promoted, for the summary's notes on undefined values.
+                "reason": evaluation.get("reason"),
                 "artifact_uri": version.artifact_uri,
             }
         )
@@ -217,23 +232,32 @@ def register_shard(
 
 
 def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
-    """Markdown for a shard's evaluation: test metrics, the champion decision, slices, and the tuning trials."""
+    """Markdown for a shard's evaluation: test metrics, the champion decision, slices, and the tuning trials.
+
+    An undefined metric is shown as "undefined", with its reason under the table, never as a number.
+    """
     lines = []
     for e in evaluations:
-        headline_metrics = {k: v for k, v in headline(e["metrics"]).items() if v is not None}
+        undefined = e.get("undefined") or {}
+        shown = headline(e["metrics"]) | dict.fromkeys(undefined)
         lines += [f"## {e['segment']} ({e['model_id']}), {e['test_rows']} test rows", ""]
         lines += [
             "| metric | value |",
             "|---|---|",
-            *[f"| {k} | {v:.4f} |" for k, v in sorted(headline_metrics.items())],
+            *[f"| {k} | {_metric(v)} |" for k, v in sorted(shown.items())],
         ]
+        if undefined:
+            lines += ["", *[f"- {reason}" for _, reason in sorted(undefined.items())]]
         lines += ["", f"**Champion**: {e['reason']}; promote: {'yes' if e['promote'] else 'no'}.", ""]
         if e["slices"]:
             lines += ["| slice | rows | " + e["metric"] + " |", "|---|---|---|"]
             lines += [
-                f"| {s['feature']}={s['value']} | {s['rows']} | {_fmt(s['metrics'].get(e['metric']))} |"
+                f"| {s['feature']}={s['value']} | {s['rows']} | {_metric(s['metrics'].get(e['metric']))} |"
                 for s in e["slices"]
             ]
+            notes = [s["undefined"][e["metric"]] for s in e["slices"] if e["metric"] in s.get("undefined", {})]
+            if notes:
+                lines += ["", *[f"- {note}" for note in notes]]
             lines.append("")
         tuning = e.get("tuning") or {}
         if tuning.get("trials"):
@@ -249,7 +273,11 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
 
 
 def summarize(registrations: list[dict[str, Any]]) -> str:
-    """A Markdown table of what was registered, for the run's summary artifact and console."""
+    """A Markdown table of what was registered, for the run's summary artifact and console.
+
+    A new value that is undefined reads "undefined" and a champion without a value "n/a";
+    either way the segment's champion decision follows the table as a note.
+    """
     rows = sorted(registrations, key=lambda r: r["segment"])
     promoted = sum(1 for r in rows if r["promoted"])
     lines = [
@@ -258,11 +286,18 @@ def summarize(registrations: list[dict[str, Any]]) -> str:
         "| segment | model | version | metric | new | champion before | champion now |",
         "|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for r in rows:
-        before = "none" if r["champion_version"] is None else f"v{r['champion_version']} {_fmt(r['champion_value'])}"
-        now = f"v{r['version_id']}" if r["promoted"] else f"v{r['champion_version']}"
-        cells = [r["segment"], r["model_id"], r["version_id"], r["metric"], _fmt(r["value"]), before, now]
+        had_champion = r["champion_version"] is not None
+        before = f"v{r['champion_version']} {_fmt(r['champion_value'])}" if had_champion else "none"
+        # Not promoted and no champion before: the segment still has none.
+        now = f"v{r['version_id']}" if r["promoted"] else (f"v{r['champion_version']}" if had_champion else "none")
+        cells = [r["segment"], r["model_id"], r["version_id"], r["metric"], _metric(r["value"]), before, now]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
+        if r.get("reason") and (r["value"] is None or (had_champion and r["champion_value"] is None)):
+            notes.append(f"- {r['segment']}: {r['reason']}")
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -297,48 +332,140 @@ def _slices(spec: FleetSpec, test: pd.DataFrame, y: np.ndarray, model: Any) -> l
             if mask.sum() < MIN_SLICE_ROWS:
                 continue
             metrics = _metrics(spec.task, y[mask], scores[mask], model.classes)
-            slices.append({"feature": column, "value": value, "rows": int(mask.sum()), "metrics": headline(metrics)})
+            undefined = undefined_reasons(metrics, y[mask], model.classes, f"slice {column}={value}")
+            slices.append(
+                {
+                    "feature": column,
+                    "value": value,
+                    "rows": int(mask.sum()),
+                    "metrics": headline(metrics),
+                    "undefined": undefined,
+                }
+            )
     return slices
 
 
 def _champion(
-    spec: FleetSpec, platform: Platform, test: pd.DataFrame, mid: str, metrics: dict[str, Any]
+    spec: FleetSpec,
+    platform: Platform,
+    test: pd.DataFrame,
+    mid: str,
+    metrics: dict[str, Any],
+    undefined: dict[str, str],
+    validation: dict[str, Any],
 ) -> dict[str, Any]:
+    """Whether the new model takes the `champion` alias, and why, in one sentence.
+
+    The rule, on the primary metric over the segment's test rows (both models scored on the same rows):
+
+    - A champion that can score the data defends its title: the new model is promoted only
+      when its value beats the champion's by more than `promote_if_better_by`.
+    - The new value is undefined (e.g. a binary test split with one class) and a champion
+      exists: not promoted, and the champion keeps serving. On one-class rows the champion's
+      value is undefined too, so nothing shows the new model is better, and replacing a
+      serving model takes evidence. No other metric stands in: the spec chose this one.
+    - No champion yet (or one that cannot score the current data): the new model becomes the
+      champion when its value is defined. When it is undefined, it still becomes the first
+      champion if its primary metric on the validation split or the test split's fallback
+      metric (`FALLBACK_METRIC`: logLoss, or RMSE for regression, defined with one class) is
+      defined: without a champion the segment serves no model at all, and a later run with a
+      defined test metric replaces it by the ordinary rule. If none is defined (the model's
+      outputs are not finite), it is not promoted.
+
+    Args:
+        spec: The fleet spec (primary metric, goal, margin).
+        platform: Where the registry is.
+        test: The segment's test rows.
+        mid: The segment's model id.
+        metrics: The new model's test metrics.
+        undefined: Why each of the new model's undefined test metrics is undefined.
+        validation: The new model's validation metrics (from its artifact's metadata).
+
+    Returns:
+        champion_version, champion_value (its primary metric on `test`), promote, reason.
+    """
     from fleetops.training.artifact import load_artifact
     from fleetops.training.trainer import encode_labels
 
-    value = metrics.get(spec.primary_metric)
-    margin = spec.evaluation.promote_if_better_by
+    metric = spec.primary_metric
+    value = metrics.get(metric)
+    why_undefined = undefined.get(metric, f"{metric} is undefined")
     try:
         champion = platform.registry.get_version(mid, CHAMPION_ALIAS)
     except NotFoundError:
-        return {
-            "champion_version": None,
-            "champion_value": None,
-            "promote": value is not None,
-            "reason": "no champion yet",
-        }
+        promote, reason = _first_champion(spec, "the segment has no champion", metrics, why_undefined, validation)
+        return {"champion_version": None, "champion_value": None, "promote": promote, "reason": reason}
     try:
         loaded = load_artifact(platform.registry.artifact_path(champion))
         y = encode_labels(test[spec.label], loaded.classes)
-        champion_value = _metrics(spec.task, y, loaded.scores(test), loaded.classes).get(spec.primary_metric)
+        champion_metrics = _metrics(spec.task, y, loaded.scores(test), loaded.classes)
     except UserError as exc:
         # A champion that cannot score today's data (features changed) cannot defend its title.
-        return {
-            "champion_version": champion.version_id,
-            "champion_value": None,
-            "promote": value is not None,
-            "reason": f"champion v{champion.version_id} cannot score the current data: {exc}",
-        }
-    promote = is_better(value, champion_value, spec.metric_goal, margin)
-    verdict = "beats" if promote else "does not beat"
+        situation = f"champion v{champion.version_id} cannot score the current data: {exc}"
+        promote, reason = _first_champion(spec, situation, metrics, why_undefined, validation)
+        return {"champion_version": champion.version_id, "champion_value": None, "promote": promote, "reason": reason}
+    champion_value = champion_metrics.get(metric)
+    champion_why = undefined_reasons(champion_metrics, y, loaded.classes, "the same test rows")
+    promote, reason = _challenge(
+        spec, champion.version_id, value, why_undefined, champion_value, champion_why.get(metric, "")
+    )
     return {
         "champion_version": champion.version_id,
         "champion_value": champion_value,
         "promote": promote,
-        "reason": f"new {spec.primary_metric} {_fmt(value)} {verdict} champion v{champion.version_id} "
-        f"{_fmt(champion_value)} by more than {margin}",
+        "reason": reason,
     }
+
+
+def _first_champion(
+    spec: FleetSpec, situation: str, metrics: dict[str, Any], why_undefined: str, validation: dict[str, Any]
+) -> tuple[bool, str]:
+    """The rule without a champion to defend: promote on the test value, else on the fallback evidence."""
+    metric = spec.primary_metric
+    value = metrics.get(metric)
+    if value is not None:
+        return True, f"{situation}; new {metric} {value:.4f} makes it the first champion"
+    evidence = {f"validation {metric}": validation.get(metric)}
+    fallback = FALLBACK_METRIC[spec.task]
+    if fallback != metric:
+        evidence[f"test {fallback}"] = metrics.get(fallback)
+    defined = {name: v for name, v in evidence.items() if v is not None}
+    if defined:
+        shown = " and ".join(f"{name} {v:.4f}" for name, v in defined.items())
+        return True, (
+            f"{situation} and {why_undefined}; promoted as the first champion on {shown}, "
+            "so that the segment has a model to serve"
+        )
+    verb = "is" if len(evidence) == 1 else "are"
+    return False, (
+        f"not promoted: {why_undefined}; {' and '.join(evidence)} {verb} undefined too, so nothing shows "
+        f"the model works ({situation})"
+    )
+
+
+def _challenge(
+    spec: FleetSpec,
+    champion_version: str,
+    value: float | None,
+    why_undefined: str,
+    champion_value: float | None,
+    champion_why_undefined: str,
+) -> tuple[bool, str]:
+    """The rule against a champion that could score the same test rows."""
+    metric, margin = spec.primary_metric, spec.evaluation.promote_if_better_by
+    if value is None:
+        return False, (
+            f"not promoted: {why_undefined}, so nothing shows the new model beats champion v{champion_version}, "
+            "which stays champion"
+        )
+    if champion_value is None:
+        # Same rows, so the class mix is not the cause: the champion's outputs are not finite.
+        return True, f"champion v{champion_version}: {champion_why_undefined}; new {metric} {value:.4f} takes over"
+    promote = is_better(value, champion_value, spec.metric_goal, margin)
+    verdict = "beats" if promote else "does not beat"
+    return promote, (
+        f"new {metric} {value:.4f} {verdict} champion v{champion_version} {champion_value:.4f} by more than {margin}"
+    )
 
 
 def _finite(obj: Any) -> Any:
@@ -352,6 +479,11 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+def _metric(value: float | None) -> str:
+    """A metric value for people: None only ever means undefined (see `undefined_reasons`)."""
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 def _cell(value: Any) -> str:

@@ -16,9 +16,12 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetops.errors import UserError
+
+if TYPE_CHECKING:
+    from fleetops.platform.registry import ModelVersion
 
 DEFAULT_BUILD = "build/pipelines"
 TRAINING = "fleet_training"
@@ -261,15 +264,25 @@ def _run_pipeline(spec: Any, home: Path, platform: str, label: str, pipeline: st
 
 
 def _registry_listing(home: Path) -> str:
+    """Each model's versions with their aliases and their primary metric on their test split."""
     from fleetops.platform import connect, local_uri
 
     registry = connect(local_uri(home)).registry
     lines = ["registered models:"]
     for model_id in registry.list_models():
-        versions = registry.list_versions(model_id)
-        shown = ", ".join(f"v{v.version_id}" + (f" [{', '.join(v.aliases)}]" if v.aliases else "") for v in versions)
+        shown = ", ".join(_version_listing(v) for v in registry.list_versions(model_id))
         lines.append(f"  {model_id:<24} {shown}")
     return "\n".join(lines) + "\n"
+
+
+def _version_listing(version: ModelVersion) -> str:
+    """`v2 [champion, default] auRoc 0.8512`; "undefined" when the metric was undefined on the test split."""
+    text = f"v{version.version_id}" + (f" [{', '.join(version.aliases)}]" if version.aliases else "")
+    metric = version.lineage.get("primary_metric")
+    if metric is None:  # registered outside a fleet run: no evaluation in its lineage
+        return text
+    value = version.lineage.get("test_value")
+    return f"{text} {metric} {'undefined' if value is None else f'{value:.4f}'}"
 
 
 def _endpoint_listing(home: Path) -> str:

@@ -5,9 +5,11 @@ from sklearn.metrics import roc_auc_score
 from fleetops.evaluation.metrics import (
     CONFIDENCE_THRESHOLDS,
     classification_metrics,
+    headline,
     is_better,
     regression_metrics,
     roc_curve,
+    undefined_reasons,
 )
 
 
@@ -47,6 +49,39 @@ def test_undefined_metric_is_none_not_zero():
     m = classification_metrics(np.array([1, 1]), np.array([[0.2, 0.8], [0.4, 0.6]]), ["0", "1"])
     assert m["auRoc"] is None
     assert roc_curve(np.array([1, 1]), np.array([[0.2, 0.8], [0.4, 0.6]]))["fpr"] == []
+
+
+@pytest.mark.parametrize("only, name", [(0, "no"), (1, "yes")])
+def test_one_class_test_split_leaves_ranking_metrics_undefined_with_a_reason(only, name):
+    # sklearn returns auPrc 0.0 (only negatives) or 1.0 (only positives) here; neither is a score.
+    y = np.full(75, only)
+    p1 = np.linspace(0.05, 0.95, 75)
+    m = classification_metrics(y, np.stack([1 - p1, p1], axis=1), ["no", "yes"])
+    assert m["auPrc"] is None and m["auRoc"] is None
+    assert m["logLoss"] > 0 and 0 <= m["accuracy"] <= 1  # defined with one class
+    assert set(headline(m)) == {"logLoss", "accuracy"}  # a Metrics artifact gets no stand-in number
+    reasons = undefined_reasons(m, y, ["no", "yes"], "the test split of segment 'x'")
+    assert reasons == {
+        "auPrc": f"auPrc is undefined: the test split of segment 'x' has only class '{name}' (75 rows)",
+        "auRoc": f"auRoc is undefined: the test split of segment 'x' has only class '{name}' (75 rows)",
+    }
+
+
+def test_multiclass_with_one_class_present_stays_defined_micro_averaged():
+    p = np.array([[0.6, 0.3, 0.1], [0.5, 0.35, 0.15], [0.25, 0.45, 0.3]])
+    m = classification_metrics(np.zeros(3, dtype=int), p, ["a", "b", "c"])
+    assert m["auRoc"] == pytest.approx(roc_auc_score(np.eye(3)[[0, 0, 0]].ravel(), p.ravel()))
+    assert undefined_reasons(m, np.zeros(3, dtype=int), ["a", "b", "c"], "x") == {}
+
+
+def test_constant_regression_label_leaves_r_squared_undefined():
+    y = np.full(4, 3.0)
+    m = regression_metrics(y, np.array([3.0, 3.0, 3.0, 3.0]))  # sklearn's default would say 1.0
+    assert m["rSquared"] is None and m["rootMeanSquaredError"] == 0.0
+    assert undefined_reasons(m, y, [], "the test split of segment 'x'") == {
+        "rSquared": "rSquared is undefined: the test split of segment 'x' has the same label value 3 in every row "
+        "(4 rows)"
+    }
 
 
 def test_roc_curve_is_json_safe():

@@ -5,6 +5,10 @@ logLoss, confusionMatrix, confidenceMetrics at Vertex's thresholds);
 regression follows `regression_metrics_1.0.0.yaml`. The dicts here are what is
 imported into the registry and logged to KFP `Metrics` /
 `ClassificationMetrics` artifacts.
+
+A metric that is undefined on the rows it is computed on (auPrc and auRoc of a
+binary test split holding one class, rSquared of a constant label) is None,
+never a number that looks like a score; `undefined_reasons` says why, in words.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classe
 
     For two classes the threshold metrics are about the positive class (index 1);
     for more, they are micro-averaged one-vs-rest, as Vertex does.
+
+    auPrc and auRoc rank positives against negatives, so they are None when the
+    truth they rank holds one class: a binary split with only positives or only
+    negatives. Micro-averaged multiclass truth always holds both (each row is a
+    positive for its class and a negative for the others), so there they stay
+    defined. logLoss and accuracy are defined on any non-empty split.
     """
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.clip(np.asarray(probabilities, dtype="float64"), 0.0, 1.0)
@@ -42,9 +52,13 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classe
     else:
         truth, scores = one_hot.ravel(), probabilities.ravel()
     predicted = probabilities.argmax(axis=1)
+    # Checked here, not left to sklearn: with one class, sklearn 1.9 only warns, and
+    # average_precision_score returns 0.0 (no positives) or 1.0 (no negatives), which
+    # would read as a real score and decide a promotion.
+    ranked = len(np.unique(truth)) == 2
     result: dict[str, Any] = {
-        "auPrc": _safe(lambda: skm.average_precision_score(truth, scores)),
-        "auRoc": _safe(lambda: skm.roc_auc_score(truth, scores)),
+        "auPrc": _safe(lambda: skm.average_precision_score(truth, scores)) if ranked else None,
+        "auRoc": _safe(lambda: skm.roc_auc_score(truth, scores)) if ranked else None,
         "logLoss": float(skm.log_loss(y_true, np.clip(probabilities, _EPS, 1 - _EPS), labels=list(range(k)))),
         "accuracy": float((predicted == y_true).mean()),
         "confidenceMetrics": [_at_threshold(truth, scores, t) for t in CONFIDENCE_THRESHOLDS],
@@ -71,15 +85,18 @@ def roc_curve(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, list[f
     return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "thresholds": thresholds[keep].tolist()}
 
 
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float | None]:
+    """Vertex regression metrics; rSquared is None when the label is constant (or there is one row)."""
     y_true = np.asarray(y_true, dtype="float64")
     y_pred = np.asarray(y_pred, dtype="float64")
     if y_true.size == 0:
         raise ValueError("cannot evaluate on zero rows")
+    # R² divides by the label's variance; sklearn turns that 0/0 into 0.0 or 1.0, which would read as a score.
+    varies = y_true.size > 1 and bool(np.ptp(y_true) > 0)
     result = {
         "rootMeanSquaredError": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
         "meanAbsoluteError": float(skm.mean_absolute_error(y_true, y_pred)),
-        "rSquared": _safe(lambda: skm.r2_score(y_true, y_pred)) if y_true.size > 1 else None,
+        "rSquared": _safe(lambda: skm.r2_score(y_true, y_pred)) if varies else None,
     }
     nonzero = y_true != 0
     if nonzero.any():
@@ -92,8 +109,34 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
-    """The scalar metrics of an evaluation (what goes into a KFP `Metrics` artifact)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+    """The defined scalar metrics of an evaluation (what goes into a KFP `Metrics` artifact).
+
+    Undefined metrics (None) are left out rather than written as a number: a
+    `Metrics` artifact holds numbers only. `undefined_reasons` names what is missing.
+    """
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def undefined_reasons(
+    metrics: dict[str, Any], y_true: np.ndarray, classes: list[str] | None, where: str
+) -> dict[str, str]:
+    """Why each metric that is None in `metrics` is undefined on the rows it was computed on.
+
+    Args:
+        metrics: The output of `classification_metrics` or `regression_metrics`.
+        y_true: The labels those metrics were computed on: class indices, or values for regression.
+        classes: The class names for classification; empty or None for regression.
+        where: The rows, for people, e.g. "the test split of segment 'north'".
+
+    Returns:
+        Metric name -> a sentence, e.g. "auRoc is undefined: the test split of
+        segment 'north' has only class '0' (75 rows)". Empty when every metric is defined.
+    """
+    missing = sorted(name for name, value in metrics.items() if value is None)
+    if not missing:
+        return {}
+    cause = _undefined_cause(np.asarray(y_true), classes, where)
+    return {name: f"{name} is undefined: {cause}" for name in missing}
 
 
 def is_better(challenger: float | None, champion: float | None, goal: str, margin: float) -> bool:
@@ -128,8 +171,24 @@ def _at_threshold(truth: np.ndarray, scores: np.ndarray, threshold: float) -> di
     }
 
 
+def _undefined_cause(y_true: np.ndarray, classes: list[str] | None, where: str) -> str:
+    """What about these labels leaves a metric undefined, as the end of a sentence."""
+    n = len(y_true)
+    rows = f"{n} row" if n == 1 else f"{n} rows"
+    if classes:
+        present = np.unique(y_true)
+        if len(present) == 1:
+            return f"{where} has only class {classes[int(present[0])]!r} ({rows})"
+    elif n < 2:
+        return f"{where} has {rows}"
+    elif np.all(y_true == y_true[0]):
+        return f"{where} has the same label value {float(y_true[0]):g} in every row ({rows})"
+    # Both classes (or varying values) yet no finite value: the model's outputs are not finite.
+    return f"the model's outputs give no finite value on {where} ({rows})"
+
+
 def _safe(compute: Any) -> float | None:
-    """A metric that is undefined on this data (one class only) is None, not a crash or a fake 0."""
+    """A metric sklearn cannot compute on this data (it raises, or gives NaN or inf) is None, not a crash."""
     try:
         value = float(compute())
     except ValueError:
