@@ -116,6 +116,11 @@ class TrainingSpec(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     early_stopping_patience: int = Field(4, ge=1)
     seed: int = 42
+    trainer: str = Field(
+        "packed",
+        pattern="^(packed|per_segment)$",
+        description="packed: every segment of a shard in one graph; per_segment: one Keras fit per segment.",
+    )
 
     @field_validator("hidden_units")
     @classmethod

@@ -65,6 +65,15 @@ def read_segment(dataset_path: str | Path, segment: str) -> pd.DataFrame:
     return df
 
 
+def read_segments(dataset_path: str | Path, segments: list[str]) -> pd.DataFrame:
+    """The rows of several segments at once (one filtered Parquet read); every segment must have rows."""
+    df = pd.read_parquet(dataset_path, filters=[(SEGMENT_COLUMN, "in", list(segments))])
+    missing = sorted(set(segments) - set(df[SEGMENT_COLUMN].unique()))
+    if missing:
+        raise UserError(f"segments {missing[:10]} have no rows in {str(dataset_path)!r}")
+    return df
+
+
 def train_shard(
     dataset_path: str | Path,
     spec: FleetSpec,
@@ -77,16 +86,37 @@ def train_shard(
 ) -> list[TrainResult]:
     """Train the best model of each segment in `segments`; artifacts go to `output_dir/<segment slug>/`.
 
+    The segments are trained packed (`fleetops.training.packed`: one TensorFlow graph for all of them)
+    unless the spec says `training.trainer: per_segment` or each segment is tuned on its own; then one
+    at a time.
+
     With `tuned` parameters (tuned once for the fleet) every segment uses them; with per-segment
     tuning enabled in the spec, each segment is tuned first (trials under `tuning_dir`).
     """
+    per_segment_tuning = not tuned and spec.tuning.enabled and spec.tuning.scope == "per_segment"
+    if spec.training.trainer == "packed" and not per_segment_tuning:
+        from fleetops.training.packed import train_pack
+
+        started = time.perf_counter()
+        pack_params, architectures = apply_parameters(spec, tuned) if tuned else (params, None)
+        results = train_pack(
+            read_segments(dataset_path, segments),
+            spec,
+            output_dir,
+            params=pack_params,
+            architectures=architectures,
+            tuning={"best_parameters": tuned, "scope": "fleet"} if tuned else None,
+            log=log,
+        )
+        log(f"trained {len(results)} segment(s) packed in {time.perf_counter() - started:.1f}s")
+        return results
     results = []
     for segment in segments:
         started = time.perf_counter()
         segment_params, architectures, record = params, None, None
         if tuned:
             segment_params, architectures = apply_parameters(spec, tuned)
-        elif spec.tuning.enabled and spec.tuning.scope == "per_segment":
+        elif per_segment_tuning:
             record = tune(spec, dataset_path, segment, Path(tuning_dir or Path(output_dir) / "tuning"), log)
             segment_params, architectures = apply_parameters(spec, record["best_parameters"])
         result = train_segment(
@@ -165,11 +195,29 @@ def train_segment(
         model, epochs, metrics = fit(train, validation, spec, architecture, params, classes)
         value = metrics.get(spec.primary_metric)
         candidates[architecture.value] = value
-        if best is None or _beats(value, best[2], spec.metric_goal):
+        if best is None or beats(value, best[2], spec.metric_goal):
             best = (model, architecture.value, value, {"epochs_trained": epochs, "validation_metrics": metrics})
     assert best is not None
     model, architecture, value, details = best
-    metadata = {
+    details["trainer"] = {"kind": "one_at_a_time"}
+    metadata = segment_metadata(spec, segment, rows, typed, classes, architecture, params, tuning, details)
+    directory = save_artifact(model, metadata, statistics(train, spec), output_dir)
+    return TrainResult(segment, directory, architecture, spec.primary_metric, value, candidates, metadata)
+
+
+def segment_metadata(
+    spec: FleetSpec,
+    segment: str,
+    rows: pd.DataFrame,
+    typed: pd.DataFrame,
+    classes: list[str],
+    architecture: str,
+    params: TrainingSpec,
+    tuning: dict[str, Any] | None,
+    details: dict[str, Any],
+) -> dict[str, Any]:
+    """What a segment's model artifact records about how it was made (both trainers write the same keys)."""
+    return {
         "fleet": spec.name,
         "segment": segment,
         "task": spec.task.value,
@@ -179,14 +227,15 @@ def train_segment(
         "architecture": architecture,
         "hyperparameters": params.model_dump(mode="json"),
         "primary_metric": spec.primary_metric,
-        "rows": {"train": len(train), "validation": len(validation)},
+        "rows": {
+            "train": int((typed[SPLIT_COLUMN] == TRAIN).sum()),
+            "validation": int((typed[SPLIT_COLUMN] == VALIDATION).sum()),
+        },
         "data_sha256": frame_sha256(rows.drop(columns=[SPLIT_COLUMN], errors="ignore")),
         "spec_sha256": spec.fingerprint(),
         "tuning": tuning,
         **details,
     }
-    directory = save_artifact(model, metadata, statistics(train, spec), output_dir)
-    return TrainResult(segment, directory, architecture, spec.primary_metric, value, candidates, metadata)
 
 
 def fit(
@@ -319,7 +368,8 @@ def _report_to_vertex_tuning(result: TrainResult) -> None:
     )
 
 
-def _beats(value: float | None, best: float | None, goal: str) -> bool:
+def beats(value: float | None, best: float | None, goal: str) -> bool:
+    """True when a validation value is better than the best so far (an undefined value never is)."""
     if value is None:
         return False
     if best is None:
