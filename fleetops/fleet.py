@@ -31,10 +31,12 @@ from fleetops.evaluation.metrics import (
 from fleetops.fingerprints import frame_sha256
 from fleetops.names import (
     CHAMPION_ALIAS,
+    DEFAULT_ALIAS,
     LABEL_ARCHITECTURE,
     LABEL_FLEET,
     LABEL_MANAGED_BY,
     LABEL_SEGMENT,
+    METADATA_IDENTITY,
     label_value,
     model_id,
     segment_slug,
@@ -161,7 +163,11 @@ def register_shard(
     pipeline_job: str = "",
     serving_image: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Register each segment's model as a new version; move `champion` to it only when it won."""
+    """Register each segment's model as a new version; move `champion` to it only when it won.
+
+    A model whose identity is already registered (a rerun on identical data) adds no
+    version: its row says `created: False` and names the existing version.
+    """
     from fleetops.training.artifact import read_metadata
 
     results = []
@@ -208,8 +214,16 @@ def register_shard(
                 display_name=f"{pipeline_job or 'evaluation'}-{slug}"[:128],
                 slices=_finite(evaluation["slices"]),
             ),
+            # Artifacts saved before identities existed have none: the registry then uses their bytes.
+            identity=metadata.get(METADATA_IDENTITY),
         )
         version = registration.version
+        if promote and not registration.created and CHAMPION_ALIAS not in version.aliases:
+            # An unchanged model still wins when the champion moved elsewhere since it was
+            # registered; an existing version gets no aliases from the upload, so give them here.
+            version = platform.registry.add_version_aliases(
+                version.model_id, version.version_id, [CHAMPION_ALIAS, DEFAULT_ALIAS]
+            )
         results.append(
             {
                 "segment": segment,
@@ -292,7 +306,9 @@ def summarize(registrations: list[dict[str, Any]]) -> str:
         before = f"v{r['champion_version']} {_fmt(r['champion_value'])}" if had_champion else "none"
         # Not promoted and no champion before: the segment still has none.
         now = f"v{r['version_id']}" if r["promoted"] else (f"v{r['champion_version']}" if had_champion else "none")
-        cells = [r["segment"], r["model_id"], r["version_id"], r["metric"], _metric(r["value"]), before, now]
+        # Rows from before `created` existed were always new versions.
+        version = r["version_id"] if r.get("created", True) else f"{r['version_id']} (unchanged, no new version)"
+        cells = [r["segment"], r["model_id"], version, r["metric"], _metric(r["value"]), before, now]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
         if r.get("reason") and (r["value"] is None or (had_champion and r["champion_value"] is None)):
             notes.append(f"- {r['segment']}: {r['reason']}")

@@ -13,12 +13,16 @@ LABEL_FLEET = "fleet"
 LABEL_SEGMENT = "segment"
 LABEL_ARCHITECTURE = "architecture"
 LABEL_ARTIFACT_SHA256 = "artifact-sha256"
+LABEL_IDENTITY_SHA256 = "identity-sha256"
 LABEL_MANAGED_BY = "managed-by"
 
 # Files inside a model artifact directory.
 MODEL_FILE = "model.keras"
 MODEL_METADATA_FILE = "metadata.json"
 MODEL_STATISTICS_FILE = "statistics.json"
+
+# The metadata key holding a model's identity (fingerprints.model_identity_sha256).
+METADATA_IDENTITY = "identity_sha256"
 
 # Vertex model ids: up to 63 of [a-z0-9_-], not starting with a digit or '-'.
 _MODEL_ID_MAX = 63

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fleetops.errors import NotFoundError, RegistryRuleError
+from fleetops.fingerprints import directory_sha256
 from fleetops.platform.local.registry import LocalModelRegistry
 from fleetops.platform.registry import EvaluationInput
 
@@ -110,6 +111,78 @@ def test_upload_is_idempotent_on_artifact_bytes(registry, artifact_dirs, tmp_pat
     stored = registry.artifact_path(first.version)
     assert (stored / "model.bin").read_bytes() == (artifact_dirs[0] / "model.bin").read_bytes()
     assert first.version.artifact_uri == stored.as_uri()
+
+
+def test_upload_is_idempotent_on_identity_not_bytes(registry, artifact_dirs):
+    same, other = "a" * 64, "b" * 64
+    first = registry.upload_version("m", artifact_dirs[0], identity=same)
+    rerun = registry.upload_version("m", artifact_dirs[1], identity=same, aliases=["champion"])
+    assert first.created and not rerun.created
+    assert rerun.version.version_id == "1" and rerun.version.identity_sha256 == same
+    assert rerun.version.artifact_sha256 == directory_sha256(artifact_dirs[0])  # what the server checks: stored bytes
+    assert rerun.version.aliases == ("default",)  # an unchanged model changes nothing
+    changed = registry.upload_version("m", artifact_dirs[2], identity=other)
+    assert changed.created and changed.version.version_id == "2"
+    # Bytes already registered are that version, whatever identity they come with.
+    assert registry.upload_version("m", artifact_dirs[0], identity="c" * 64).version.version_id == "1"
+    assert [v.identity_sha256 for v in registry.list_versions("m")] == [same, other]
+    # Without an identity, the artifact's bytes are the identity.
+    plain = registry.upload_version("n", artifact_dirs[0]).version
+    assert plain.identity_sha256 == plain.artifact_sha256 == directory_sha256(artifact_dirs[0])
+    with pytest.raises(RegistryRuleError, match=r"version identity 'ABC' is invalid: it must be a sha256 in hex"):
+        registry.upload_version("m", artifact_dirs[0], identity="ABC")
+
+
+# The versions table as registries were created before version identities.
+_SCHEMA_BEFORE_IDENTITIES = """
+CREATE TABLE models (
+    model_id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    next_version_id INTEGER NOT NULL,
+    create_time TEXT NOT NULL
+);
+CREATE TABLE versions (
+    model_id TEXT NOT NULL REFERENCES models(model_id),
+    version_id INTEGER NOT NULL,
+    display_name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    artifact_uri TEXT NOT NULL,
+    artifact_sha256 TEXT NOT NULL,
+    serving_image TEXT,
+    lineage TEXT NOT NULL,
+    create_time TEXT NOT NULL,
+    PRIMARY KEY (model_id, version_id),
+    UNIQUE (model_id, artifact_sha256)
+);
+"""
+
+
+def test_a_registry_file_from_before_identities_is_migrated_on_open(tmp_path, artifact_dirs):
+    home = tmp_path / "home"
+    home.mkdir()
+    old_sha = directory_sha256(artifact_dirs[0])
+    with sqlite3.connect(home / "registry.sqlite") as conn:
+        conn.executescript(_SCHEMA_BEFORE_IDENTITIES)
+        conn.execute("INSERT INTO models VALUES ('m', 'm', 2, '2024-01-01')")
+        conn.execute(
+            "INSERT INTO versions VALUES ('m', 1, 'm', '', '{}', 'file:///old', ?, NULL, '{}', '2024-01-01')",
+            (old_sha,),
+        )
+    registry = LocalModelRegistry(home)
+    assert registry.get_version("m", "1").identity_sha256 == old_sha  # backfilled from the artifact sha256
+    retry = registry.upload_version("m", artifact_dirs[0])
+    assert not retry.created and retry.version.version_id == "1"  # old rows still deduplicate
+    assert not registry.upload_version("m", artifact_dirs[1], identity=old_sha).created
+    new = registry.upload_version("m", artifact_dirs[1], identity="d" * 64)
+    assert new.created and new.version.version_id == "2"
+    LocalModelRegistry(home)  # opening a migrated file again changes nothing
+    assert [v.identity_sha256 for v in registry.list_versions("m")] == [old_sha, "d" * 64]
+    with sqlite3.connect(home / "registry.sqlite") as conn, pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        conn.execute(
+            "INSERT INTO versions VALUES ('m', 3, 'm', '', '{}', 'file:///x', 'other', NULL, '{}', 'now', ?)",
+            ("d" * 64,),
+        )
 
 
 def test_failed_registration_leaves_nothing(registry, artifact_dirs):

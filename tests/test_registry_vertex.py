@@ -7,6 +7,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 
 from fleetops.errors import RegistryRuleError, UserError
+from fleetops.fingerprints import directory_sha256
 from fleetops.platform import connect, vertex_settings
 from fleetops.platform.registry import EvaluationInput
 from tests.fake_vertex import FakeVertex
@@ -72,6 +73,42 @@ def test_retry_returns_the_existing_version_without_uploading(vertex, fake, arti
     first = vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img")
     retry = vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img")
     assert not retry.created and retry.version.version_id == first.version.version_id
+    assert len(fake.calls("POST", "models:upload")) == 1
+
+
+def test_an_unchanged_model_is_found_by_its_identity_label(vertex, fake, artifact_dirs):
+    same, other = "a" * 64, "b" * 64
+    first = vertex.registry.upload_version(
+        "m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img", identity=same
+    )
+    rerun = vertex.registry.upload_version(
+        "m", artifact_dirs[1], artifact_uri="gs://b/2", serving_image="img", identity=same
+    )
+    assert not rerun.created and rerun.version.version_id == first.version.version_id == "1"
+    assert len(fake.calls("POST", "models:upload")) == 1
+    labels = fake.calls("POST", "models:upload")[0]["body"]["model"]["labels"]
+    # Both whole: a sha256 in hex is 64 characters, the longest label value Vertex takes.
+    assert labels["identity-sha256"] == same and labels["artifact-sha256"] == directory_sha256(artifact_dirs[0])
+    assert rerun.version.identity_sha256 == same
+    assert rerun.version.artifact_sha256 == labels["artifact-sha256"]  # the serving tamper check is unchanged
+    changed = vertex.registry.upload_version(
+        "m", artifact_dirs[2], artifact_uri="gs://b/3", serving_image="img", identity=other
+    )
+    assert changed.created and changed.version.version_id == "2" and changed.version.identity_sha256 == other
+    with pytest.raises(RegistryRuleError, match="version identity 'x' is invalid"):
+        vertex.registry.upload_version(
+            "m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img", identity="x"
+        )
+    assert len(fake.calls("POST", "models:upload")) == 2
+
+
+def test_a_version_from_before_identities_is_found_by_its_artifact_sha256(vertex, fake, artifact_dirs):
+    vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img")
+    del fake.models["m"]["versions"]["1"]["labels"]["identity-sha256"]  # as uploaded before identities
+    old = vertex.registry.get_version("m", "1")
+    assert old.identity_sha256 == old.artifact_sha256 == directory_sha256(artifact_dirs[0])
+    retry = vertex.registry.upload_version("m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img")
+    assert not retry.created and retry.version.version_id == "1"
     assert len(fake.calls("POST", "models:upload")) == 1
 
 

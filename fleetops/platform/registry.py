@@ -21,6 +21,8 @@ ALIAS_PATTERN = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")
 LABEL_KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 LABEL_VALUE_PATTERN = re.compile(r"^[a-z0-9_-]{0,64}$")
 MODEL_ID_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,62}$")
+# A sha256 in hex: 64 characters, exactly what a Vertex label value may hold, so the label keeps it whole.
+IDENTITY_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 MAX_LABELS = 64
 
 
@@ -39,6 +41,8 @@ class ModelVersion:
     description: str = ""
     lineage: dict[str, Any] = field(default_factory=dict)
     create_time: str = ""
+    # What uploads deduplicate on (see `ModelRegistry.upload_version`); `artifact_sha256` stays the tamper check.
+    identity_sha256: str = ""
 
     @property
     def versioned_name(self) -> str:
@@ -96,12 +100,19 @@ class ModelRegistry(ABC):
         lineage: dict[str, Any] | None = None,
         serving_image: str | None = None,
         evaluation: EvaluationInput | None = None,
+        identity: str | None = None,
     ) -> Registration:
         """Register `artifact_path` as a new version of `model_id` (created on first upload).
 
-        Idempotent: if this model already has a version with the same artifact
-        bytes (sha256), that version is returned with `created=False`. Atomic:
-        on failure no version, alias move or evaluation is left behind.
+        Idempotent: if this model already has a version with the same `identity`,
+        or with the same artifact bytes (sha256), that version is returned with
+        `created=False` and nothing else changes (no alias move, no evaluation).
+        Atomic: on failure no version, alias move or evaluation is left behind.
+
+        Args:
+            identity: What makes two uploads the same version: a sha256 in hex, such as
+                the model identity `save_artifact` records (`identity_sha256`). None means
+                the artifact's bytes (its directory sha256), for artifacts that have none.
         """
 
     @abstractmethod
@@ -145,6 +156,13 @@ def check_model_id(model_id: str) -> None:
     if not isinstance(model_id, str) or not MODEL_ID_PATTERN.match(model_id):
         raise RegistryRuleError(
             f"model id {model_id!r} is invalid: up to 63 characters of [a-z0-9_-], not starting with a digit or '-'"
+        )
+
+
+def check_identity(identity: str) -> None:
+    if not isinstance(identity, str) or not IDENTITY_PATTERN.match(identity):
+        raise RegistryRuleError(
+            f"version identity {identity!r} is invalid: it must be a sha256 in hex (64 characters of [0-9a-f])"
         )
 
 

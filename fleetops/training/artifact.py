@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 
 from fleetops.errors import UserError
-from fleetops.names import MODEL_FILE, MODEL_METADATA_FILE, MODEL_STATISTICS_FILE
+from fleetops.fingerprints import model_identity_sha256
+from fleetops.names import METADATA_IDENTITY, MODEL_FILE, MODEL_METADATA_FILE, MODEL_STATISTICS_FILE
 
+# The identity key is optional (older artifacts lack it) and readers ignore keys they do not
+# use, so adding it kept the format at /1.
 FORMAT = "fleetops-keras/1"
 _PREDICT_CHUNK = 8192
 
@@ -68,10 +71,18 @@ def shape_outputs(task: str, out: np.ndarray) -> np.ndarray:
 
 
 def save_artifact(model: Any, metadata: dict[str, Any], statistics: dict[str, Any], directory: str | Path) -> Path:
+    """Write the model, its metadata and its training statistics into `directory`.
+
+    The metadata gains `identity_sha256`, the model's identity (weights, configuration,
+    data, spec, settings): the registry keys versions on it, because the `.keras` bytes
+    differ between saves of the same model.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    identity = model_identity_sha256(model, metadata, statistics)
     model.save(directory / MODEL_FILE)
-    (directory / MODEL_METADATA_FILE).write_text(json.dumps({"format": FORMAT, **metadata}, indent=2, sort_keys=True))
+    document = {"format": FORMAT, **metadata, METADATA_IDENTITY: identity}
+    (directory / MODEL_METADATA_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
     (directory / MODEL_STATISTICS_FILE).write_text(json.dumps(statistics, indent=2, sort_keys=True))
     return directory
 

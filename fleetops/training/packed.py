@@ -220,9 +220,7 @@ def fit_packed(
         if epoch > 0:
             running &= ~(wait >= params.early_stopping_patience)
         if log is not None:
-            log(
-                f"  {architecture.value} epoch {epoch + 1}: {int(running.sum())} of {n_segments} segments improving"
-            )
+            log(f"  {architecture.value} epoch {epoch + 1}: {int(running.sum())} of {n_segments} segments improving")
         if not running.any():
             break
     return PackedFit(architecture, best, epochs_trained, best_loss, time.perf_counter() - started)

@@ -5,6 +5,10 @@ separate processes serialise on SQLite's write lock: version ids are never
 duplicated and an alias is never on two versions. Artifacts are copied to a
 staging folder first and moved into place inside the transaction, so a failed
 registration leaves neither a row nor a file behind.
+
+A version is found again by its identity (the model's, or its artifact's sha256),
+so re-registering an unchanged model returns the existing version. A registry
+file from before identities gains the column when it is opened.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from fleetops.platform.registry import (
     Registration,
     check_alias_removal,
     check_aliases,
+    check_identity,
     check_labels,
     check_model_id,
     upload_aliases,
@@ -57,6 +62,7 @@ CREATE TABLE IF NOT EXISTS versions (
     serving_image TEXT,
     lineage TEXT NOT NULL,
     create_time TEXT NOT NULL,
+    identity TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (model_id, version_id),
     UNIQUE (model_id, artifact_sha256)
 );
@@ -101,6 +107,16 @@ INSERT OR IGNORE INTO endpoint_changes VALUES (1, 0);
 """
 
 
+_IDENTITY_INDEX = "versions_model_identity"
+
+# Bytes identical to a registered version are that version too, whichever identity it was
+# given (a version registered before identities existed has its artifact sha256 as identity).
+_FIND_EXISTING = (
+    "SELECT version_id FROM versions WHERE model_id = ? AND (identity = ? OR artifact_sha256 = ?) "
+    "ORDER BY version_id LIMIT 1"
+)
+
+
 class LocalModelRegistry(ModelRegistry):
     """Model registry of the local twin under `home` (`registry.sqlite`, `models/`)."""
 
@@ -111,6 +127,7 @@ class LocalModelRegistry(ModelRegistry):
         self.store.mkdir(parents=True, exist_ok=True)
         with self.connect() as conn:
             conn.executescript(_SCHEMA)
+        self._migrate()
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -128,14 +145,18 @@ class LocalModelRegistry(ModelRegistry):
         lineage: dict[str, Any] | None = None,
         serving_image: str | None = None,
         evaluation: EvaluationInput | None = None,
+        identity: str | None = None,
     ) -> Registration:
         check_model_id(model_id)
         check_aliases(aliases)
         labels = dict(labels or {})
         check_labels(labels)
+        if identity is not None:
+            check_identity(identity)
         source = Path(artifact_path)
         sha = directory_sha256(source)
-        existing = self._find_by_sha(model_id, sha)
+        identity = identity or sha
+        existing = self._find_existing(model_id, identity, sha)
         if existing is not None:
             return Registration(existing, created=False)
         lineage_json = json.dumps(lineage or {}, sort_keys=True, default=str)
@@ -147,9 +168,7 @@ class LocalModelRegistry(ModelRegistry):
             if directory_sha256(staging) != sha:
                 raise PlatformError(f"artifact {str(source)!r} changed while it was being copied; retry")
             with self.transaction() as conn:
-                duplicate = conn.execute(
-                    "SELECT version_id FROM versions WHERE model_id = ? AND artifact_sha256 = ?", (model_id, sha)
-                ).fetchone()
+                duplicate = conn.execute(_FIND_EXISTING, (model_id, identity, sha)).fetchone()
                 if duplicate is not None:
                     return Registration(self._version(conn, model_id, duplicate[0]), created=False)
                 row = conn.execute("SELECT next_version_id FROM models WHERE model_id = ?", (model_id,)).fetchone()
@@ -162,7 +181,9 @@ class LocalModelRegistry(ModelRegistry):
                 conn.execute("UPDATE models SET next_version_id = ? WHERE model_id = ?", (version_id + 1, model_id))
                 final = self.store / model_id / str(version_id)
                 conn.execute(
-                    "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO versions (model_id, version_id, display_name, description, labels, artifact_uri, "
+                    "artifact_sha256, serving_image, lineage, create_time, identity) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         model_id,
                         version_id,
@@ -174,6 +195,7 @@ class LocalModelRegistry(ModelRegistry):
                         serving_image,
                         lineage_json,
                         now,
+                        identity,
                     ),
                 )
                 has_default = conn.execute(
@@ -314,6 +336,28 @@ class LocalModelRegistry(ModelRegistry):
                 raise
             conn.execute("COMMIT")
 
+    def _migrate(self) -> None:
+        """Bring a registry file from before version identities up to date (a no-op once done).
+
+        Old rows get their artifact sha256 as identity: that is what they were
+        deduplicated on, so re-registering their artifacts still finds them.
+        """
+        with self.connect() as conn:
+            if _has_identity_index(conn):
+                return
+        # Checked again under the write lock: another process may be migrating the same file.
+        with self.transaction() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(versions)")}
+            if "identity" not in columns:
+                conn.execute("ALTER TABLE versions ADD COLUMN identity TEXT NOT NULL DEFAULT ''")
+                conn.execute("UPDATE versions SET identity = artifact_sha256")
+            conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {_IDENTITY_INDEX} ON versions (model_id, identity)")
+
+    def _find_existing(self, model_id: str, identity: str, sha: str) -> ModelVersion | None:
+        with self.connect() as conn:
+            row = conn.execute(_FIND_EXISTING, (model_id, identity, sha)).fetchone()
+            return None if row is None else self._version(conn, model_id, row[0])
+
     def _find_by_sha(self, model_id: str, sha: str) -> ModelVersion | None:
         with self.connect() as conn:
             row = conn.execute(
@@ -356,11 +400,11 @@ class LocalModelRegistry(ModelRegistry):
 
     def _version(self, conn: sqlite3.Connection, model_id: str, version_id: int) -> ModelVersion:
         row = conn.execute(
-            "SELECT display_name, description, labels, artifact_uri, artifact_sha256, lineage, create_time "
+            "SELECT display_name, description, labels, artifact_uri, artifact_sha256, lineage, create_time, identity "
             "FROM versions WHERE model_id = ? AND version_id = ?",
             (model_id, version_id),
         ).fetchone()
-        display_name, description, labels, uri, sha, lineage, created = row
+        display_name, description, labels, uri, sha, lineage, created, identity = row
         return ModelVersion(
             model_id=model_id,
             version_id=str(version_id),
@@ -373,6 +417,7 @@ class LocalModelRegistry(ModelRegistry):
             description=description,
             lineage=json.loads(lineage),
             create_time=created,
+            identity_sha256=identity,
         )
 
     def _evaluation(self, conn: sqlite3.Connection, evaluation_id: str) -> Evaluation:
@@ -390,6 +435,11 @@ class LocalModelRegistry(ModelRegistry):
             slices=json.loads(slices),
             create_time=created,
         )
+
+
+def _has_identity_index(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (_IDENTITY_INDEX,)).fetchone()
+    return row is not None
 
 
 def _assign_aliases(conn: sqlite3.Connection, model_id: str, version_id: int, aliases: list[str]) -> None:

@@ -1,10 +1,15 @@
 """The model registry on Vertex AI, through google-cloud-aiplatform.
 
 The same rules as the local twin are checked before a request is sent.
-Idempotency uses a label: each version carries `artifact-sha256=<hex>` (64
-characters, the longest a label value may be), so a retried upload finds its
-version instead of adding one. Lineage goes into the version description as
-JSON, where the console shows it.
+Idempotency uses labels: each version carries `identity-sha256=<hex>` (the
+model's identity, or its artifact's sha256 when it has none) and
+`artifact-sha256=<hex>` (the tamper check the serving container applies). Both
+are 64 hex characters, the longest a Vertex label value may be, so they are
+stored whole, never truncated. An upload whose identity or artifact bytes
+match a version's labels returns that version instead of adding one; a version
+from before identities has no identity label and is matched on its artifact
+sha256, as it was then. Lineage goes into the version description as JSON,
+where the console shows it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from fleetops.errors import NotFoundError, RegistryRuleError
 from fleetops.fingerprints import directory_sha256
-from fleetops.names import DEFAULT_ALIAS, LABEL_ARTIFACT_SHA256
+from fleetops.names import DEFAULT_ALIAS, LABEL_ARTIFACT_SHA256, LABEL_IDENTITY_SHA256
 from fleetops.platform import VertexSettings
 from fleetops.platform.registry import (
     Evaluation,
@@ -25,6 +30,7 @@ from fleetops.platform.registry import (
     Registration,
     check_alias_removal,
     check_aliases,
+    check_identity,
     check_labels,
     check_model_id,
 )
@@ -58,13 +64,22 @@ class VertexModelRegistry(ModelRegistry):
         lineage: dict[str, Any] | None = None,
         serving_image: str | None = None,
         evaluation: EvaluationInput | None = None,
+        identity: str | None = None,
     ) -> Registration:
         from google.cloud import aiplatform
 
         check_model_id(model_id)
         check_aliases(aliases)
+        if identity is not None:
+            check_identity(identity)
         sha = directory_sha256(artifact_path)
-        all_labels = {**self.settings.labels, **(labels or {}), LABEL_ARTIFACT_SHA256: sha}
+        identity = identity or sha
+        all_labels = {
+            **self.settings.labels,
+            **(labels or {}),
+            LABEL_ARTIFACT_SHA256: sha,
+            LABEL_IDENTITY_SHA256: identity,
+        }
         check_labels(all_labels)
         uri = artifact_uri or str(artifact_path)
         if not uri.startswith("gs://"):
@@ -74,7 +89,7 @@ class VertexModelRegistry(ModelRegistry):
 
         existing_versions = self._versions_or_none(model_id)
         for version in existing_versions or []:
-            if version.labels.get(LABEL_ARTIFACT_SHA256) == sha:
+            if version.identity_sha256 == identity or version.artifact_sha256 == sha:
                 return Registration(version, created=False)
         model = aiplatform.Model.upload(
             display_name=display_name or model_id,
@@ -237,6 +252,7 @@ class VertexModelRegistry(ModelRegistry):
 
     def _from_gca(self, model: Any) -> ModelVersion:
         name = model.name
+        labels = dict(model.labels)
         description, lineage = _split_lineage(model.version_description)
         return ModelVersion(
             model_id=name.rsplit("/", 1)[-1],
@@ -244,12 +260,14 @@ class VertexModelRegistry(ModelRegistry):
             resource_name=name,
             display_name=model.display_name,
             aliases=tuple(sorted(model.version_aliases)),
-            labels=dict(model.labels),
+            labels=labels,
             artifact_uri=model.artifact_uri,
-            artifact_sha256=dict(model.labels).get(LABEL_ARTIFACT_SHA256, ""),
+            artifact_sha256=labels.get(LABEL_ARTIFACT_SHA256, ""),
             description=description,
             lineage=lineage,
             create_time=model.version_create_time.isoformat() if model.version_create_time else "",
+            # Versions from before identities were deduplicated on their artifact sha256: it is their identity.
+            identity_sha256=labels.get(LABEL_IDENTITY_SHA256) or labels.get(LABEL_ARTIFACT_SHA256, ""),
         )
 
 
