@@ -48,7 +48,9 @@ def main() -> int:
         spec = parse_spec(SAMPLE_SPEC.format(source=data))
         fleet.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
         fleet.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
-        model_dir = train_shard(work / "dataset.parquet", spec, ["north"], work / "model", log=lambda *_: None)[0]
+        model_dir = train_shard(work / "dataset.parquet", spec, ["north"], work / "model", log=lambda *_: None).results[
+            0
+        ]
         predictor = Predictor.load(model_dir.artifact_dir)
         rows = make_churn(rows_per_segment=args.rows // 8, segments=8, seed=1)
         print(f"{len(rows):,} rows, model {model_dir.architecture}", flush=True)

@@ -132,9 +132,8 @@ def prepare(work: Path) -> tuple[Path, Path]:
     data_path = work / "raw.parquet"
     fleet.ingest(spec, platform, data_path)
     fleet.split_dataset(spec, data_path, work / "dataset.parquet")
-    model_dir = train_shard(work / "dataset.parquet", spec, ["north"], work / "models", log=lambda *_: None)[
-        0
-    ].artifact_dir
+    trained = train_shard(work / "dataset.parquet", spec, ["north"], work / "models", log=lambda *_: None)
+    model_dir = trained.results[0].artifact_dir
     platform.registry.upload_version("churn-north", model_dir, aliases=["champion"])
     platform.endpoints.create("churn-north")
     platform.endpoints.deploy("churn-north", "churn-north", "champion")

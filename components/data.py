@@ -22,17 +22,28 @@ def ingest(fleet_spec: str, platform: str, raw_data: Output[Dataset]):
 
 
 @fleetops_component
-def validate(fleet_spec: str, raw_data: Input[Dataset], statistics: Output[Artifact], report: Output[Markdown]) -> list:
+def validate(
+    fleet_spec: str,
+    raw_data: Input[Dataset],
+    statistics: Output[Artifact],
+    report: Output[Markdown],
+    segments: Output[Artifact],
+) -> list:
     """Check the data against the spec; fail with a readable report listing every problem.
+
+    A segment's own problem (too few rows, one label value, an empty split) gets the spec's
+    `segment_failures.policy`: skipped with its reason, given the global model, or a failure.
 
     Args:
         fleet_spec: The fleet spec, YAML or JSON text.
         raw_data: The ingested rows.
         statistics: Output. Schema and TFDV-style statistics of the fleet and of each segment (JSON).
         report: Output. The validation report.
+        segments: Output. Each segment's outcome (JSON): rows, and the reasons for `skipped` and `fallback`.
 
     Returns:
-        The segments grouped into shards for the fan-out: [{"shard": i, "segments": [...]}].
+        The segments grouped into shards for the fan-out:
+        [{"shard": i, "segments": [...], "fallback": {segment: reason}}].
         (kfp.local fans out only over a task's single output, so this is the only one.)
     """
     import json
@@ -49,8 +60,13 @@ def validate(fleet_spec: str, raw_data: Input[Dataset], statistics: Output[Artif
     result.raise_if_failed()
     with open(statistics.path, "w") as handle:
         json.dump(baseline, handle)
-    shards = fleet.plan_shards(sorted(result.segments), spec.sharding.models_per_task)
+    with open(segments.path, "w") as handle:
+        json.dump({"rows": result.segments, "skipped": result.skipped, "fallback": result.fallback}, handle)
+    shards = fleet.plan_shards(result.trainable, spec.sharding, fallback=result.fallback)
     statistics.metadata.update({"rows": result.rows, "segments": len(result.segments)})
+    segments.metadata.update(
+        {"trained": len(result.trainable), "skipped": len(result.skipped), "fallback": len(result.fallback)}
+    )
     return shards
 
 

@@ -35,9 +35,17 @@ def evaluate(
     from fleetops import fleet
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
+    from fleetops.training.trainer import read_outcome
 
+    # What the train step produced: its trained segments and those given the global model (not the failed).
+    trained = read_outcome(model.path)
     results = fleet.evaluate_shard(
-        parse_spec(fleet_spec), connect(platform), dataset.path, model.path, shard["segments"]
+        parse_spec(fleet_spec),
+        connect(platform),
+        dataset.path,
+        model.path,
+        [m["segment"] for m in trained["models"]],
+        fallback=trained["fallback"],
     )
     with open(evaluation.path, "w") as handle:
         json.dump(results, handle)
@@ -48,6 +56,8 @@ def evaluate(
             if isinstance(value, (int, float)):
                 metrics.log_metric(f"{result['segment']}/{name}", value)
         metrics.log_metric(f"{result['segment']}/promote", float(result["promote"]))
+    if not results:
+        return
     first = results[0]
     if first["roc"] and first["roc"]["fpr"]:
         roc = first["roc"]

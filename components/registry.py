@@ -36,11 +36,13 @@ def register(
     from fleetops import fleet
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
+    from fleetops.training.trainer import read_outcome
 
     with open(evaluation.path) as handle:
         evaluations = json.load(handle)
+    spec = parse_spec(fleet_spec)
     results = fleet.register_shard(
-        parse_spec(fleet_spec),
+        spec,
         connect(platform),
         model.path,
         evaluations,
@@ -48,29 +50,52 @@ def register(
         pipeline_job=pipeline_job,
         serving_image=serving_image or None,
     )
+    # Segments whose training failed go on to the summary with their reason (nothing is registered).
+    results += fleet.failed_rows(spec, read_outcome(model.path)["failed"])
     with open(registered.path, "w") as handle:
         json.dump(results, handle)
-    registered.metadata["models"] = [f"{r['model_id']}@{r['version_id']}" for r in results]
+    registered.metadata["models"] = [f"{r['model_id']}@{r['version_id']}" for r in results if not r.get("failed")]
     return json.dumps(results)
 
 
 @fleetops_component
-def summarize(registrations: List[str], summary: Output[Markdown]) -> str:
-    """A Markdown table of the fleet: each segment's new version and its champion.
+def summarize(
+    fleet_spec: str,
+    registrations: List[str],
+    evaluations: Input[List[Artifact]],
+    segments: Input[Artifact],
+    summary: Output[Markdown],
+) -> str:
+    """The fleet summary: totals, the pooled test metric, the per-segment distribution, every segment.
+
+    Fails the run (after writing the summary) when more segments were skipped or failed than the
+    spec's `segment_failures.max_failed_fraction`.
 
     Args:
+        fleet_spec: The fleet spec, YAML or JSON text.
         registrations: The JSON outputs of every register task.
-        summary: Output. The table, rendered in the Vertex console.
+        evaluations: Every evaluate task's results (each segment's test predictions pool the metric).
+        segments: The validate step's segment outcomes (skipped segments and their reasons).
+        summary: Output. The summary, rendered in the Vertex console.
 
     Returns:
-        The table as text.
+        The summary as text.
     """
     import json
 
     from fleetops import fleet
+    from fleetops.spec import parse_spec
 
+    spec = parse_spec(fleet_spec)
     rows = [row for text in registrations for row in json.loads(text)]
-    table = fleet.summarize(rows)
+    evaluated = []
+    for artifact in evaluations:
+        with open(artifact.path) as handle:
+            evaluated += json.load(handle)
+    with open(segments.path) as handle:
+        outcomes = json.load(handle)
+    table = fleet.summarize(rows, evaluated, outcomes, spec)
     with open(summary.path, "w") as handle:
         handle.write(table)
+    fleet.check_failures(spec, rows, outcomes)
     return table

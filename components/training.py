@@ -6,35 +6,108 @@ from components.image import fleetops_component
 
 
 @fleetops_component
-def train(
-    fleet_spec: str, platform: str, dataset: Input[Dataset], shard: dict, tuning: Input[Artifact], model: Output[Model]
+def train_global(
+    fleet_spec: str,
+    dataset: Input[Dataset],
+    segments: Input[Artifact],
+    tuning: Input[Artifact],
+    global_model: Output[Model],
 ):
-    """Train every segment of a shard: tuned first when the spec says so, then each architecture, keeping the best.
+    """Train the fleet's global model on every segment's rows, when the spec needs one.
+
+    It is needed for `training.warm_start: global` (each segment is fine-tuned from it) and for
+    `segment_failures.policy: global` (a segment that cannot train its own model serves it). Otherwise
+    this step only says so; the compiled pipeline is the same either way.
+
+    Args:
+        fleet_spec: The fleet spec, YAML or JSON text.
+        dataset: The split dataset.
+        segments: The validate step's segment outcomes.
+        tuning: The tune step's study; its `best_parameters` apply here too.
+        global_model: Output. One standalone artifact per architecture and `global.json` naming the best.
+    """
+    import json
+    from pathlib import Path
+
+    from fleetops.spec import parse_spec
+
+    spec = parse_spec(fleet_spec)
+    Path(global_model.path).mkdir(parents=True, exist_ok=True)
+    if not (spec.training.warm_start == "global" or spec.segment_failures.policy == "global"):
+        global_model.metadata["trained"] = False
+        return
+
+    import pandas as pd  # after the check: a run that needs no global model does not pay TensorFlow's import
+
+    from fleetops.training.packed import train_global
+    from fleetops.training.trainer import apply_parameters, fleet_classes
+
+    with open(tuning.path) as handle:
+        tuned = json.load(handle).get("best_parameters")
+    params, architectures = apply_parameters(spec, tuned) if tuned else (None, None)
+    result = train_global(
+        pd.read_parquet(dataset.path),
+        spec,
+        global_model.path,
+        params=params,
+        architectures=architectures,
+        classes=fleet_classes(dataset.path, spec),
+    )
+    with open(segments.path) as handle:
+        outcomes = json.load(handle)
+    global_model.metadata.update(
+        {"trained": True, "architecture": result.architecture, "fleet_segments": len(outcomes["rows"])}
+    )
+
+
+@fleetops_component
+def train(
+    fleet_spec: str,
+    platform: str,
+    dataset: Input[Dataset],
+    shard: dict,
+    tuning: Input[Artifact],
+    global_model: Input[Model],
+    cpu_limit: str,
+    memory_limit: str,
+    model: Output[Model],
+):
+    """Train every segment of a shard packed (or one at a time when tuned per segment), keeping the best.
 
     Args:
         fleet_spec: The fleet spec, YAML or JSON text.
         platform: Platform URI; the local twin keeps tuning studies under its home (reruns resume them).
         dataset: The split dataset.
-        shard: {"shard": i, "segments": [...]} from the validate step.
+        shard: {"shard": i, "segments": [...], "fallback": {segment: reason}} from the validate step.
         tuning: The tune step's study; its `best_parameters` (tuned once for the fleet) apply to every segment.
-        model: Output. A folder with one model artifact per segment (`<segment slug>/`), trials in its metadata.
+        global_model: The fleet's global model: the warm start, and what `fallback` segments are given.
+        cpu_limit: The CPUs this task's machine was asked for (recorded with the models).
+        memory_limit: The memory this task's machine was asked for (recorded with the models).
+        model: Output. A folder with one model artifact per segment (`<segment slug>/`) and `outcome.json`
+            (segments given the global model, segments whose training failed and why).
     """
     import json
     from pathlib import Path
 
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
+    from fleetops.training.packed import GLOBAL_FILE, load_global
     from fleetops.training.trainer import train_shard
 
     home = getattr(connect(platform), "home", None)
     with open(tuning.path) as handle:
         tuned = json.load(handle).get("best_parameters")
-    results = train_shard(
+    trained_global = (Path(global_model.path) / GLOBAL_FILE).is_file()
+    spec = parse_spec(fleet_spec)
+    outcome = train_shard(
         dataset.path,
-        parse_spec(fleet_spec),
+        spec,
         shard["segments"],
         model.path,
         tuned=tuned,
         tuning_dir=Path(home) / "tuning" if home else None,
+        fallback=shard.get("fallback") or {},
+        global_model=load_global(global_model.path) if trained_global else None,
     )
-    model.metadata.update({"shard": shard["shard"], "models": [r.summary() for r in results]})
+    machine = {"cpu_limit": cpu_limit, "memory_limit": memory_limit}
+    model.metadata.update({"shard": shard["shard"], "machine": machine, **outcome.summary()})

@@ -43,11 +43,13 @@ from fleetops.names import (
 )
 from fleetops.platform import Platform
 from fleetops.platform.registry import EvaluationInput
-from fleetops.spec import FleetSpec, Task
+from fleetops.spec import FleetSpec, ShardingSpec, Task
 from fleetops.training.trainer import SEGMENT_COLUMN
 
 # Vertex collects at most 100 artifacts from one ParallelFor.
 MAX_SHARDS = 100
+# Segments listed by name in a summary before "and N more".
+_LISTED = 50
 MIN_SLICE_ROWS = 20
 # Defined on any test split (one class, a constant label): the evidence a first champion
 # may be promoted on when its primary metric is undefined there.
@@ -74,23 +76,57 @@ def validate_dataset(spec: FleetSpec, data_path: str | Path) -> tuple[Validation
     if not report.ok:
         return report, {}
     segments = segment_values(df, spec)
+    kept = set(report.segments)
     baseline = {
         "schema": schema(df, spec),
         "fleet": statistics(df, spec),
-        "segments": {name: statistics(df[segments == name], spec) for name in sorted(report.segments)},
+        # One pass over the rows grouped by segment: a fleet of 10,000 segments is not 10,000 scans.
+        "segments": {
+            str(name): statistics(rows, spec) for name, rows in df.groupby(segments.to_numpy()) if str(name) in kept
+        },
     }
     return report, baseline
 
 
-def plan_shards(segments: list[str], models_per_task: int, max_shards: int = MAX_SHARDS) -> list[dict[str, Any]]:
-    """Group segments into shards: at least `models_per_task` per shard, never more than `max_shards` shards."""
-    if not segments:
-        raise UserError("no segments to train")
-    per_shard = max(models_per_task, math.ceil(len(segments) / max_shards))
-    ordered = sorted(segments)
+def plan_shards(
+    segment_rows: dict[str, int],
+    sharding: ShardingSpec,
+    fallback: dict[str, str] | None = None,
+    max_shards: int = MAX_SHARDS,
+) -> list[dict[str, Any]]:
+    """Group segments into shards, the unit of one train/evaluate/register/deploy task each.
+
+    With `sharding.models_per_task` set, shards hold that many segments (sorted by name). By default
+    they are sized by work: as few shards as keep `concurrent_tasks` busy, at most
+    `max_models_per_task` segments each, never more than `max_shards` (Vertex collects at most 100
+    artifacts from one ParallelFor). Segments of similar size share a shard, since a packed shard
+    runs as many steps as its largest segment needs, and the rows are split evenly across shards.
+    `fallback` segments (segment -> why it is served by the global model) are spread over the shards too.
+
+    Returns:
+        [{"shard": i, "segments": [...], "fallback": {segment: reason}}].
+    """
+    fallback = fallback or {}
+    names = sorted(segment_rows)
+    total = len(names) + len(fallback)
+    if not total:
+        raise UserError("no segments to train: every segment was skipped (see the validation report)")
+    if sharding.models_per_task is not None:
+        per_shard = max(sharding.models_per_task, math.ceil(len(names) / max_shards))
+        groups = [names[start : start + per_shard] for start in range(0, len(names), per_shard)] or [[]]
+    else:
+        wanted = max(sharding.concurrent_tasks, math.ceil(len(names) / sharding.max_models_per_task))
+        count = max(1, min(max_shards, len(names), wanted))
+        by_size = sorted(names, key=lambda name: (segment_rows[name], name))
+        rows = np.array([segment_rows[name] for name in by_size], dtype="float64")
+        before = np.concatenate([[0.0], np.cumsum(rows)[:-1]])
+        index = np.minimum((before / max(rows.sum(), 1.0) * count).astype(int), count - 1)
+        groups = [sorted(np.array(by_size, dtype=object)[index == i].tolist()) for i in range(count)]
+        groups = [g for g in groups if g] or [[]]
+    extra = sorted(fallback)
     return [
-        {"shard": i, "segments": ordered[start : start + per_shard]}
-        for i, start in enumerate(range(0, len(ordered), per_shard))
+        {"shard": i, "segments": group, "fallback": {name: fallback[name] for name in extra[i :: len(groups)]}}
+        for i, group in enumerate(groups)
     ]
 
 
@@ -114,27 +150,37 @@ def evaluate_shard(
     dataset_path: str | Path,
     model_dir: str | Path,
     segments: list[str],
+    fallback: list[str] | tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Evaluate each segment's new model and its current champion on the same test rows.
 
     Each result carries `undefined`: metric name -> why that metric is undefined on
     the segment's test split (e.g. one class only); those metrics are None in `metrics`.
     The champion decision (`promote`, `reason`) follows the rule in `_champion`.
+    `fallback` segments carry the fleet's global model; one without test rows (or without
+    any rows) has every test metric undefined, and the champion rule decides on the rest.
     """
     from fleetops.training.artifact import load_artifact
-    from fleetops.training.trainer import encode_labels, read_segment
+    from fleetops.training.trainer import encode_labels, read_segments
 
+    everything = [*segments, *fallback]
+    # One read for the shard: a 500-segment shard is not 500 scans of the dataset.
+    frame = read_segments(dataset_path, everything, require_all=False)
+    by_segment = {str(name): rows for name, rows in frame.groupby(SEGMENT_COLUMN, sort=False)}
     results = []
-    for segment in segments:
-        rows = read_segment(dataset_path, segment)
+    for segment in everything:
+        rows = by_segment.get(segment, frame.iloc[:0])
         test = rows[rows[SPLIT_COLUMN] == TEST]
-        if test.empty:
-            raise UserError(f"segment {segment!r} has no test rows; add rows or change data.split")
         challenger = load_artifact(Path(model_dir) / segment_slug(segment))
-        y = encode_labels(test[spec.label], challenger.classes)
-        scores = challenger.scores(test)
-        metrics = _metrics(spec.task, y, scores, challenger.classes)
-        undefined = undefined_reasons(metrics, y, challenger.classes, f"the test split of segment {segment!r}")
+        if test.empty:
+            metrics, scores, y = {}, None, None
+            why = f"segment {segment!r} has no test rows ({len(rows)} row(s) in all)"
+            undefined = {spec.primary_metric: f"{spec.primary_metric} is undefined: {why}"}
+        else:
+            y = encode_labels(test[spec.label], challenger.classes)
+            scores = challenger.scores(test)
+            metrics = _metrics(spec.task, y, scores, challenger.classes)
+            undefined = undefined_reasons(metrics, y, challenger.classes, f"the test split of segment {segment!r}")
         result: dict[str, Any] = {
             "segment": segment,
             "model_id": model_id(spec.name, segment),
@@ -143,10 +189,16 @@ def evaluate_shard(
             "goal": spec.metric_goal,
             "metrics": metrics,
             "undefined": undefined,
-            "slices": _slices(spec, test, y, challenger),
-            "roc": roc_curve(y, scores) if spec.task.is_classification else None,
+            "slices": _slices(spec, test, y, challenger) if y is not None else [],
+            "roc": roc_curve(y, scores) if spec.task.is_classification and y is not None else None,
             # The tuning trials behind this model, for the evaluation report.
             "tuning": challenger.metadata.get("tuning"),
+            "fallback": challenger.metadata.get("fallback"),
+            "transfer": challenger.metadata.get("transfer"),
+            # Test labels and scores, so the run summary can pool the metric over the whole fleet.
+            "predictions": None
+            if y is None
+            else {"y": y.tolist(), "scores": np.round(scores, 6).tolist(), "classes": challenger.classes},
         }
         validation = challenger.metadata.get("validation_metrics") or {}
         result |= _champion(spec, platform, test, result["model_id"], metrics, undefined, validation)
@@ -195,6 +247,11 @@ def register_shard(
             "test_value": evaluation["metrics"].get(evaluation["metric"]),
             "champion_value": evaluation.get("champion_value"),
             "tuning": _tuning_lineage(metadata.get("tuning")),
+            # How it was trained: packed or one at a time, from scratch or warm-started from the global model,
+            # or the global model itself standing in for this segment (and why).
+            "trainer": metadata.get("trainer"),
+            "transfer": metadata.get("transfer"),
+            "fallback": metadata.get("fallback"),
         }
         schema_uri = CLASSIFICATION_SCHEMA if spec.task.is_classification else REGRESSION_SCHEMA
         registration = platform.registry.upload_version(
@@ -263,6 +320,21 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
         if undefined:
             lines += ["", *[f"- {reason}" for _, reason in sorted(undefined.items())]]
         lines += ["", f"**Champion**: {e['reason']}; promote: {'yes' if e['promote'] else 'no'}.", ""]
+        if e.get("fallback"):
+            lines += [f"**The fleet's global model** stands in for this segment: {e['fallback']['reason']}.", ""]
+        transfer = e.get("transfer")
+        if transfer:
+            metric = transfer["metric"]
+            lines += [
+                f"**Transfer learning** ({transfer['architecture']}; chosen on validation: {transfer['chosen']})",
+                "",
+            ]
+            lines += [f"| start | validation {metric} | test {metric} |", "|---|---|---|"]
+            for start in ("scratch", "warm_start"):
+                if start in transfer:
+                    values = transfer[start]
+                    lines.append(f"| {start} | {_metric(values['validation'])} | {_metric(values['test'])} |")
+            lines.append("")
         if e["slices"]:
             lines += ["| slice | rows | " + e["metric"] + " |", "|---|---|---|"]
             lines += [
@@ -286,16 +358,63 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarize(registrations: list[dict[str, Any]]) -> str:
-    """A Markdown table of what was registered, for the run's summary artifact and console.
+def summarize(
+    registrations: list[dict[str, Any]],
+    evaluations: list[dict[str, Any]] | None = None,
+    segments: dict[str, Any] | None = None,
+    spec: FleetSpec | None = None,
+) -> str:
+    """The run's fleet summary (Markdown): totals first, then the metric's distribution, then every segment.
+
+    Args:
+        registrations: Every shard's register rows (a failed segment's row has `failed`: its reason).
+        evaluations: Every shard's evaluation results (with each segment's test predictions): the
+            pooled test metric is computed over all of them, each row scored by its own segment's model.
+        segments: The validate step's outcomes: rows per segment, `skipped` and `fallback` reasons.
+        spec: The fleet spec (name, task, failure policy).
 
     A new value that is undefined reads "undefined" and a champion without a value "n/a";
     either way the segment's champion decision follows the table as a note.
     """
-    rows = sorted(registrations, key=lambda r: r["segment"])
+    segments = segments or {}
+    failed = sorted((r for r in registrations if r.get("failed")), key=lambda r: r["segment"])
+    rows = sorted((r for r in registrations if not r.get("failed")), key=lambda r: r["segment"])
+    skipped = segments.get("skipped", {})
+    fallback = {e["segment"] for e in evaluations or [] if e.get("fallback")} | set(segments.get("fallback", {}))
     promoted = sum(1 for r in rows if r["promoted"])
-    lines = [
-        f"# Fleet training: {len(rows)} model(s), {promoted} new champion(s)",
+    created = sum(1 for r in rows if r.get("created", True))
+    metric = rows[0]["metric"] if rows else (spec.primary_metric if spec else "metric")
+    title = f"# Fleet training{' of ' + spec.name if spec else ''}: {len(rows)} model(s), {promoted} new champion(s)"
+    total = len(rows) + len(failed) + len(skipped)
+    lines = [title, "", "| fleet | |", "|---|---|", f"| segments | {total:,} |"]
+    lines.append(f"| trained their own model | {len(rows) - len(fallback & {r['segment'] for r in rows}):,} |")
+    lines.append(f"| served by the fleet's global model | {len(fallback & {r['segment'] for r in rows}):,} |")
+    lines.append(f"| skipped | {len(skipped):,} |")
+    lines.append(f"| failed in training | {len(failed):,} |")
+    lines.append(f"| new versions | {created:,} ({len(rows) - created:,} unchanged: identical data, no new version) |")
+    lines.append(f"| new champions | {promoted:,} |")
+    values = np.array([r["value"] for r in rows if r["value"] is not None], dtype="float64")
+    pooled = _pooled(evaluations or [], metric, spec)
+    if pooled is not None:
+        lines.append(f"| pooled test {metric} | {pooled[0]:.4f} over {pooled[1]:,} test rows, each by its own model |")
+    if values.size:
+        q = np.quantile(values, [0, 0.1, 0.5, 0.9, 1])
+        spread = f"mean {values.mean():.4f}; min {q[0]:.4f}, p10 {q[1]:.4f}, median {q[2]:.4f}, "
+        spread += f"p90 {q[3]:.4f}, max {q[4]:.4f}"
+        lines.append(f"| per-segment test {metric} | {spread} |")
+    if len(values) < len(rows):
+        lines.append(f"| {metric} undefined | {len(rows) - len(values):,} segment(s) (see the notes) |")
+    if values.size > 1:
+        lines += ["", f"## Per-segment test {metric}", "", "```", *_histogram(values), "```"]
+    problems = [(n, f"skipped: {reason}") for n, reason in skipped.items()]
+    problems += [(r["segment"], f"failed: {r['failed']}") for r in failed]
+    if problems:
+        lines += ["", f"## Skipped and failed segments ({len(problems)})", ""]
+        lines += [f"- {name}: {why}" for name, why in sorted(problems)[:_LISTED]]
+        lines += [f"- ... and {len(problems) - _LISTED} more"] if len(problems) > _LISTED else []
+    lines += [
+        "",
+        "## Segments",
         "",
         "| segment | model | version | metric | new | champion before | champion now |",
         "|---|---|---|---|---|---|---|",
@@ -308,13 +427,56 @@ def summarize(registrations: list[dict[str, Any]]) -> str:
         now = f"v{r['version_id']}" if r["promoted"] else (f"v{r['champion_version']}" if had_champion else "none")
         # Rows from before `created` existed were always new versions.
         version = r["version_id"] if r.get("created", True) else f"{r['version_id']} (unchanged, no new version)"
-        cells = [r["segment"], r["model_id"], version, r["metric"], _metric(r["value"]), before, now]
+        segment = f"{r['segment']} (global model)" if r["segment"] in fallback else r["segment"]
+        cells = [segment, r["model_id"], version, r["metric"], _metric(r["value"]), before, now]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
         if r.get("reason") and (r["value"] is None or (had_champion and r["champion_value"] is None)):
             notes.append(f"- {r['segment']}: {r['reason']}")
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def failed_rows(spec: FleetSpec, failed: dict[str, str]) -> list[dict[str, Any]]:
+    """Summary rows for segments whose training failed: nothing registered, the reason kept."""
+    return [
+        {"segment": name, "model_id": model_id(spec.name, name), "failed": reason, "promoted": False}
+        for name, reason in sorted(failed.items())
+    ]
+
+
+def check_failures(spec: FleetSpec, registrations: list[dict[str, Any]], segments: dict[str, Any]) -> None:
+    """Fail the run when more segments were skipped or failed than `segment_failures.max_failed_fraction`."""
+    failed = [r["segment"] for r in registrations if r.get("failed")]
+    lost = len(failed) + len(segments.get("skipped", {}))
+    total = len(registrations) + len(segments.get("skipped", {}))
+    limit = spec.segment_failures.max_failed_fraction
+    if total and lost > limit * total:
+        raise UserError(
+            f"{lost} of {total} segment(s) ({lost / total:.0%}) were skipped or failed, more than "
+            f"segment_failures.max_failed_fraction {limit:g}; failed in training: {failed[:10]}"
+        )
+
+
+def _pooled(evaluations: list[dict[str, Any]], metric: str, spec: FleetSpec | None) -> tuple[float, int] | None:
+    """The metric over every segment's test rows together, each scored by its own segment's model."""
+    parts = [e["predictions"] for e in evaluations if e.get("predictions")]
+    if not parts or spec is None:
+        return None
+    y = np.concatenate([np.asarray(p["y"]) for p in parts])
+    scores = np.concatenate([np.asarray(p["scores"], dtype="float64") for p in parts])
+    value = _metrics(spec.task, y, scores, parts[0]["classes"]).get(metric)
+    return (float(value), int(len(y))) if value is not None else None
+
+
+def _histogram(values: np.ndarray, bins: int = 10, width: int = 40) -> list[str]:
+    """A text histogram: readable in a log, a Markdown artifact and the console alike."""
+    counts, edges = np.histogram(values, bins=bins)
+    most = max(int(counts.max()), 1)
+    return [
+        f"{edges[i]:.3f}-{edges[i + 1]:.3f} | {'#' * int(round(width * c / most)):<{width}} {c}"
+        for i, c in enumerate(counts)
+    ]
 
 
 def _tuning_lineage(tuning: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -411,6 +573,11 @@ def _champion(
     except NotFoundError:
         promote, reason = _first_champion(spec, "the segment has no champion", metrics, why_undefined, validation)
         return {"champion_version": None, "champion_value": None, "promote": promote, "reason": reason}
+    if test.empty:
+        reason = (
+            f"not promoted: {why_undefined}, so nothing shows it beats champion v{champion.version_id}, which stays"
+        )
+        return {"champion_version": champion.version_id, "champion_value": None, "promote": False, "reason": reason}
     try:
         loaded = load_artifact(platform.registry.artifact_path(champion))
         y = encode_labels(test[spec.label], loaded.classes)

@@ -73,10 +73,10 @@ class SplitFractions(_Strict):
 class DataSpec(_Strict):
     source: str = Field(description="A CSV/Parquet path, a SQL query, or bq://project.dataset.table.")
     segment_column: str | None = Field(None, description="One model per value of this column.")
-    segments: list[str] | None = Field(None, description="Train only these segments (each must have rows).")
+    segments: list[str] | None = Field(None, description="Train only these segments.")
     split_key: str | None = Field(None, description="Column hashed for the split; default: the whole row.")
     split: SplitFractions = SplitFractions()
-    min_rows_per_segment: int = Field(50, ge=10)
+    min_rows_per_segment: int = Field(50, ge=1, description="A segment with fewer rows gets the failure policy.")
 
     @field_validator("source")
     @classmethod
@@ -116,6 +116,11 @@ class TrainingSpec(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     early_stopping_patience: int = Field(4, ge=1)
     seed: int = 42
+    warm_start: str = Field(
+        "none",
+        pattern="^(none|global)$",
+        description="global: fine-tune each segment from a model trained on every segment's rows.",
+    )
     trainer: str = Field(
         "packed",
         pattern="^(packed|per_segment)$",
@@ -287,7 +292,27 @@ class MonitoringSpec(_Strict):
 
 
 class ShardingSpec(_Strict):
-    models_per_task: int = Field(1, ge=1, le=1000)
+    """How segments are grouped into tasks: by default as few tasks as keep the engine busy."""
+
+    models_per_task: int | None = Field(None, ge=1, description="A fixed shard size; default: sized by work.")
+    concurrent_tasks: int = Field(2, ge=1, le=100, description="Tasks the engine runs at once (kfp.local: 2).")
+    max_models_per_task: int = Field(500, ge=1, description="The most segments one task trains.")
+
+
+class FailurePolicy(StrEnum):
+    SKIP = "skip"
+    GLOBAL = "global"
+    FAIL = "fail"
+
+
+class SegmentFailuresSpec(_Strict):
+    """What happens to a segment that is too small, fails validation or fails training."""
+
+    policy: FailurePolicy = Field(
+        FailurePolicy.SKIP,
+        description="skip: record the reason, train the rest; global: serve the fleet's global model; fail the run.",
+    )
+    max_failed_fraction: float = Field(0.1, ge=0, le=1, description="The run fails when more segments fail.")
 
 
 class FleetSpec(_Strict):
@@ -304,6 +329,7 @@ class FleetSpec(_Strict):
     serving: ServingSpec = ServingSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     sharding: ShardingSpec = ShardingSpec()
+    segment_failures: SegmentFailuresSpec = SegmentFailuresSpec()
 
     @model_validator(mode="after")
     def _cross_field(self) -> FleetSpec:

@@ -15,11 +15,20 @@ PIPELINE_NAME = "fleetops-training"
 @dsl.pipeline(
     name=PIPELINE_NAME, description="Train, evaluate, register and canary-deploy one model per segment of a fleet."
 )
-def fleet_training(fleet_spec: str, platform: str = "local", serving_image: str = "") -> str:
+def fleet_training(
+    fleet_spec: str,
+    platform: str = "local",
+    serving_image: str = "",
+    train_cpu_limit: str = "4",
+    train_memory_limit: str = "16G",
+) -> str:
     """Args:
     fleet_spec: The fleet spec (YAML or JSON text).
     platform: `local:///abs/home` or `vertex://PROJECT/REGION?...`.
     serving_image: Serving container for models registered on Vertex ('' = the spec's).
+    train_cpu_limit: CPUs of each training task's machine on Vertex (a bigger fleet, a bigger machine;
+        no recompiling). kfp.local ignores it.
+    train_memory_limit: Memory of each training task's machine on Vertex, e.g. "16G".
     """
     ingest_task = data.ingest(fleet_spec=fleet_spec, platform=platform).set_display_name("ingest")
     # The source may change between runs with the same parameters: always read it.
@@ -29,6 +38,14 @@ def fleet_training(fleet_spec: str, platform: str = "local", serving_image: str 
 
     # Tuning once for the whole fleet (scope: fleet); per-segment tuning happens inside each train step.
     tune_task = tuning.tune(fleet_spec=fleet_spec, platform=platform, dataset=split_task.outputs["dataset"])
+    # The fleet's global model, when the spec warm-starts from it or falls back to it (else a no-op).
+    global_task = training.train_global(
+        fleet_spec=fleet_spec,
+        dataset=split_task.outputs["dataset"],
+        segments=validate_task.outputs["segments"],
+        tuning=tune_task.outputs["trials"],
+    )
+    global_task.set_cpu_limit(train_cpu_limit).set_memory_limit(train_memory_limit)
     with dsl.ParallelFor(validate_task.outputs["Output"], name="shards") as shard:
         train_task = training.train(
             fleet_spec=fleet_spec,
@@ -36,7 +53,13 @@ def fleet_training(fleet_spec: str, platform: str = "local", serving_image: str 
             dataset=split_task.outputs["dataset"],
             shard=shard,
             tuning=tune_task.outputs["trials"],
+            global_model=global_task.outputs["global_model"],
+            # Also as arguments: KFP 2.17 plumbs a parameter into a ParallelFor only when a task consumes it,
+            # and the resource settings alone do not count (the loop would reference an undefined input).
+            cpu_limit=train_cpu_limit,
+            memory_limit=train_memory_limit,
         )
+        train_task.set_cpu_limit(train_cpu_limit).set_memory_limit(train_memory_limit)
         evaluate_task = evaluation.evaluate(
             fleet_spec=fleet_spec,
             platform=platform,
@@ -60,6 +83,11 @@ def fleet_training(fleet_spec: str, platform: str = "local", serving_image: str 
             fleet_spec=fleet_spec, platform=platform, registered=register_task.outputs["registered"]
         ).set_caching_options(False)
 
-    summary_task = registry.summarize(registrations=dsl.Collected(register_task.outputs["Output"]))
+    summary_task = registry.summarize(
+        fleet_spec=fleet_spec,
+        registrations=dsl.Collected(register_task.outputs["Output"]),
+        evaluations=dsl.Collected(evaluate_task.outputs["evaluation"]),
+        segments=validate_task.outputs["segments"],
+    )
     summary_task.set_caching_options(False)
     return summary_task.outputs["Output"]

@@ -17,7 +17,7 @@ def test_every_executor_runs_our_image_without_installing_kfp(tmp_path):
     path = compile_all(tmp_path, image="europe-docker.pkg.dev/p/r/components:abc123")["fleet_training"]
     spec = yaml.safe_load(path.read_text())
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 9
+    assert len(executors) == 10
     for executor in executors.values():
         container = executor["container"]
         assert container["image"] == "europe-docker.pkg.dev/p/r/components:abc123"
@@ -41,7 +41,13 @@ def test_spec_does_not_depend_on_the_fleet():
     text = yaml.safe_dump(spec)
     assert "north" not in text and "churn" not in text  # no segment or fleet is baked in
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(inputs) == {"fleet_spec", "platform", "serving_image"}
+    assert set(inputs) == {"fleet_spec", "platform", "serving_image", "train_cpu_limit", "train_memory_limit"}
     loop = spec["root"]["dag"]["tasks"]["for-loop-1"]
+    # The training machine is a run-time parameter, also inside the fan-out (a big fleet, a big machine).
+    train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert train["resourceCpuLimit"] == "{{$.inputs.parameters['pipelinechannel--train_cpu_limit']}}"
+    assert train["resourceMemoryLimit"] == "{{$.inputs.parameters['pipelinechannel--train_memory_limit']}}"
+    loop_inputs = spec["components"]["comp-for-loop-1"]["inputDefinitions"]["parameters"]
+    assert {"pipelinechannel--train_cpu_limit", "pipelinechannel--train_memory_limit"} <= set(loop_inputs)
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--validate-Output"
     assert spec["root"]["dag"]["tasks"]["ingest"]["cachingOptions"] == {}  # never cached

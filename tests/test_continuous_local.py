@@ -53,7 +53,7 @@ def test_drift_in_one_segment_retrains_that_segment_only(tmp_path):
     run = run_compiled(templates["continuous_training"], arguments, home, out=open(progress, "w"))
     assert run.ok, run.log_path.read_text()[-3000:]
     shown = progress.read_text()
-    assert "ok  monitor" in shown and "ok  plan-retraining" in shown and shown.count("ok  train") == 1
+    assert "ok  monitor" in shown and "ok  plan-retraining" in shown and shown.count("ok  train ") == 1
     assert "ok  promote-canaries" in shown
     assert [v.version_id for v in platform.registry.list_versions("churn-north")] == ["1", "2"]
     assert [v.version_id for v in platform.registry.list_versions("churn-south")] == ["1"]  # no drift, no retraining

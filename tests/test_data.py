@@ -7,6 +7,8 @@ from fleetops.data.sources import source_kind
 from fleetops.data.split import SPLIT_COLUMN, assign_splits, with_splits
 from fleetops.data.validation import numeric_statistics, statistics, validate
 from fleetops.errors import UserError
+from fleetops.fleet import plan_shards
+from fleetops.spec import ShardingSpec
 
 
 def test_sample_data_is_seeded_and_realistic():
@@ -85,13 +87,80 @@ def test_every_data_problem_is_named(spec, churn):
         report.raise_if_failed()
 
 
-def test_empty_and_small_segments(spec, churn):
-    listed = spec.model_copy(update={"data": spec.data.model_copy(update={"segments": ["north", "atlantis"]})})
-    report = validate(churn, listed)
-    assert any("segment 'atlantis' (data.segments) has no rows" in p for p in report.problems)
-    small = pd.concat([churn, churn[churn.region == "north"].head(5).assign(region="tiny")])
-    report = validate(small, spec)
-    assert any("segment 'tiny' has 5 row(s); at least 50 are needed" in p for p in report.problems)
+def _with_policy(spec, policy="skip", fraction=0.1, **data):
+    return spec.model_copy(
+        update={
+            "data": spec.data.model_copy(update=data),
+            "segment_failures": spec.segment_failures.model_copy(
+                update={"policy": policy, "max_failed_fraction": fraction}
+            ),
+        }
+    )
+
+
+def test_a_segment_problem_gets_the_failure_policy_not_a_failed_fleet(spec):
+    churn = make_churn(rows_per_segment=200, segments=8, seed=3)
+    tiny = churn[churn.region == "north"].head(1).assign(region="tiny")  # a segment of 1 row
+    single = churn[churn.region == "south"].head(80).assign(region="one-class", churned=0)
+    empty_feature = churn[churn.region == "east"].head(80).assign(region="no-usage", data_usage_gb=np.nan)
+    df = pd.concat([churn, tiny, single, empty_feature], ignore_index=True)
+    listed = [*sorted(df.region.unique()), "atlantis"]  # named in the spec, absent from the data
+
+    report = validate(df, _with_policy(spec, "skip", 0.5, segments=listed))
+    assert report.ok, report.problems
+    assert report.skipped == {
+        "atlantis": "has no rows in the data (named in data.segments; 11 segment(s) present)",
+        "one-class": "has a single label value '0'; a classifier needs at least two",
+        "tiny": "has 1 row(s); at least 50 are needed (data.min_rows_per_segment)",
+    }
+    assert "no-usage" in report.trainable and "north" in report.trainable and "tiny" not in report.trainable
+    assert any("'data_usage_gb' is missing in every row of segment(s) no-usage" in w for w in report.warnings)
+    assert "## Skipped segments (3)" in report.to_markdown()
+
+    report = validate(df, _with_policy(spec, "skip", 0.1, segments=listed))  # 3 of 12 is more than 10%
+    assert any("3 of 12 segment(s) (25%) cannot be trained, more than" in p for p in report.problems)
+
+    report = validate(df, _with_policy(spec, "global", segments=listed))
+    assert report.ok and set(report.fallback) == {"atlantis", "one-class", "tiny"} and not report.skipped
+
+    report = validate(df, _with_policy(spec, "fail", segments=listed))
+    assert "segment 'tiny' has 1 row(s); at least 50 are needed (data.min_rows_per_segment) " in report.problems[-1]
+    assert len(report.problems) == 3
+
+
+def test_a_segment_without_test_rows_is_a_segment_problem(spec):
+    churn = make_churn(rows_per_segment=300, segments=2, seed=3)
+    small = churn[churn.region == "north"].head(2).assign(region="small", churned=[0, 1])  # 2 rows, 3 splits
+    report = validate(pd.concat([churn, small]), _with_policy(spec, "skip", 0.5, min_rows_per_segment=2))
+    assert report.skipped["small"].startswith("has no ") and "rows after the split (train" in report.skipped["small"]
+
+
+def test_ten_thousand_segments_validate_and_plan_in_one_pass(spec):
+    df = make_churn(rows_per_segment=12, segments=10_000, seed=1)
+    report = validate(df, _with_policy(spec, "skip", 1.0, min_rows_per_segment=10))
+    assert len(report.segments) == 10_000 and report.ok
+    shards = plan_shards(report.trainable, spec.sharding)
+    assert len(shards) <= 100 and sum(len(s["segments"]) for s in shards) == len(report.trainable)
+    assert len(report.to_markdown().splitlines()) < 200  # a readable report, not 10,000 lines
+
+
+def test_shards_are_sized_by_work():
+    sharding = ShardingSpec()
+    rows = {f"s{i:04d}": 400 + i % 7 for i in range(1000)}
+    shards = plan_shards(rows, sharding)
+    assert len(shards) == 2 and abs(len(shards[0]["segments"]) - len(shards[1]["segments"])) < 10  # rows balanced
+    assert len(plan_shards({k: rows[k] for k in list(rows)[:10]}, sharding)) == 2  # keep both task slots busy
+    assert len(plan_shards({f"s{i}": 10 for i in range(20_000)}, sharding)) == 40  # at most 500 per task
+    assert len(plan_shards({f"s{i}": 10 for i in range(200_000)}, sharding)) == 100  # Vertex's collection limit
+    skewed = plan_shards({"big": 10_000, **{f"s{i:03d}": 100 for i in range(100)}}, sharding)
+    assert ["big"] in [s["segments"] for s in skewed]  # similar sizes share a pack: the big one runs alone
+    fixed = plan_shards(rows, ShardingSpec(models_per_task=1))
+    assert len(fixed) == 100 and all(len(s["segments"]) == 10 for s in fixed)
+    spread = plan_shards(rows, sharding, fallback={"tiny": "has 1 row(s)", "gone": "has no rows"})
+    assert sorted(n for s in spread for n in s["fallback"]) == ["gone", "tiny"]
+    assert spread[0]["fallback"] == {"gone": "has no rows"}
+    with pytest.raises(UserError, match="no segments to train"):
+        plan_shards({}, sharding)
 
 
 def test_numeric_statistics_are_tfdv_style():

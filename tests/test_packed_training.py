@@ -152,3 +152,39 @@ def test_packed_quality_matches_one_at_a_time_on_held_out_rows(tmp_path):
         ours.append(test_auc(result.artifact_dir, segment))
         theirs.append(test_auc(single.artifact_dir, segment))
     assert np.mean(ours) >= np.mean(theirs) - 0.005
+
+
+def test_global_model_warm_start_and_fallback(tmp_path):
+    """The global model trains on every segment's rows; warm-started segments record both starts."""
+    from fleetops.training.packed import export_fallback, load_global, train_global
+    from fleetops.training.trainer import read_outcome, train_shard
+
+    spec = _spec(warm_start="global")
+    rows = _rows(spec, segments=4, rows=400)
+    found = train_global(rows, spec, tmp_path / "global", log=lambda *_: None)
+    assert found.architecture in {"linear", "dnn"} and set(found.layers) == {"linear", "dnn"}
+    again = load_global(tmp_path / "global")
+    assert again.preprocessing["dnn"] == found.preprocessing["dnn"]
+    assert read_metadata(found.best_dir)["rows"]["train"] == int((rows[SPLIT_COLUMN] == "train").sum())
+
+    data = tmp_path / "dataset.parquet"
+    rows.to_parquet(data)
+    segments = sorted(rows[SEGMENT_COLUMN].unique())
+    outcome = train_shard(
+        data, spec, segments[:3], tmp_path / "shard", log=lambda *_: None, global_model=found,
+        fallback={"atlantis": "has no rows in the data"},
+    )  # fmt: skip
+    assert [r.segment for r in outcome.results] == segments[:3] and outcome.fallback == ["atlantis"]
+    for result in outcome.results:
+        transfer = result.metadata["transfer"]
+        assert set(transfer) >= {"scratch", "warm_start", "chosen", "metric"}
+        assert transfer["scratch"]["test"] is not None and transfer["warm_start"]["validation"] is not None
+        assert set(result.candidates) == {"linear", "dnn", "linear+warm_start", "dnn+warm_start"}
+        chosen = transfer["chosen"]
+        # The validation split chose the start; the test values are only reported.
+        assert result.validation_value == transfer[chosen]["validation"]
+    fallback = read_metadata(tmp_path / "shard" / "atlantis")
+    assert fallback["segment"] == "atlantis" and fallback["fallback"]["model"] == "global"
+    assert fallback["identity_sha256"] == read_metadata(found.best_dir)["identity_sha256"]
+    assert read_outcome(tmp_path / "shard")["fallback"] == ["atlantis"]
+    assert export_fallback(found, "x/y", "why", tmp_path / "other").name.startswith("x-y-")

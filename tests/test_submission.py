@@ -114,4 +114,4 @@ def test_kfp_cluster_run_through_the_real_client(template):
     assert run["display_name"] == "churn-1" and run["experiment_id"] == "exp-1"
     assert run["pipeline_spec"]["pipelineInfo"]["name"] == "fleetops-training"
     assert run["runtime_config"]["parameters"] == {"fleet_spec": "{}", "platform": "local", "serving_image": ""}
-    assert json.dumps(run).count("us-docker.pkg.dev/proj-1/fleetops/components:v1") == 9
+    assert json.dumps(run).count("us-docker.pkg.dev/proj-1/fleetops/components:v1") == 10

@@ -214,7 +214,9 @@ def test_training_tunes_first_and_records_the_trials(dataset, tmp_path, platform
             "architecture": {"type": "categorical", "values": ["linear", "dnn"]},
         },
     )
-    [result] = train_shard(path, spec, ["north"], tmp_path / "model", log=lambda *_: None, tuning_dir=tmp_path / "t")
+    [result] = train_shard(
+        path, spec, ["north"], tmp_path / "model", log=lambda *_: None, tuning_dir=tmp_path / "t"
+    ).results
     tuning = read_metadata(result.artifact_dir)["tuning"]
     assert tuning["scope"] == "per_segment" and len(tuning["trials"]) == 2
     assert result.architecture == tuning["best_parameters"]["architecture"]

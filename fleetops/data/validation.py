@@ -15,24 +15,42 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fleetops.data.split import TEST, TRAIN, VALIDATION, assign_splits
 from fleetops.errors import DataValidationError
-from fleetops.spec import FleetSpec, Task
+from fleetops.spec import FailurePolicy, FleetSpec, Task
 
 HISTOGRAM_BUCKETS = 10
 TOP_VALUES = 1000
 WHOLE_FLEET = "__all__"
 
 
+# Segments listed by name in a report before "and N more".
+_LISTED = 50
+
+
 @dataclass
 class ValidationReport:
+    """What `validate` found: fleet-wide problems fail the run; a segment's own problem gets the spec's policy.
+
+    `skipped` (policy `skip`) and `fallback` (policy `global`) map a segment to the reason it gets no
+    model of its own; with policy `fail` those reasons are problems instead.
+    """
+
     rows: int
     segments: dict[str, int]
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    fallback: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def trainable(self) -> dict[str, int]:
+        """The segments that train a model of their own, with their row counts."""
+        return {name: n for name, n in self.segments.items() if name not in self.skipped and name not in self.fallback}
 
     def raise_if_failed(self) -> None:
         if self.problems:
@@ -45,8 +63,24 @@ class ValidationReport:
             lines += ["## Problems", "", *[f"- {p}" for p in self.problems], ""]
         if self.warnings:
             lines += ["## Warnings", "", *[f"- {w}" for w in self.warnings], ""]
+        for title, reasons in (
+            ("Skipped segments", self.skipped),
+            ("Segments served by the global model", self.fallback),
+        ):
+            if reasons:
+                lines += [f"## {title} ({len(reasons)})", ""]
+                lines += [f"- {name}: {reason}" for name, reason in sorted(reasons.items())[:_LISTED]]
+                lines += [f"- ... and {len(reasons) - _LISTED} more"] if len(reasons) > _LISTED else []
+                lines.append("")
+        counts = sorted(self.segments.items())
         lines += ["## Rows per segment", "", "| segment | rows |", "|---|---|"]
-        lines += [f"| {name} | {count} |" for name, count in sorted(self.segments.items())]
+        lines += [f"| {name} | {count} |" for name, count in counts[:_LISTED]]
+        if len(counts) > _LISTED:
+            sizes = np.array([n for _, n in counts])
+            lines.append(
+                f"| ... {len(counts) - _LISTED} more | min {sizes.min()}, median {int(np.median(sizes))}, "
+                f"max {sizes.max()} |"
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -94,32 +128,29 @@ def validate(df: pd.DataFrame, spec: FleetSpec) -> ValidationReport:
             f"segment_column '{spec.data.segment_column}' is empty in {null_segments} row(s) (first at row {first}); "
             "every row needs a segment"
         )
-    counts = segments.dropna().value_counts().to_dict()
+    counts = {str(k): int(v) for k, v in segments.dropna().value_counts().items()}
+    # A segment's own problems: the failure policy decides (skip it, serve the global model, or fail).
+    own: dict[str, str] = {}
     if spec.data.segments is not None:
         for wanted in spec.data.segments:
             if wanted not in counts:
-                problems.append(
-                    f"segment '{wanted}' (data.segments) has no rows; segments present: {sorted(counts)[:20]}"
-                )
+                own[wanted] = f"has no rows in the data (named in data.segments; {len(counts)} segment(s) present)"
         counts = {s: n for s, n in counts.items() if s in set(spec.data.segments)}
     for name, n in sorted(counts.items()):
         if n < spec.data.min_rows_per_segment:
-            problems.append(
-                f"segment '{name}' has {n} row(s); at least {spec.data.min_rows_per_segment} are needed "
-                "(data.min_rows_per_segment)"
+            own[name] = (
+                f"has {n} row(s); at least {spec.data.min_rows_per_segment} are needed (data.min_rows_per_segment)"
             )
-    if spec.task.is_classification and not problems:
-        label_str = df[spec.label].astype(str)
-        per_segment = label_str.groupby(segments).nunique()
-        for name, n in per_segment.items():
-            if name in counts and n < 2:
-                problems.append(f"segment '{name}' has a single label value; a classifier needs at least two")
+    if not problems:
+        own |= _segment_problems(df, spec, segments, counts, own)
+        warnings += _empty_feature_warnings(df, spec, segments, counts)
+    skipped, fallback = _apply_policy(spec, own, counts, problems)
     for column in spec.features.all:
         rate = float(df[column].isna().mean())
         if rate > 0.5:
             warnings.append(f"feature '{column}' is missing in {rate:.0%} of rows")
     return ValidationReport(
-        rows=len(df), segments={str(k): int(v) for k, v in counts.items()}, problems=problems, warnings=warnings
+        rows=len(df), segments=counts, problems=problems, warnings=warnings, skipped=skipped, fallback=fallback
     )
 
 
@@ -197,6 +228,73 @@ def categorical_statistics(values: pd.Series) -> dict[str, Any]:
         "unique": int(counts.size),
         "values": {str(k): int(v) for k, v in counts.head(TOP_VALUES).items()},
     }
+
+
+def _segment_problems(
+    df: pd.DataFrame, spec: FleetSpec, segments: pd.Series, counts: dict[str, int], known: dict[str, str]
+) -> dict[str, str]:
+    """Segments that cannot train or be evaluated: one label value, or an empty train/validation/test split."""
+    own: dict[str, str] = {}
+    wanted = segments.isin(list(counts)).to_numpy() & segments.notna().to_numpy()
+    frame = df[wanted]
+    names = segments[wanted].astype(str)
+    if spec.task.is_classification:
+        classes = frame[spec.label].astype(str).groupby(names.to_numpy()).agg(["nunique", "first"])
+        for name, row in classes[classes["nunique"] < 2].iterrows():
+            if str(name) not in known:
+                own[str(name)] = f"has a single label value {row['first']!r}; a classifier needs at least two"
+    split = assign_splits(frame, spec.data.split, spec.data.split_key).to_numpy()
+    table = pd.crosstab(names.to_numpy(), split).reindex(columns=[TRAIN, VALIDATION, TEST], fill_value=0)
+    for name, row in table.iterrows():
+        empty = [part for part in (TRAIN, VALIDATION, TEST) if row[part] == 0]
+        if empty and str(name) not in known and str(name) not in own:
+            split_counts = ", ".join(f"{part} {row[part]}" for part in (TRAIN, VALIDATION, TEST))
+            own[str(name)] = f"has no {' or '.join(empty)} rows after the split ({split_counts}; data.split)"
+    return own
+
+
+def _empty_feature_warnings(
+    df: pd.DataFrame, spec: FleetSpec, segments: pd.Series, counts: dict[str, int]
+) -> list[str]:
+    """A numeric feature missing in every row of a segment: it still trains (imputed), but say so."""
+    if not spec.features.numeric or not counts:
+        return []
+    present = df[spec.features.numeric].notna().groupby(segments.to_numpy()).any()
+    present = present[present.index.isin(list(counts))]
+    warnings = []
+    for column in spec.features.numeric:
+        empty = sorted(map(str, present.index[~present[column].to_numpy()]))
+        if empty:
+            listed = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+            warnings.append(
+                f"numeric feature '{column}' is missing in every row of segment(s) {listed}: "
+                "their models see it as a constant (imputed with 0)"
+            )
+    return warnings
+
+
+def _apply_policy(
+    spec: FleetSpec, own: dict[str, str], counts: dict[str, int], problems: list[str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Sort segment problems by `segment_failures.policy`; too many skipped segments fail the run."""
+    policy = spec.segment_failures.policy
+    if policy == FailurePolicy.FAIL:
+        problems += [
+            f"segment '{name}' {reason} (segment_failures.policy: fail)" for name, reason in sorted(own.items())
+        ]
+        return {}, {}
+    if policy == FailurePolicy.GLOBAL:
+        return {}, dict(sorted(own.items()))
+    total = len(counts) + sum(1 for name in own if name not in counts)
+    limit = spec.segment_failures.max_failed_fraction
+    if own and len(own) > limit * total:
+        examples = "; ".join(f"'{n}' {r}" for n, r in sorted(own.items())[:5])
+        problems.append(
+            f"{len(own)} of {total} segment(s) ({len(own) / total:.0%}) cannot be trained, more than "
+            f"segment_failures.max_failed_fraction {limit:g}: {examples}"
+            + (f"; and {len(own) - 5} more" if len(own) > 5 else "")
+        )
+    return dict(sorted(own.items())), {}
 
 
 def _numeric_problems(values: pd.Series, what: str) -> list[str]:

@@ -29,10 +29,11 @@ difference.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fleetops.data.split import SPLIT_COLUMN, TRAIN, VALIDATION  # noqa: E402
+from fleetops.data.split import SPLIT_COLUMN, TEST, TRAIN, VALIDATION  # noqa: E402
 from fleetops.data.validation import coerce_features  # noqa: E402
 from fleetops.spec import Architecture, FleetSpec, Task, TrainingSpec  # noqa: E402
 from fleetops.training.model import MAX_VOCABULARY, Preprocessing  # noqa: E402
@@ -89,11 +90,19 @@ class PackedFit:
         return [(kernel[s], bias[s]) for kernel, bias in self.layers]
 
 
-def encode(rows: pd.DataFrame, spec: FleetSpec, segment_column: str, classes: list[str]) -> PackedData:
+def encode(
+    rows: pd.DataFrame,
+    spec: FleetSpec,
+    segment_column: str,
+    classes: list[str],
+    shared: Preprocessing | None = None,
+) -> PackedData:
     """Fit each segment's preprocessing on its train rows and encode every row with its segment's statistics.
 
     `rows` holds the shard's segments (column `segment_column`) with the split column; `classes` are the
     class names for classification (shared by the pack, so every exported model has the same outputs).
+    With `shared` (the global model's statistics, for a warm start) every segment uses those instead, so
+    the global weights see the inputs they were trained on.
     """
     from fleetops.training.trainer import encode_labels
 
@@ -103,9 +112,13 @@ def encode(rows: pd.DataFrame, spec: FleetSpec, segment_column: str, classes: li
     seg = typed[segment_column].astype(str).map(position).to_numpy(dtype="int32")
     split = typed[SPLIT_COLUMN].to_numpy(dtype=str)
     is_train = split == TRAIN
-    vocabularies = _shared_vocabularies(typed[is_train], spec)
-
-    means, variances = _segment_moments(typed, spec.features.numeric, seg, is_train, len(segments))
+    if shared is None:
+        vocabularies = _shared_vocabularies(typed[is_train], spec)
+        means, variances = _segment_moments(typed, spec.features.numeric, seg, is_train, len(segments))
+    else:
+        vocabularies = shared.vocabularies
+        means = np.tile([shared.means[c] for c in spec.features.numeric], (len(segments), 1)).astype("float64")
+        variances = np.tile([shared.variances[c] for c in spec.features.numeric], (len(segments), 1))
     blocks = []
     for j, column in enumerate(spec.features.numeric):
         x = typed[column].to_numpy(dtype="float32")
@@ -121,7 +134,10 @@ def encode(rows: pd.DataFrame, spec: FleetSpec, segment_column: str, classes: li
 
     label_mean = np.zeros(len(segments))
     label_std = np.ones(len(segments))
-    if spec.task is Task.REGRESSION:
+    if spec.task is Task.REGRESSION and shared is not None:
+        labels = typed[spec.label].to_numpy(dtype="float32")
+        label_mean[:], label_std[:] = shared.label_mean, shared.label_std
+    elif spec.task is Task.REGRESSION:
         labels = typed[spec.label].to_numpy(dtype="float32")
         y = pd.Series(labels[is_train].astype("float64"))
         grouped = y.groupby(seg[is_train])
@@ -351,6 +367,12 @@ def _padded(rows: np.ndarray, segment_index: np.ndarray, n_segments: int) -> tup
     return index.astype("int64"), mask & (counts[:, None] > 0)
 
 
+_INDEX = tf.TensorSpec([None, None], tf.int64)
+_MASK = tf.TensorSpec([None, None], tf.float32)
+_PER_SEGMENT = tf.TensorSpec([None], tf.float32)
+_IDS = tf.TensorSpec([None], tf.int64)
+
+
 class _PackedNet:
     """The packed weights as TensorFlow variables, with Adam's moments per segment."""
 
@@ -372,9 +394,10 @@ class _PackedNet:
             self.v = [tf.Variable(tf.zeros_like(w)) for w in self.weights]
             self.t = tf.Variable(tf.zeros(self.n_segments))
             self.lr = tf.constant(params.learning_rate, dtype="float32")
-            self._step = tf.function(self._train_step, reduce_retracing=True)
-        self._loss = tf.function(self._segment_loss, reduce_retracing=True)
-        self._forward_rows = tf.function(self._forward_padded, reduce_retracing=True)
+            self._step = tf.function(self._train_step, input_signature=[_INDEX, _MASK, _PER_SEGMENT])
+        # Shapes vary with the split and the chunk: one trace each, whatever the shapes.
+        self._loss = tf.function(self._segment_loss, input_signature=[_INDEX, _MASK, _IDS])
+        self._forward_rows = tf.function(self._forward_padded, input_signature=[_INDEX, _IDS])
 
     # -- training -------------------------------------------------------------------------------
     def train_step(self, index: np.ndarray, valid: np.ndarray, active: np.ndarray) -> None:
@@ -502,6 +525,100 @@ def _segment_chunks(n_segments: int, width: int) -> list[np.ndarray]:
     return [np.arange(start, min(start + per_chunk, n_segments)) for start in range(0, n_segments, per_chunk)]
 
 
+GLOBAL_SEGMENT = "__global__"
+GLOBAL_FILE = "global.json"
+# The global model sees every segment's rows: it takes bigger batches (the spec's batch size per
+# segment, up to this) so that an epoch costs about as many steps as one segment's.
+GLOBAL_MAX_BATCH = 4096
+
+
+@dataclass
+class GlobalModel:
+    """The fleet's global model, one standalone artifact per architecture, and the best on validation."""
+
+    directory: Path
+    architecture: str
+    layers: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+    preprocessing: dict[str, Preprocessing]
+    classes: list[str]
+
+    @property
+    def best_dir(self) -> Path:
+        return self.directory / self.architecture
+
+
+def train_global(
+    rows: pd.DataFrame,
+    spec: FleetSpec,
+    output_dir: str | Path,
+    params: TrainingSpec | None = None,
+    architectures: list[Architecture] | None = None,
+    classes: list[str] | None = None,
+    log: Any = print,
+) -> GlobalModel:
+    """Train the fleet's global model on every segment's rows (all of `rows`, as one segment).
+
+    It is what a segment falls back to (`segment_failures.policy: global`) and where a warm start
+    (`training.warm_start: global`) begins. Each architecture is exported to `output_dir/<architecture>/`
+    (the warm start needs each one's weights); `global.json` names the best on validation.
+    """
+    from fleetops.training.trainer import SEGMENT_COLUMN, class_names
+
+    params = params or spec.training
+    architectures = architectures or list(spec.architectures)
+    segments = int(rows[SEGMENT_COLUMN].nunique())
+    batch = min(GLOBAL_MAX_BATCH, max(params.batch_size, params.batch_size * segments))
+    global_params = params.model_copy(update={"batch_size": batch})
+    if classes is None:
+        classes = class_names(rows[spec.label]) if spec.task.is_classification else []
+    frame = rows.assign(**{SEGMENT_COLUMN: GLOBAL_SEGMENT})
+    data = encode(frame, spec, SEGMENT_COLUMN, classes)
+    variants = [_Variant(a, "scratch", data, fit_packed(data, spec, a, global_params)) for a in architectures]
+    results = _choose_and_export(
+        frame, spec, global_params, variants, classes, Path(output_dir), tuning=None, log=log, every_variant=True
+    )
+    best = results[0]
+    summary = {"architecture": best.architecture, "segments": segments, "batch_size": batch}
+    (Path(output_dir) / GLOBAL_FILE).write_text(json.dumps(summary | {"candidates": best.candidates}))
+    log(f"global model: {best.architecture} on {len(frame)} rows of {segments} segments, {best.candidates}")
+    return load_global(output_dir)
+
+
+def load_global(directory: str | Path) -> GlobalModel:
+    """The global model written by `train_global`: each architecture's weights and statistics."""
+    from fleetops.training.artifact import load_artifact
+
+    directory = Path(directory)
+    summary = json.loads((directory / GLOBAL_FILE).read_text())
+    layers, preprocessing, classes = {}, {}, []
+    for folder in sorted(p for p in directory.iterdir() if p.is_dir()):
+        artifact = load_artifact(folder)
+        dense = [layer for layer in artifact.model.layers if type(layer).__name__ == "Dense"]
+        layers[folder.name] = [tuple(layer.get_weights()) for layer in dense]
+        preprocessing[folder.name] = Preprocessing(**artifact.metadata["preprocessing"])
+        classes = artifact.classes
+    return GlobalModel(directory, summary["architecture"], layers, preprocessing, classes)
+
+
+def export_fallback(global_model: GlobalModel, segment: str, reason: str, output_dir: str | Path) -> Path:
+    """The global model as `segment`'s artifact, its metadata saying so (the registry records it as lineage)."""
+    import shutil
+
+    from fleetops.names import MODEL_METADATA_FILE, segment_slug
+
+    target = Path(output_dir) / segment_slug(segment)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(global_model.best_dir, target)
+    metadata = json.loads((target / MODEL_METADATA_FILE).read_text())
+    metadata |= {
+        "segment": segment,
+        "fallback": {"model": "global", "architecture": global_model.architecture, "reason": reason},
+    }
+    (target / MODEL_METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+    return target
+
+
 def train_pack(
     rows: pd.DataFrame,
     spec: FleetSpec,
@@ -510,75 +627,158 @@ def train_pack(
     architectures: list[Architecture] | None = None,
     tuning: dict[str, Any] | None = None,
     log: Any = print,
+    classes: list[str] | None = None,
+    warm_start: GlobalModel | None = None,
 ) -> list[Any]:
     """Train every segment in `rows` (column `__segment`) packed; write one standalone artifact per segment.
 
     For each segment, each architecture is fitted and the best on the validation split is kept, as
-    `trainer.train_segment` does for one segment. Returns a `TrainResult` per segment, in name order.
+    `trainer.train_segment` does for one segment. With `warm_start` (the global model) each
+    architecture is also fine-tuned from the global weights, and the validation split chooses between
+    from-scratch and warm-started too; both variants' validation and test values are recorded in the
+    artifact (`transfer`). Returns a `TrainResult` per segment, in name order.
     """
-    from fleetops.data.validation import statistics
-    from fleetops.names import segment_slug
-    from fleetops.training.artifact import save_artifact
-    from fleetops.training.trainer import (
-        SEGMENT_COLUMN,
-        TrainResult,
-        beats,
-        class_names,
-        evaluate_predictions,
-        segment_metadata,
-    )
+    from fleetops.training.trainer import SEGMENT_COLUMN, class_names
 
     params = params or spec.training
     architectures = architectures or list(spec.architectures)
-    classes = class_names(rows[spec.label]) if spec.task.is_classification else []
+    if classes is None:
+        classes = class_names(rows[spec.label]) if spec.task.is_classification else []
     data = encode(rows, spec, SEGMENT_COLUMN, classes)
-    val_rows = data.rows_of(VALIDATION)
-    val_segment = data.segment_index[val_rows]
-    fits, candidates = {}, []
+    variants = []
     for architecture in architectures:
         fit = fit_packed(data, spec, architecture, params)
-        outputs = predict_packed(fit, data, spec, val_rows)
-        metrics = [
-            evaluate_predictions(spec.task, data.labels[val_rows[val_segment == s]], outputs[val_segment == s], classes)
-            for s in range(len(data.segments))
-        ]
-        fits[architecture] = fit
-        candidates.append((architecture, metrics))
-        log(
-            f"packed {architecture.value}: {len(data.segments)} segments in {fit.seconds:.1f}s, "
-            f"epochs {int(fit.epochs_trained.min())}-{int(fit.epochs_trained.max())}"
-        )
+        variants.append(_Variant(architecture, "scratch", data, fit))
+        log(_fitted(fit, data, "from scratch"))
+        if warm_start is not None:
+            shared = warm_start.preprocessing[architecture.value]
+            warm_data = encode(rows, spec, SEGMENT_COLUMN, classes, shared=shared)
+            warm = fit_packed(warm_data, spec, architecture, params, initial=warm_start.layers[architecture.value])
+            variants.append(_Variant(architecture, "warm_start", warm_data, warm))
+            log(_fitted(warm, warm_data, "warm-started from the global model"))
+    return _choose_and_export(rows, spec, params, variants, classes, Path(output_dir), tuning, log)
+
+
+@dataclass
+class _Variant:
+    """One packed fit: an architecture trained from scratch or warm-started, with the data it saw."""
+
+    architecture: Architecture
+    start: str  # scratch | warm_start
+    data: PackedData
+    fit: PackedFit
+
+    @property
+    def name(self) -> str:
+        return self.architecture.value if self.start == "scratch" else f"{self.architecture.value}+warm_start"
+
+
+def _fitted(fit: PackedFit, data: PackedData, how: str) -> str:
+    epochs = f"epochs {int(fit.epochs_trained.min())}-{int(fit.epochs_trained.max())}"
+    return f"packed {fit.architecture.value} {how}: {len(data.segments)} segment(s) in {fit.seconds:.1f}s, {epochs}"
+
+
+def _choose_and_export(
+    rows: pd.DataFrame,
+    spec: FleetSpec,
+    params: TrainingSpec,
+    variants: list[_Variant],
+    classes: list[str],
+    output_dir: Path,
+    tuning: dict[str, Any] | None,
+    log: Any,
+    every_variant: bool = False,
+) -> list[Any]:
+    """Per segment, keep the variant best on validation; export it (or, for the global model, every one)."""
+    from fleetops.data.validation import statistics
+    from fleetops.names import segment_slug
+    from fleetops.training.artifact import save_artifact
+    from fleetops.training.trainer import SEGMENT_COLUMN, TrainResult, beats, segment_metadata
+
+    data = variants[0].data
+    n_segments = len(data.segments)
+    validation = {v.name: _per_segment(v, spec, VALIDATION, classes) for v in variants}
+    transfer = any(v.start == "warm_start" for v in variants)
+    tested = {v.name: _per_segment(v, spec, TEST, classes) for v in variants} if transfer else {}
 
     started = time.perf_counter()
-    exporters = {architecture: SegmentExporter(fit, data, spec, params) for architecture, fit in fits.items()}
+    exporters: dict[str, SegmentExporter] = {}
     raw = {str(name): frame for name, frame in rows.groupby(SEGMENT_COLUMN, sort=True)}
     results = []
     for s, segment in enumerate(data.segments):
-        chosen: tuple[Architecture, dict[str, Any]] | None = None
-        values: dict[str, float | None] = {}
-        for architecture, metrics in candidates:
-            value = metrics[s].get(spec.primary_metric)
-            values[architecture.value] = value
-            if chosen is None or beats(value, chosen[1].get(spec.primary_metric), spec.metric_goal):
-                chosen = (architecture, metrics[s])
+        chosen: _Variant | None = None
+        values = {v.name: validation[v.name][s].get(spec.primary_metric) for v in variants}
+        for v in variants:
+            if chosen is None or beats(values[v.name], values[chosen.name], spec.metric_goal):
+                chosen = v
         assert chosen is not None
-        architecture, validation_metrics = chosen
-        fit = fits[architecture]
         typed = data.rows[segment]
         train = typed[typed[SPLIT_COLUMN] == TRAIN]
-        details = {
-            "epochs_trained": int(fit.epochs_trained[s]),
-            "validation_metrics": validation_metrics,
-            "trainer": {"kind": "packed", "segments_in_pack": len(data.segments)},
-        }
-        metadata = segment_metadata(
-            spec, segment, raw[segment], typed, classes, architecture.value, params, tuning, details
-        )
-        model = exporters[architecture].model_of(s)
-        directory = save_artifact(model, metadata, statistics(train, spec), Path(output_dir) / segment_slug(segment))
-        value = validation_metrics.get(spec.primary_metric)
+        stats = statistics(train, spec)
+        for v in variants if every_variant else [chosen]:
+            details: dict[str, Any] = {
+                "epochs_trained": int(v.fit.epochs_trained[s]),
+                "validation_metrics": validation[v.name][s],
+                "trainer": {"kind": "packed", "segments_in_pack": n_segments, "start": v.start},
+                "preprocessing": asdict(v.data.preprocessing[s]),
+            }
+            if transfer:
+                details["transfer"] = _transfer(spec, v.architecture, variants, validation, tested, s, chosen)
+            metadata = segment_metadata(
+                spec, segment, raw[segment], typed, classes, v.architecture.value, params, tuning, details
+            )
+            exporter = exporters.get(v.name) or exporters.setdefault(
+                v.name, SegmentExporter(v.fit, v.data, spec, params)
+            )
+            where = output_dir / (v.architecture.value if every_variant else segment_slug(segment))
+            directory = save_artifact(exporter.model_of(s), metadata, stats, where)
+        value = values[chosen.name]
+        directory = output_dir / (chosen.architecture.value if every_variant else segment_slug(segment))
         results.append(
-            TrainResult(segment, directory, architecture.value, spec.primary_metric, value, values, metadata)
+            TrainResult(
+                segment,
+                directory,
+                chosen.architecture.value,
+                spec.primary_metric,
+                value,
+                values,
+                json.loads((directory / "metadata.json").read_text()),
+            )
         )
-    log(f"exported {len(results)} standalone models in {time.perf_counter() - started:.1f}s")
+    log(f"exported {len(results)} standalone model(s) in {time.perf_counter() - started:.1f}s")
     return results
+
+
+def _per_segment(variant: _Variant, spec: FleetSpec, split: str, classes: list[str]) -> list[dict[str, Any]]:
+    """Each segment's Vertex metrics on `split` ({} for a segment without rows there)."""
+    from fleetops.training.trainer import evaluate_predictions
+
+    data = variant.data
+    rows = data.rows_of(split)
+    outputs = predict_packed(variant.fit, data, spec, rows) if len(rows) else np.zeros((0, 1))
+    owner = data.segment_index[rows]
+    metrics = []
+    for s in range(len(data.segments)):
+        mine = owner == s
+        metrics.append(
+            evaluate_predictions(spec.task, data.labels[rows[mine]], outputs[mine], classes) if mine.any() else {}
+        )
+    return metrics
+
+
+def _transfer(
+    spec: FleetSpec,
+    architecture: Architecture,
+    variants: list[_Variant],
+    validation: dict[str, list[dict[str, Any]]],
+    tested: dict[str, list[dict[str, Any]]],
+    s: int,
+    chosen: _Variant,
+) -> dict[str, Any]:
+    """Segment `s`'s primary metric from scratch and warm-started (validation and test), for its evaluation."""
+    metric = spec.primary_metric
+    out: dict[str, Any] = {"metric": metric, "architecture": architecture.value, "chosen": chosen.start}
+    for v in variants:
+        if v.architecture is architecture:
+            out[v.start] = {"validation": validation[v.name][s].get(metric), "test": tested[v.name][s].get(metric)}
+    return out

@@ -65,11 +65,13 @@ def read_segment(dataset_path: str | Path, segment: str) -> pd.DataFrame:
     return df
 
 
-def read_segments(dataset_path: str | Path, segments: list[str]) -> pd.DataFrame:
+def read_segments(dataset_path: str | Path, segments: list[str], require_all: bool = True) -> pd.DataFrame:
     """The rows of several segments at once (one filtered Parquet read); every segment must have rows."""
-    df = pd.read_parquet(dataset_path, filters=[(SEGMENT_COLUMN, "in", list(segments))])
+    df = pd.read_parquet(dataset_path, filters=[(SEGMENT_COLUMN, "in", list(segments))] if segments else None)
+    if not segments:
+        df = df.iloc[:0]
     missing = sorted(set(segments) - set(df[SEGMENT_COLUMN].unique()))
-    if missing:
+    if missing and require_all:
         raise UserError(f"segments {missing[:10]} have no rows in {str(dataset_path)!r}")
     return df
 
@@ -83,7 +85,9 @@ def train_shard(
     log: Any = print,
     tuned: dict[str, Any] | None = None,
     tuning_dir: str | Path | None = None,
-) -> list[TrainResult]:
+    fallback: dict[str, str] | None = None,
+    global_model: Any = None,
+) -> ShardOutcome:
     """Train the best model of each segment in `segments`; artifacts go to `output_dir/<segment slug>/`.
 
     The segments are trained packed (`fleetops.training.packed`: one TensorFlow graph for all of them)
@@ -92,11 +96,21 @@ def train_shard(
 
     With `tuned` parameters (tuned once for the fleet) every segment uses them; with per-segment
     tuning enabled in the spec, each segment is tuned first (trials under `tuning_dir`).
+    `global_model` (`packed.GlobalModel`) is where `training.warm_start: global` starts and what
+    `fallback` segments (segment -> reason) are given. A segment whose own training fails gets the
+    spec's failure policy: recorded in `failed` (skip), or given the global model (global), or the
+    error is raised (fail).
     """
-    per_segment_tuning = not tuned and spec.tuning.enabled and spec.tuning.scope == "per_segment"
-    if spec.training.trainer == "packed" and not per_segment_tuning:
-        from fleetops.training.packed import train_pack
+    from fleetops.spec import FailurePolicy
+    from fleetops.training.packed import export_fallback, train_pack
 
+    fallback = dict(fallback or {})
+    classes = fleet_classes(dataset_path, spec)
+    per_segment_tuning = not tuned and spec.tuning.enabled and spec.tuning.scope == "per_segment"
+    warm = global_model if spec.training.warm_start == "global" else None
+    results: list[TrainResult] = []
+    failed: dict[str, str] = {}
+    if segments and spec.training.trainer == "packed" and not per_segment_tuning:
         started = time.perf_counter()
         pack_params, architectures = apply_parameters(spec, tuned) if tuned else (params, None)
         results = train_pack(
@@ -107,33 +121,100 @@ def train_shard(
             architectures=architectures,
             tuning={"best_parameters": tuned, "scope": "fleet"} if tuned else None,
             log=log,
+            classes=classes,
+            warm_start=warm,
         )
         log(f"trained {len(results)} segment(s) packed in {time.perf_counter() - started:.1f}s")
-        return results
-    results = []
-    for segment in segments:
+    for segment in segments if not results else []:
         started = time.perf_counter()
-        segment_params, architectures, record = params, None, None
-        if tuned:
-            segment_params, architectures = apply_parameters(spec, tuned)
-        elif per_segment_tuning:
-            record = tune(spec, dataset_path, segment, Path(tuning_dir or Path(output_dir) / "tuning"), log)
-            segment_params, architectures = apply_parameters(spec, record["best_parameters"])
-        result = train_segment(
-            read_segment(dataset_path, segment),
-            spec,
-            segment,
-            Path(output_dir) / segment_slug(segment),
-            params=segment_params,
-            architectures=architectures,
-            tuning=record or ({"best_parameters": tuned, "scope": "fleet"} if tuned else None),
-        )
+        try:
+            result = _train_one(
+                dataset_path, spec, segment, output_dir, params, tuned, per_segment_tuning, tuning_dir, log
+            )
+        except Exception as exc:  # one segment never stops the fleet, unless the spec says so
+            if spec.segment_failures.policy == FailurePolicy.FAIL:
+                raise
+            reason = f"training failed: {type(exc).__name__}: {exc}"
+            log(f"segment {segment}: {reason}")
+            if spec.segment_failures.policy == FailurePolicy.GLOBAL and global_model is not None:
+                fallback[segment] = reason
+            else:
+                failed[segment] = reason
+            continue
         log(
             f"trained {segment}: {result.architecture} {result.metric}={_fmt(result.validation_value)} "
             f"(candidates {result.candidates}) in {time.perf_counter() - started:.1f}s"
         )
         results.append(result)
-    return results
+    for segment, reason in sorted(fallback.items()):
+        if global_model is None:
+            raise UserError(f"segment {segment!r} needs the fleet's global model ({reason}), but none was trained")
+        export_fallback(global_model, segment, reason, output_dir)
+        log(f"segment {segment}: the fleet's global model ({reason})")
+    outcome = ShardOutcome(results, sorted(fallback), failed)
+    outcome.write(output_dir)
+    return outcome
+
+
+@dataclass
+class ShardOutcome:
+    """What a train step produced: trained segments, segments given the global model, and failures."""
+
+    results: list[TrainResult]
+    fallback: list[str]
+    failed: dict[str, str]
+
+    def write(self, output_dir: str | Path) -> None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / OUTCOME_FILE).write_text(json.dumps(self.summary(), indent=2, sort_keys=True))
+
+    def summary(self) -> dict[str, Any]:
+        return {"models": [r.summary() for r in self.results], "fallback": self.fallback, "failed": self.failed}
+
+
+OUTCOME_FILE = "outcome.json"
+
+
+def read_outcome(model_dir: str | Path) -> dict[str, Any]:
+    """The train step's outcome in its model folder: fallback segments and failures (reasons)."""
+    path = Path(model_dir) / OUTCOME_FILE
+    return json.loads(path.read_text()) if path.is_file() else {"models": [], "fallback": [], "failed": {}}
+
+
+def fleet_classes(dataset_path: str | Path, spec: FleetSpec) -> list[str]:
+    """The class names of the whole fleet (one column read), so every model has the same outputs."""
+    if not spec.task.is_classification:
+        return []
+    return class_names(pd.read_parquet(dataset_path, columns=[spec.label])[spec.label])
+
+
+def _train_one(
+    dataset_path: str | Path,
+    spec: FleetSpec,
+    segment: str,
+    output_dir: str | Path,
+    params: TrainingSpec | None,
+    tuned: dict[str, Any] | None,
+    per_segment_tuning: bool,
+    tuning_dir: str | Path | None,
+    log: Any,
+) -> TrainResult:
+    """One segment with the one-at-a-time trainer, tuned first when the spec says so."""
+    segment_params, architectures, record = params, None, None
+    if tuned:
+        segment_params, architectures = apply_parameters(spec, tuned)
+    elif per_segment_tuning:
+        record = tune(spec, dataset_path, segment, Path(tuning_dir or Path(output_dir) / "tuning"), log)
+        segment_params, architectures = apply_parameters(spec, record["best_parameters"])
+    return train_segment(
+        read_segment(dataset_path, segment),
+        spec,
+        segment,
+        Path(output_dir) / segment_slug(segment),
+        params=segment_params,
+        architectures=architectures,
+        tuning=record or ({"best_parameters": tuned, "scope": "fleet"} if tuned else None),
+    )
 
 
 def tune(spec: FleetSpec, dataset_path: str | Path, segment: str, work_dir: Path, log: Any = print) -> dict[str, Any]:

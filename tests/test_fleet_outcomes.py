@@ -1,0 +1,85 @@
+"""One segment never stops the fleet: failures, the global model as fallback, and the fleet summary."""
+
+import pandas as pd
+import pytest
+
+from fleetops import fleet
+from fleetops.data.sample import SAMPLE_SPEC, make_churn
+from fleetops.errors import UserError
+from fleetops.spec import parse_spec
+from fleetops.training.packed import train_global
+from fleetops.training.trainer import read_outcome, train_shard
+
+FAST = {"epochs": 8, "batch_size": 32, "hidden_units": [8], "early_stopping_patience": 3, "seed": 5}
+
+
+def _spec(source, **sections):
+    base = parse_spec(SAMPLE_SPEC.format(source=source)).model_dump(mode="json")
+    base["training"] |= FAST | sections.pop("training", {})
+    return parse_spec(base | sections)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Three regions and a 'small' one of 2 rows (too few for a validation split), split as the pipeline does."""
+    churn = make_churn(rows_per_segment=240, segments=3, seed=4)
+    small = churn.head(2).assign(region="small", customer_id=["s1", "s2"], churned=[0, 1])
+    pd.concat([churn, small]).to_parquet(tmp_path / "raw.parquet")
+    spec = _spec("x.csv")
+    fleet.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "dataset.parquet")
+    return tmp_path / "dataset.parquet"
+
+
+@pytest.mark.parametrize("policy", ["skip", "global", "fail"])
+def test_a_segment_that_fails_training_gets_the_policy(tmp_path, dataset, policy):
+    spec = _spec("x.csv", training={"trainer": "per_segment"}, segment_failures={"policy": policy})
+    segments = ["north", "small"]
+    found = None
+    if policy == "global":
+        found = train_global(pd.read_parquet(dataset), spec, tmp_path / "global", log=lambda *_: None)
+    if policy == "fail":
+        with pytest.raises(UserError, match="segment 'small' has .* validation rows"):
+            train_shard(dataset, spec, segments, tmp_path / "out", log=lambda *_: None)
+        return
+    outcome = train_shard(dataset, spec, segments, tmp_path / "out", log=lambda *_: None, global_model=found)
+    assert [r.segment for r in outcome.results] == ["north"]
+    if policy == "skip":
+        assert list(outcome.failed) == ["small"] and "validation rows" in outcome.failed["small"]
+        assert read_outcome(tmp_path / "out")["failed"] == outcome.failed
+    else:
+        assert outcome.fallback == ["small"] and not outcome.failed
+
+
+def test_fallback_segments_are_evaluated_registered_and_summarized(tmp_path, dataset, platform):
+    spec = _spec("x.csv", segment_failures={"policy": "global"})
+    found = train_global(pd.read_parquet(dataset), spec, tmp_path / "global", log=lambda *_: None)
+    outcome = train_shard(
+        dataset, spec, ["north", "south"], tmp_path / "shard", log=lambda *_: None, global_model=found,
+        fallback={"small": "has 2 row(s); at least 50 are needed", "atlantis": "has no rows in the data"},
+    )  # fmt: skip
+    evaluations = fleet.evaluate_shard(
+        spec, platform, dataset, tmp_path / "shard", ["north", "south"], fallback=outcome.fallback
+    )
+    by_segment = {e["segment"]: e for e in evaluations}
+    assert (
+        by_segment["atlantis"]["metrics"] == {} and "has no test rows" in by_segment["atlantis"]["undefined"]["auRoc"]
+    )
+    assert by_segment["atlantis"]["fallback"]["model"] == "global"
+    # No champion yet and no test rows: the global model's validation metric makes it the first champion.
+    assert by_segment["atlantis"]["promote"] and "first champion" in by_segment["atlantis"]["reason"]
+    registered = fleet.register_shard(spec, platform, tmp_path / "shard", evaluations)
+    registered += fleet.failed_rows(spec, {"east": "training failed: ValueError: boom"})
+    version = platform.registry.get_version("churn-atlantis", "champion")
+    assert version.lineage["fallback"]["model"] == "global"
+
+    outcomes = {"rows": {"north": 240, "south": 240, "small": 2}, "skipped": {"gone": "has no rows"}, "fallback": {}}
+    summary = fleet.summarize(registered, evaluations, outcomes, spec)
+    head = summary.split("## Segments")[0]
+    assert "| segments | 6 |" in head and "| served by the fleet's global model | 2 |" in head
+    assert "| skipped | 1 |" in head and "| failed in training | 1 |" in head
+    assert "pooled test auRoc" in head and "per-segment test auRoc | mean" in head
+    assert "- east: failed: training failed: ValueError: boom" in head and "- gone: skipped: has no rows" in head
+    assert "| atlantis (global model) | churn-atlantis | 1 |" in summary and "vNone" not in summary
+    with pytest.raises(UserError, match=r"2 of 6 segment\(s\) \(33%\) were skipped or failed"):
+        fleet.check_failures(spec, registered, outcomes)
+    fleet.check_failures(spec, registered[:-1], {"skipped": {}})  # nothing lost: no error
