@@ -42,7 +42,7 @@ from fleetops.names import (
     segment_slug,
 )
 from fleetops.platform import Platform
-from fleetops.platform.registry import EvaluationInput
+from fleetops.platform.registry import EvaluationInput, UploadRequest
 from fleetops.spec import FleetSpec, ShardingSpec, Task
 from fleetops.training.trainer import SEGMENT_COLUMN
 
@@ -217,63 +217,20 @@ def register_shard(
 ) -> list[dict[str, Any]]:
     """Register each segment's model as a new version; move `champion` to it only when it won.
 
+    The shard is one `upload_versions` call: on the local twin one transaction, so the
+    shard is registered whole or not at all; on Vertex model by model (see
+    `ModelRegistry.upload_versions`), and a rerun finds what was registered by identity.
     A model whose identity is already registered (a rerun on identical data) adds no
     version: its row says `created: False` and names the existing version.
     """
-    from fleetops.training.artifact import read_metadata
-
+    requests = [
+        _upload_request(spec, model_dir, evaluation, model_uri, pipeline_job, serving_image)
+        for evaluation in evaluations
+    ]
+    registrations = platform.registry.upload_versions(requests)
     results = []
-    for evaluation in evaluations:
-        segment = evaluation["segment"]
-        slug = segment_slug(segment)
-        artifact = Path(model_dir) / slug
-        metadata = read_metadata(artifact)
+    for evaluation, registration in zip(evaluations, registrations, strict=True):
         promote = bool(evaluation["promote"])
-        labels = {
-            **spec.registry.labels,
-            LABEL_FLEET: spec.name,
-            LABEL_SEGMENT: label_value(segment),
-            LABEL_ARCHITECTURE: metadata["architecture"],
-            LABEL_MANAGED_BY: "fleetops",
-        }
-        lineage = {
-            "pipeline_job": pipeline_job,
-            "data_sha256": metadata["data_sha256"],
-            "spec_sha256": metadata["spec_sha256"],
-            "architecture": metadata["architecture"],
-            "hyperparameters": metadata["hyperparameters"],
-            "rows": metadata["rows"],
-            "primary_metric": evaluation["metric"],
-            "test_value": evaluation["metrics"].get(evaluation["metric"]),
-            "champion_value": evaluation.get("champion_value"),
-            "tuning": _tuning_lineage(metadata.get("tuning")),
-            # How it was trained: packed or one at a time, from scratch or warm-started from the global model,
-            # or the global model itself standing in for this segment (and why).
-            "trainer": metadata.get("trainer"),
-            "transfer": metadata.get("transfer"),
-            "fallback": metadata.get("fallback"),
-        }
-        schema_uri = CLASSIFICATION_SCHEMA if spec.task.is_classification else REGRESSION_SCHEMA
-        registration = platform.registry.upload_version(
-            evaluation["model_id"],
-            artifact,
-            artifact_uri=f"{model_uri.rstrip('/')}/{slug}" if model_uri else None,
-            display_name=f"{spec.name} {segment}"[:128],
-            description=f"fleet {spec.name}, segment {segment}, {metadata['architecture']}",
-            labels=labels,
-            aliases=[CHAMPION_ALIAS] if promote else [],
-            is_default_version=promote,
-            lineage=lineage,
-            serving_image=serving_image or spec.registry.serving_image,
-            evaluation=EvaluationInput(
-                metrics_schema_uri=schema_uri,
-                metrics=_finite(evaluation["metrics"]),
-                display_name=f"{pipeline_job or 'evaluation'}-{slug}"[:128],
-                slices=_finite(evaluation["slices"]),
-            ),
-            # Artifacts saved before identities existed have none: the registry then uses their bytes.
-            identity=metadata.get(METADATA_IDENTITY),
-        )
         version = registration.version
         if promote and not registration.created and CHAMPION_ALIAS not in version.aliases:
             # An unchanged model still wins when the champion moved elsewhere since it was
@@ -283,7 +240,7 @@ def register_shard(
             )
         results.append(
             {
-                "segment": segment,
+                "segment": evaluation["segment"],
                 "model_id": version.model_id,
                 "version_id": version.version_id,
                 "resource_name": version.versioned_name,
@@ -300,6 +257,69 @@ def register_shard(
             }
         )
     return results
+
+
+def _upload_request(
+    spec: FleetSpec,
+    model_dir: str | Path,
+    evaluation: dict[str, Any],
+    model_uri: str | None,
+    pipeline_job: str,
+    serving_image: str | None,
+) -> UploadRequest:
+    """The registry upload of one segment's model: labels, lineage, its evaluation and the champion aliases."""
+    from fleetops.training.artifact import read_metadata
+
+    segment = evaluation["segment"]
+    slug = segment_slug(segment)
+    artifact = Path(model_dir) / slug
+    metadata = read_metadata(artifact)
+    promote = bool(evaluation["promote"])
+    labels = {
+        **spec.registry.labels,
+        LABEL_FLEET: spec.name,
+        LABEL_SEGMENT: label_value(segment),
+        LABEL_ARCHITECTURE: metadata["architecture"],
+        LABEL_MANAGED_BY: "fleetops",
+    }
+    lineage = {
+        "pipeline_job": pipeline_job,
+        "data_sha256": metadata["data_sha256"],
+        "spec_sha256": metadata["spec_sha256"],
+        "architecture": metadata["architecture"],
+        "hyperparameters": metadata["hyperparameters"],
+        "rows": metadata["rows"],
+        "primary_metric": evaluation["metric"],
+        "test_value": evaluation["metrics"].get(evaluation["metric"]),
+        "champion_value": evaluation.get("champion_value"),
+        "tuning": _tuning_lineage(metadata.get("tuning")),
+        # How it was trained: packed or one at a time, from scratch or warm-started from the global model,
+        # or the global model itself standing in for this segment (and why).
+        "trainer": metadata.get("trainer"),
+        "transfer": metadata.get("transfer"),
+        "fallback": metadata.get("fallback"),
+    }
+    schema_uri = CLASSIFICATION_SCHEMA if spec.task.is_classification else REGRESSION_SCHEMA
+    return UploadRequest(
+        evaluation["model_id"],
+        artifact,
+        artifact_uri=f"{model_uri.rstrip('/')}/{slug}" if model_uri else None,
+        display_name=f"{spec.name} {segment}"[:128],
+        description=f"fleet {spec.name}, segment {segment}, {metadata['architecture']}",
+        labels=labels,
+        aliases=[CHAMPION_ALIAS] if promote else [],
+        is_default_version=promote,
+        lineage=lineage,
+        serving_image=serving_image or spec.registry.serving_image,
+        evaluation=EvaluationInput(
+            metrics_schema_uri=schema_uri,
+            metrics=_finite(evaluation["metrics"]),
+            display_name=f"{pipeline_job or 'evaluation'}-{slug}"[:128],
+            slices=_finite(evaluation["slices"]),
+        ),
+        # Artifacts saved before identities existed have none: the registry then uses their bytes.
+        identity=metadata.get(METADATA_IDENTITY),
+    )
 
 
 def evaluation_report(evaluations: list[dict[str, Any]]) -> str:

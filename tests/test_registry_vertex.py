@@ -9,7 +9,7 @@ from google.auth.credentials import AnonymousCredentials
 from fleetops.errors import RegistryRuleError, UserError
 from fleetops.fingerprints import directory_sha256
 from fleetops.platform import connect, vertex_settings
-from fleetops.platform.registry import EvaluationInput
+from fleetops.platform.registry import EvaluationInput, UploadRequest
 from tests.fake_vertex import FakeVertex
 
 SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
@@ -174,6 +174,38 @@ def test_evaluation_import_request_and_undo_on_failure(vertex, fake, artifact_di
             evaluation=EvaluationInput(SCHEMA, {"auRoc": 0.7}),
         )
     assert [v.version_id for v in vertex.registry.list_versions("m")] == ["1"]  # the upload was undone
+
+
+def test_a_batch_uploads_model_by_model_and_a_rerun_completes_it(vertex, fake, artifact_dirs):
+    def request(model_id, i, **options):
+        return UploadRequest(model_id, artifact_dirs[i], artifact_uri=f"gs://b/{i}", serving_image="img", **options)
+
+    batch = [request("m", 0, aliases=["champion"]), request("m", 1, is_default_version=False), request("n", 2)]
+    registered = vertex.registry.upload_versions(batch)
+    assert [(r.created, r.version.model_id, r.version.version_id) for r in registered] == [
+        (True, "m", "1"),
+        (True, "m", "2"),
+        (True, "n", "1"),
+    ]
+    assert vertex.registry.get_version("m", "champion").version_id == "1"
+    assert len(fake.calls("POST", "models:upload")) == 3
+
+    sent = len(fake.requests)
+    with pytest.raises(RegistryRuleError, match="upload of model 'n': version alias 'Best' is invalid"):
+        vertex.registry.upload_versions([request("m", 2), request("n", 0, aliases=["Best"])])
+    assert len(fake.requests) == sent  # every request is checked before the first upload
+
+    # No transaction spans uploads on Vertex: a failure keeps the versions registered before it.
+    fake.fail_evaluation_import = True
+    evaluated = request("n", 1, evaluation=EvaluationInput(SCHEMA, {"auRoc": 0.7}), is_default_version=False)
+    with pytest.raises(Exception, match="injected failure"):
+        vertex.registry.upload_versions([request("m", 2, is_default_version=False), evaluated])
+    assert [v.version_id for v in vertex.registry.list_versions("m")] == ["1", "2", "3"]
+    assert [v.version_id for v in vertex.registry.list_versions("n")] == ["1"]
+    fake.fail_evaluation_import = False
+    rerun = vertex.registry.upload_versions([request("m", 2, is_default_version=False), evaluated])
+    # The undone upload used n's version id 2: Vertex never reuses an id.
+    assert [(r.created, r.version.version_id) for r in rerun] == [(False, "3"), (True, "3")]
 
 
 def test_artifacts_are_read_through_the_gcs_mount(vertex, artifact_dirs):

@@ -8,9 +8,11 @@ the same message, in both places.
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ MODEL_ID_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,62}$")
 # A sha256 in hex: 64 characters, exactly what a Vertex label value may hold, so the label keeps it whole.
 IDENTITY_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 MAX_LABELS = 64
+EVALUATION_SCHEMA_PREFIX = "gs://google-cloud-aiplatform/schema/modelevaluation/"
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,28 @@ class EvaluationInput:
 
 
 @dataclass(frozen=True)
+class UploadRequest:
+    """One upload of a batch (`ModelRegistry.upload_versions`): the arguments of `ModelRegistry.upload_version`."""
+
+    model_id: str
+    artifact_path: str | Path
+    artifact_uri: str | None = None
+    display_name: str | None = None
+    description: str = ""
+    labels: dict[str, str] | None = None
+    aliases: list[str] | tuple[str, ...] = ()
+    is_default_version: bool = True
+    lineage: dict[str, Any] | None = None
+    serving_image: str | None = None
+    evaluation: EvaluationInput | None = None
+    identity: str | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments of the equivalent `upload_version` call (shallow: the evaluation stays itself)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
 class Evaluation:
     evaluation_id: str
     resource_name: str
@@ -108,12 +133,50 @@ class ModelRegistry(ABC):
         or with the same artifact bytes (sha256), that version is returned with
         `created=False` and nothing else changes (no alias move, no evaluation).
         Atomic: on failure no version, alias move or evaluation is left behind.
+        For many models at once, `upload_versions` (one transaction on the twin).
 
         Args:
             identity: What makes two uploads the same version: a sha256 in hex, such as
                 the model identity `save_artifact` records (`identity_sha256`). None means
                 the artifact's bytes (its directory sha256), for artifacts that have none.
         """
+
+    def upload_versions(self, requests: Sequence[UploadRequest]) -> list[Registration]:
+        """Register a batch of uploads, as `upload_version` would one by one, in order.
+
+        The i-th registration is what `upload_version(**requests[i].arguments())` would
+        return after the earlier requests: the same deduplication (an identity or artifact
+        already registered, also by an earlier request of the batch, gives `created=False`),
+        consecutive version ids for requests of the same model, and the same alias moves.
+
+        Every request is checked against the shared rules (`check_upload_request`) before
+        anything is uploaded, so a malformed request fails the batch with nothing registered.
+
+        Atomicity depends on the registry:
+
+        - Local twin: all or nothing. The whole batch is one SQLite transaction; if any
+          request fails, no version, alias move, evaluation or artifact file of the batch is left.
+        - Vertex (this default implementation): per model. Each upload is its own
+          long-running operation and Vertex has no transaction spanning several, so a batch
+          is no cheaper there than a loop. The requests are uploaded in order; if one fails,
+          its own upload is undone as `upload_version` undoes it, the exception propagates,
+          and the versions registered before it stay registered, each with its evaluation.
+          Rerunning the same batch is safe: those are found again by their identity and
+          returned with `created=False`, and the rest are uploaded.
+
+        Args:
+            requests: The uploads, in the order their versions are to be created.
+
+        Returns:
+            One registration per request, in the same order.
+
+        Raises:
+            RegistryRuleError: A request breaks a registry rule; the message names its model id.
+        """
+        requests = list(requests)
+        for request in requests:
+            check_upload_request(request)
+        return [self.upload_version(**request.arguments()) for request in requests]
 
     @abstractmethod
     def get_version(self, model_id: str, version: str | None = None) -> ModelVersion:
@@ -191,6 +254,34 @@ def check_labels(labels: dict[str, str]) -> None:
             raise RegistryRuleError(
                 f"label value {value!r} (key {key!r}) is invalid: at most 64 lowercase letters, digits, '_' or '-'"
             )
+
+
+def check_evaluation(evaluation: EvaluationInput) -> None:
+    """What Vertex accepts as an imported model evaluation: its schema, metrics that are finite JSON."""
+    if not evaluation.metrics_schema_uri.startswith(EVALUATION_SCHEMA_PREFIX):
+        raise RegistryRuleError(
+            f"metrics_schema_uri {evaluation.metrics_schema_uri!r} is not a Vertex model evaluation schema "
+            f"({EVALUATION_SCHEMA_PREFIX}...)"
+        )
+    try:
+        json.dumps(evaluation.metrics, allow_nan=False)
+        json.dumps(evaluation.slices, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise RegistryRuleError(f"evaluation metrics must be finite JSON values: {exc}") from None
+
+
+def check_upload_request(request: UploadRequest) -> None:
+    """Every rule an upload must meet before anything is sent; a failure names the model (a batch has many)."""
+    check_model_id(request.model_id)
+    try:
+        check_aliases(request.aliases)
+        check_labels(dict(request.labels or {}))
+        if request.identity is not None:
+            check_identity(request.identity)
+        if request.evaluation is not None:
+            check_evaluation(request.evaluation)
+    except RegistryRuleError as exc:
+        raise RegistryRuleError(f"upload of model {request.model_id!r}: {exc}") from None
 
 
 def upload_aliases(aliases: list[str] | tuple[str, ...], is_default_version: bool) -> list[str]:

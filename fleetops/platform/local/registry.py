@@ -2,9 +2,11 @@
 
 Every write is one `BEGIN IMMEDIATE` transaction, so concurrent writers in
 separate processes serialise on SQLite's write lock: version ids are never
-duplicated and an alias is never on two versions. Artifacts are copied to a
-staging folder first and moved into place inside the transaction, so a failed
-registration leaves neither a row nor a file behind.
+duplicated and an alias is never on two versions. A batch of uploads (a shard's
+models) is one transaction too: one commit and one lock round trip, all or
+nothing. Artifacts are copied to a staging folder first and moved into place
+inside the transaction, so a failed registration leaves neither a row nor a
+file behind.
 
 A version is found again by its identity (the model's, or its artifact's sha256),
 so re-registering an unchanged model returns the existing version. A registry
@@ -18,8 +20,9 @@ import os
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,11 +36,11 @@ from fleetops.platform.registry import (
     ModelRegistry,
     ModelVersion,
     Registration,
+    UploadRequest,
     check_alias_removal,
     check_aliases,
-    check_identity,
-    check_labels,
-    check_model_id,
+    check_evaluation,
+    check_upload_request,
     upload_aliases,
 )
 
@@ -147,77 +150,50 @@ class LocalModelRegistry(ModelRegistry):
         evaluation: EvaluationInput | None = None,
         identity: str | None = None,
     ) -> Registration:
-        check_model_id(model_id)
-        check_aliases(aliases)
-        labels = dict(labels or {})
-        check_labels(labels)
-        if identity is not None:
-            check_identity(identity)
-        source = Path(artifact_path)
-        sha = directory_sha256(source)
-        identity = identity or sha
-        existing = self._find_existing(model_id, identity, sha)
-        if existing is not None:
-            return Registration(existing, created=False)
-        lineage_json = json.dumps(lineage or {}, sort_keys=True, default=str)
+        request = UploadRequest(
+            model_id,
+            artifact_path,
+            artifact_uri=artifact_uri,
+            display_name=display_name,
+            description=description,
+            labels=labels,
+            aliases=aliases,
+            is_default_version=is_default_version,
+            lineage=lineage,
+            serving_image=serving_image,
+            evaluation=evaluation,
+            identity=identity,
+        )
+        return self.upload_versions([request])[0]
 
-        staging = self.store / ".staging" / uuid.uuid4().hex
-        final: Path | None = None
+    def upload_versions(self, requests: Sequence[UploadRequest]) -> list[Registration]:
+        """Register a batch all or nothing, in one `BEGIN IMMEDIATE` transaction (see `ModelRegistry`).
+
+        Every request is checked, hashed and copied to staging before the write lock is
+        taken, so other writers wait for the rows and the renames, not for the copies.
+        A batch whose models are all registered already writes nothing and takes no lock.
+        """
+        requests = list(requests)
+        for request in requests:
+            check_upload_request(request)
+        uploads = [_Upload(r, directory_sha256(r.artifact_path), self._staging_dir()) for r in requests]
         try:
-            _copy_artifact(source, staging)
-            if directory_sha256(staging) != sha:
-                raise PlatformError(f"artifact {str(source)!r} changed while it was being copied; retry")
-            with self.transaction() as conn:
-                duplicate = conn.execute(_FIND_EXISTING, (model_id, identity, sha)).fetchone()
-                if duplicate is not None:
-                    return Registration(self._version(conn, model_id, duplicate[0]), created=False)
-                row = conn.execute("SELECT next_version_id FROM models WHERE model_id = ?", (model_id,)).fetchone()
-                now = _now()
+            with self.connect() as conn:
+                found = [conn.execute(_FIND_EXISTING, u.key).fetchone() for u in uploads]
+                if all(row is not None for row in found):
+                    return [
+                        Registration(self._version(conn, u.request.model_id, row[0]), created=False)
+                        for u, row in zip(uploads, found, strict=True)
+                    ]
+            for upload, row in zip(uploads, found, strict=True):
                 if row is None:
-                    conn.execute("INSERT INTO models VALUES (?, ?, 1, ?)", (model_id, display_name or model_id, now))
-                    version_id = 1
-                else:
-                    version_id = row[0]
-                conn.execute("UPDATE models SET next_version_id = ? WHERE model_id = ?", (version_id + 1, model_id))
-                final = self.store / model_id / str(version_id)
-                conn.execute(
-                    "INSERT INTO versions (model_id, version_id, display_name, description, labels, artifact_uri, "
-                    "artifact_sha256, serving_image, lineage, create_time, identity) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        model_id,
-                        version_id,
-                        display_name or model_id,
-                        description,
-                        json.dumps(labels, sort_keys=True),
-                        final.as_uri(),
-                        sha,
-                        serving_image,
-                        lineage_json,
-                        now,
-                        identity,
-                    ),
-                )
-                has_default = conn.execute(
-                    "SELECT 1 FROM aliases WHERE model_id = ? AND alias = ?", (model_id, DEFAULT_ALIAS)
-                ).fetchone()
-                # Vertex: the first version is always the default one.
-                wanted = upload_aliases(aliases, is_default_version or not has_default)
-                _assign_aliases(conn, model_id, version_id, wanted)
-                if evaluation is not None:
-                    _insert_evaluation(conn, model_id, version_id, evaluation)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                if final.exists():
-                    shutil.rmtree(final)  # left by a crash before a commit: never registered
-                os.replace(staging, final)
-                version = self._version(conn, model_id, version_id)
-            return Registration(version, created=True)
-        except BaseException:
-            if final is not None and final.exists() and self._find_by_sha(model_id, sha) is None:
-                shutil.rmtree(final, ignore_errors=True)
-            raise
+                    upload.stage()
+            placed: list[Path] = []
+            with self.transaction(placed) as conn:
+                return [self._register(conn, upload, placed) for upload in uploads]
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            for upload in uploads:
+                shutil.rmtree(upload.staging, ignore_errors=True)
 
     def add_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
         check_aliases(aliases)
@@ -326,15 +302,26 @@ class LocalModelRegistry(ModelRegistry):
             conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, placed: list[Path] | None = None) -> Iterator[sqlite3.Connection]:
+        """One `BEGIN IMMEDIATE` transaction: committed when the block ends, rolled back if it (or the commit) fails.
+
+        Args:
+            placed: Folders the block moves into the store for the rows it writes. On failure
+                they are removed before the rollback, while this connection still holds the
+                write lock: no other writer can have registered a version at those paths yet.
+        """
         with self.connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                for path in placed or ():
+                    shutil.rmtree(path, ignore_errors=True)
+                # A failed COMMIT may have rolled back already.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         """Bring a registry file from before version identities up to date (a no-op once done).
@@ -353,17 +340,64 @@ class LocalModelRegistry(ModelRegistry):
                 conn.execute("UPDATE versions SET identity = artifact_sha256")
             conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {_IDENTITY_INDEX} ON versions (model_id, identity)")
 
-    def _find_existing(self, model_id: str, identity: str, sha: str) -> ModelVersion | None:
-        with self.connect() as conn:
-            row = conn.execute(_FIND_EXISTING, (model_id, identity, sha)).fetchone()
-            return None if row is None else self._version(conn, model_id, row[0])
+    def _staging_dir(self) -> Path:
+        return self.store / ".staging" / uuid.uuid4().hex
 
-    def _find_by_sha(self, model_id: str, sha: str) -> ModelVersion | None:
-        with self.connect() as conn:
-            row = conn.execute(
-                "SELECT version_id FROM versions WHERE model_id = ? AND artifact_sha256 = ?", (model_id, sha)
-            ).fetchone()
-            return None if row is None else self._version(conn, model_id, row[0])
+    def _register(self, conn: sqlite3.Connection, upload: _Upload, placed: list[Path]) -> Registration:
+        """One upload inside its batch's transaction; `placed` gains the folder it moves into the store.
+
+        Deduplication is decided here, under the write lock, so it also sees the versions
+        that earlier requests of the batch and other writers have created.
+        """
+        request = upload.request
+        model_id = request.model_id
+        duplicate = conn.execute(_FIND_EXISTING, upload.key).fetchone()
+        if duplicate is not None:
+            return Registration(self._version(conn, model_id, duplicate[0]), created=False)
+        # Not copied yet only if it was found before the lock was taken and deleted since.
+        upload.stage()
+        row = conn.execute("SELECT next_version_id FROM models WHERE model_id = ?", (model_id,)).fetchone()
+        now = _now()
+        display_name = request.display_name or model_id
+        if row is None:
+            conn.execute("INSERT INTO models VALUES (?, ?, 1, ?)", (model_id, display_name, now))
+            version_id = 1
+        else:
+            version_id = row[0]
+        conn.execute("UPDATE models SET next_version_id = ? WHERE model_id = ?", (version_id + 1, model_id))
+        final = self.store / model_id / str(version_id)
+        conn.execute(
+            "INSERT INTO versions (model_id, version_id, display_name, description, labels, artifact_uri, "
+            "artifact_sha256, serving_image, lineage, create_time, identity) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                model_id,
+                version_id,
+                display_name,
+                request.description,
+                json.dumps(dict(request.labels or {}), sort_keys=True),
+                final.as_uri(),
+                upload.sha,
+                request.serving_image,
+                json.dumps(request.lineage or {}, sort_keys=True, default=str),
+                now,
+                upload.identity,
+            ),
+        )
+        has_default = conn.execute(
+            "SELECT 1 FROM aliases WHERE model_id = ? AND alias = ?", (model_id, DEFAULT_ALIAS)
+        ).fetchone()
+        # Vertex: the first version is always the default one.
+        wanted = upload_aliases(request.aliases, request.is_default_version or not has_default)
+        _assign_aliases(conn, model_id, version_id, wanted)
+        if request.evaluation is not None:
+            _insert_evaluation(conn, model_id, version_id, request.evaluation)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(final)  # left by a crash before a commit: never registered
+        os.replace(upload.staging, final)
+        placed.append(final)
+        return Registration(self._version(conn, model_id, version_id), created=True)
 
     def _require_model(self, conn: sqlite3.Connection, model_id: str) -> None:
         if conn.execute("SELECT 1 FROM models WHERE model_id = ?", (model_id,)).fetchone() is None:
@@ -453,16 +487,9 @@ def _assign_aliases(conn: sqlite3.Connection, model_id: str, version_id: int, al
 
 
 def _insert_evaluation(conn: sqlite3.Connection, model_id: str, version_id: int, evaluation: EvaluationInput) -> str:
-    if not evaluation.metrics_schema_uri.startswith("gs://google-cloud-aiplatform/schema/modelevaluation/"):
-        raise RegistryRuleError(
-            f"metrics_schema_uri {evaluation.metrics_schema_uri!r} is not a Vertex model evaluation schema "
-            "(gs://google-cloud-aiplatform/schema/modelevaluation/...)"
-        )
-    try:
-        metrics = json.dumps(evaluation.metrics, sort_keys=True, allow_nan=False)
-        slices = json.dumps(evaluation.slices, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise RegistryRuleError(f"evaluation metrics must be finite JSON values: {exc}") from None
+    check_evaluation(evaluation)
+    metrics = json.dumps(evaluation.metrics, sort_keys=True, allow_nan=False)
+    slices = json.dumps(evaluation.slices, sort_keys=True, allow_nan=False)
     evaluation_id = uuid.uuid4().hex[:16]
     conn.execute(
         "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -478,6 +505,36 @@ def _insert_evaluation(conn: sqlite3.Connection, model_id: str, version_id: int,
         ),
     )
     return evaluation_id
+
+
+@dataclass
+class _Upload:
+    """A request of a batch on its way in: its artifact's sha256 and the folder it is staged in."""
+
+    request: UploadRequest
+    sha: str
+    staging: Path
+
+    @property
+    def identity(self) -> str:
+        """What it deduplicates on: the identity given, else the artifact's bytes."""
+        return self.request.identity or self.sha
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The parameters of `_FIND_EXISTING`."""
+        return (self.request.model_id, self.identity, self.sha)
+
+    def stage(self) -> None:
+        """Copy the artifact to its staging folder (once) and check the copy is what was hashed."""
+        if self.staging.exists():
+            return
+        source = Path(self.request.artifact_path)
+        _copy_artifact(source, self.staging)
+        if directory_sha256(self.staging) != self.sha:
+            raise PlatformError(
+                f"artifact {str(source)!r} of model {self.request.model_id!r} changed while it was being copied; retry"
+            )
 
 
 def _copy_artifact(source: Path, destination: Path) -> None:

@@ -28,11 +28,12 @@ from fleetops.platform.registry import (
     ModelRegistry,
     ModelVersion,
     Registration,
+    UploadRequest,
     check_alias_removal,
     check_aliases,
-    check_identity,
     check_labels,
     check_model_id,
+    check_upload_request,
 )
 
 LINEAGE_MARKER = "\nlineage: "
@@ -68,10 +69,13 @@ class VertexModelRegistry(ModelRegistry):
     ) -> Registration:
         from google.cloud import aiplatform
 
-        check_model_id(model_id)
-        check_aliases(aliases)
-        if identity is not None:
-            check_identity(identity)
+        # The rules both registries share, with the twin's messages; the labels are checked
+        # again below with the ones this registry adds.
+        check_upload_request(
+            UploadRequest(
+                model_id, artifact_path, labels=labels, aliases=aliases, evaluation=evaluation, identity=identity
+            )
+        )
         sha = directory_sha256(artifact_path)
         identity = identity or sha
         all_labels = {
