@@ -1,7 +1,7 @@
 """The `fleetops` distribution: the library, its KFP components and pipelines.
 
-Every dependency is pinned to the versions that install together on Python 3.11
-(see ../shared/RECIPES.md); the comment beside each says why it is here.
+Every dependency is pinned to versions checked to install together on Python 3.11
+(`pip check` clean); the comment beside each says why it is here.
 """
 
 from setuptools import find_packages, setup
@@ -57,6 +57,8 @@ EXTRAS_REQUIRE = {
     # Baselines the serving benchmark compares against (not used by fleetops itself).
     "bench": [
         "fastapi==0.163.2",
+        # The end-to-end fleet benchmark sums the memory of a run's task processes.
+        "psutil==7.2.2",
     ],
 }
 

@@ -189,7 +189,7 @@ def evaluate_shard(
             "goal": spec.metric_goal,
             "metrics": metrics,
             "undefined": undefined,
-            "slices": _slices(spec, test, y, challenger) if y is not None else [],
+            "slices": _slices(spec, test, y, scores, challenger.classes) if y is not None else [],
             "roc": roc_curve(y, scores) if spec.task.is_classification and y is not None else None,
             # The tuning trials behind this model, for the evaluation report.
             "tuning": challenger.metadata.get("tuning"),
@@ -519,18 +519,19 @@ def _metrics(task: Task, y: np.ndarray, scores: np.ndarray, classes: list[str]) 
     return classification_metrics(y, scores, classes)
 
 
-def _slices(spec: FleetSpec, test: pd.DataFrame, y: np.ndarray, model: Any) -> list[dict[str, Any]]:
+def _slices(
+    spec: FleetSpec, test: pd.DataFrame, y: np.ndarray, scores: np.ndarray, classes: list[str]
+) -> list[dict[str, Any]]:
     """Metrics per value of each slice column (Vertex evaluation slices), on slices big enough to mean something."""
     slices = []
-    scores = model.scores(test)
     for column in spec.evaluation.slice_columns:
         values = test[column].where(test[column].notna(), "").astype(str).to_numpy()
         for value in sorted(set(values)):
             mask = values == value
             if mask.sum() < MIN_SLICE_ROWS:
                 continue
-            metrics = _metrics(spec.task, y[mask], scores[mask], model.classes)
-            undefined = undefined_reasons(metrics, y[mask], model.classes, f"slice {column}={value}")
+            metrics = _metrics(spec.task, y[mask], scores[mask], classes)
+            undefined = undefined_reasons(metrics, y[mask], classes, f"slice {column}={value}")
             slices.append(
                 {
                     "feature": column,
