@@ -17,7 +17,7 @@ def register(
     serving_image: str,
     registered: Output[Artifact],
 ) -> str:
-    """Register each model as a new version (idempotent); move `champion` only to winners.
+    """Register the shard's models in one pass (idempotent); move `champion` only to winners.
 
     Args:
         fleet_spec: The fleet spec, YAML or JSON text.
@@ -26,10 +26,10 @@ def register(
         evaluation: The shard's evaluation, with the champion comparison.
         pipeline_job: The pipeline job name, recorded in each version's lineage.
         serving_image: The serving container image for the Vertex registry ('' = the spec's).
-        registered: Output. What was registered (JSON).
+        registered: Output. What was registered, one row per segment (JSON; collected by the summary step).
 
     Returns:
-        The same as `registered`, as JSON text (collected by the summary step).
+        Counts: registered, new versions, new champions, failed (JSON text).
     """
     import json
 
@@ -54,14 +54,21 @@ def register(
     results += fleet.failed_rows(spec, read_outcome(model.path)["failed"])
     with open(registered.path, "w") as handle:
         json.dump(results, handle)
-    registered.metadata["models"] = [f"{r['model_id']}@{r['version_id']}" for r in results if not r.get("failed")]
-    return json.dumps(results)
+    counts = {
+        "registered": sum(1 for r in results if not r.get("failed")),
+        "created": sum(1 for r in results if r.get("created")),
+        "promoted": sum(1 for r in results if r.get("promoted")),
+        "failed": sum(1 for r in results if r.get("failed")),
+    }
+    # Counts only: artifact metadata and parameters travel on downstream tasks' command lines (size-limited).
+    registered.metadata.update(counts)
+    return json.dumps(counts)
 
 
 @fleetops_component
 def summarize(
     fleet_spec: str,
-    registrations: List[str],
+    registrations: Input[List[Artifact]],
     evaluations: Input[List[Artifact]],
     segments: Input[Artifact],
     summary: Output[Markdown],
@@ -73,13 +80,14 @@ def summarize(
 
     Args:
         fleet_spec: The fleet spec, YAML or JSON text.
-        registrations: The JSON outputs of every register task.
+        registrations: Every register task's rows.
         evaluations: Every evaluate task's results (each segment's test predictions pool the metric).
         segments: The validate step's segment outcomes (skipped segments and their reasons).
         summary: Output. The summary, rendered in the Vertex console.
 
     Returns:
-        The summary as text.
+        The summary as text; past 50 segments, its totals and where the whole summary is (an output
+        parameter has a size limit, a Markdown artifact does not).
     """
     import json
 
@@ -87,7 +95,10 @@ def summarize(
     from fleetops.spec import parse_spec
 
     spec = parse_spec(fleet_spec)
-    rows = [row for text in registrations for row in json.loads(text)]
+    rows = []
+    for artifact in registrations:
+        with open(artifact.path) as handle:
+            rows += json.load(handle)
     evaluated = []
     for artifact in evaluations:
         with open(artifact.path) as handle:
@@ -98,4 +109,4 @@ def summarize(
     with open(summary.path, "w") as handle:
         handle.write(table)
     fleet.check_failures(spec, rows, outcomes)
-    return table
+    return fleet.summary_head(table, summary.uri)

@@ -110,4 +110,7 @@ def train(
         global_model=load_global(global_model.path) if trained_global else None,
     )
     machine = {"cpu_limit": cpu_limit, "memory_limit": memory_limit}
-    model.metadata.update({"shard": shard["shard"], "machine": machine, **outcome.summary()})
+    # Counts only: an artifact's metadata travels inside every downstream task's command line, which has a
+    # size limit; the per-segment outcome is in the model folder (`outcome.json`).
+    counts = {"models": len(outcome.results), "fallback": len(outcome.fallback), "failed": len(outcome.failed)}
+    model.metadata.update({"shard": shard["shard"], "machine": machine, **counts})

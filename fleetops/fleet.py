@@ -423,7 +423,7 @@ def summarize(
         spread += f"p90 {q[3]:.4f}, max {q[4]:.4f}"
         lines.append(f"| per-segment test {metric} | {spread} |")
     if len(values) < len(rows):
-        lines.append(f"| {metric} undefined | {len(rows) - len(values):,} segment(s) (see the notes) |")
+        lines.append(f"| {metric} undefined | {len(rows) - len(values):,} segment(s) (see below) |")
     if values.size > 1:
         lines += ["", f"## Per-segment test {metric}", "", "```", *_histogram(values), "```"]
     problems = [(n, f"skipped: {reason}") for n, reason in skipped.items()]
@@ -432,14 +432,7 @@ def summarize(
         lines += ["", f"## Skipped and failed segments ({len(problems)})", ""]
         lines += [f"- {name}: {why}" for name, why in sorted(problems)[:_LISTED]]
         lines += [f"- ... and {len(problems) - _LISTED} more"] if len(problems) > _LISTED else []
-    lines += [
-        "",
-        "## Segments",
-        "",
-        "| segment | model | version | metric | new | champion before | champion now |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    notes = []
+    table, notes = [], []
     for r in rows:
         had_champion = r["champion_version"] is not None
         before = f"v{r['champion_version']} {_fmt(r['champion_value'])}" if had_champion else "none"
@@ -449,12 +442,29 @@ def summarize(
         version = r["version_id"] if r.get("created", True) else f"{r['version_id']} (unchanged, no new version)"
         segment = f"{r['segment']} (global model)" if r["segment"] in fallback else r["segment"]
         cells = [segment, r["model_id"], version, r["metric"], _metric(r["value"]), before, now]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
+        table.append("| " + " | ".join(map(str, cells)) + " |")
         if r.get("reason") and (r["value"] is None or (had_champion and r["champion_value"] is None)):
             notes.append(f"- {r['segment']}: {r['reason']}")
-    if notes:
-        lines += ["", *notes]
+    if notes:  # before the table: a fleet of 1,000 shows its head only, and these explain its totals
+        lines += ["", f"## Champion decisions on undefined metrics ({len(notes)})", "", *notes]
+    lines += [
+        "",
+        "## Segments",
+        "",
+        "| segment | model | version | metric | new | champion before | champion now |",
+        "|---|---|---|---|---|---|---|",
+        *table,
+    ]
     return "\n".join(lines) + "\n"
+
+
+def summary_head(summary: str, where: str, limit: int = _LISTED) -> str:
+    """The summary as it is for a fleet of up to `limit` segments; past that, everything but the table."""
+    head, _, table = summary.partition("\n## Segments\n")
+    rows = table.count("\n| ") - 1  # the header row starts with "| " too
+    if rows <= limit:
+        return summary
+    return f"{head}\nThe table of all {rows:,} segments is in the run's summary: {where}\n"
 
 
 def failed_rows(spec: FleetSpec, failed: dict[str, str]) -> list[dict[str, Any]]:

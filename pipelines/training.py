@@ -85,7 +85,7 @@ def fleet_training(
 
     summary_task = registry.summarize(
         fleet_spec=fleet_spec,
-        registrations=dsl.Collected(register_task.outputs["Output"]),
+        registrations=dsl.Collected(register_task.outputs["registered"]),
         evaluations=dsl.Collected(evaluate_task.outputs["evaluation"]),
         segments=validate_task.outputs["segments"],
     )

@@ -83,3 +83,21 @@ def test_fallback_segments_are_evaluated_registered_and_summarized(tmp_path, dat
     with pytest.raises(UserError, match=r"2 of 6 segment\(s\) \(33%\) were skipped or failed"):
         fleet.check_failures(spec, registered, outcomes)
     fleet.check_failures(spec, registered[:-1], {"skipped": {}})  # nothing lost: no error
+
+
+def test_a_shard_registered_halfway_and_run_again_registers_nothing_twice(tmp_path, dataset, platform):
+    """A run killed after part of a fleet registered: the rerun adds only what is missing."""
+    spec = _spec("x.csv")
+    train_shard(dataset, spec, ["north", "south", "east"], tmp_path / "shard", log=lambda *_: None)
+    evaluations = fleet.evaluate_shard(spec, platform, dataset, tmp_path / "shard", ["north", "south", "east"])
+    fleet.register_shard(spec, platform, tmp_path / "shard", evaluations[:1])  # the run dies after one model
+    # The rerun trains again from scratch (new artifact files) and registers the whole shard.
+    train_shard(dataset, spec, ["north", "south", "east"], tmp_path / "again", log=lambda *_: None)
+    evaluations = fleet.evaluate_shard(spec, platform, dataset, tmp_path / "again", ["north", "south", "east"])
+    rows = fleet.register_shard(spec, platform, tmp_path / "again", evaluations)
+    assert [(r["segment"], r["version_id"], r["created"]) for r in rows] == [
+        ("north", "1", False),
+        ("south", "1", True),
+        ("east", "1", True),
+    ]
+    assert all(len(platform.registry.list_versions(f"churn-{s}")) == 1 for s in ("north", "south", "east"))
