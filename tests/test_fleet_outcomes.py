@@ -101,3 +101,32 @@ def test_a_shard_registered_halfway_and_run_again_registers_nothing_twice(tmp_pa
         ("east", "1", True),
     ]
     assert all(len(platform.registry.list_versions(f"churn-{s}")) == 1 for s in ("north", "south", "east"))
+
+
+def test_a_segment_whose_packed_fit_diverges_fails_alone(tmp_path):
+    """Labels near float32's limit make one segment's loss overflow: it is recorded, the others train."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    n = 600
+    df = pd.DataFrame({"id": np.arange(n), "seg": np.repeat(["a", "b", "wild"], n // 3), "x": rng.normal(size=n)})
+    df["c"] = rng.choice(["u", "v"], n)
+    df["y"] = 3 * df["x"] + rng.normal(size=n)
+    df.loc[df.seg == "wild", "y"] = rng.choice([-3e38, 3e38], n // 3)
+    spec = parse_spec(
+        {
+            "name": "t",
+            "task": "regression",
+            "label": "y",
+            "data": {"source": "x.csv", "segment_column": "seg", "split_key": "id"},
+            "features": {"numeric": ["x"], "categorical": ["c"]},
+            "architectures": ["linear"],
+            "training": FAST,
+        }
+    )
+    df.to_parquet(tmp_path / "raw.parquet")
+    fleet.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "dataset.parquet")
+    outcome = train_shard(tmp_path / "dataset.parquet", spec, ["a", "b", "wild"], tmp_path / "out", log=lambda *_: None)
+    assert [r.segment for r in outcome.results] == ["a", "b"]
+    assert outcome.failed == {"wild": "packed training diverged: no architecture reached a finite validation loss"}
+    assert not (tmp_path / "out" / "wild").exists()

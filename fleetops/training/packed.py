@@ -629,6 +629,7 @@ def train_pack(
     log: Any = print,
     classes: list[str] | None = None,
     warm_start: GlobalModel | None = None,
+    failures: dict[str, str] | None = None,
 ) -> list[Any]:
     """Train every segment in `rows` (column `__segment`) packed; write one standalone artifact per segment.
 
@@ -636,7 +637,8 @@ def train_pack(
     `trainer.train_segment` does for one segment. With `warm_start` (the global model) each
     architecture is also fine-tuned from the global weights, and the validation split chooses between
     from-scratch and warm-started too; both variants' validation and test values are recorded in the
-    artifact (`transfer`). Returns a `TrainResult` per segment, in name order.
+    artifact (`transfer`). Returns a `TrainResult` per segment, in name order; a segment whose every
+    fit diverged (no finite validation loss) gets none, and its reason goes into `failures`.
     """
     from fleetops.training.trainer import SEGMENT_COLUMN, class_names
 
@@ -656,7 +658,7 @@ def train_pack(
             warm = fit_packed(warm_data, spec, architecture, params, initial=warm_start.layers[architecture.value])
             variants.append(_Variant(architecture, "warm_start", warm_data, warm))
             log(_fitted(warm, warm_data, "warm-started from the global model"))
-    return _choose_and_export(rows, spec, params, variants, classes, Path(output_dir), tuning, log)
+    return _choose_and_export(rows, spec, params, variants, classes, Path(output_dir), tuning, log, failures=failures)
 
 
 @dataclass
@@ -688,6 +690,7 @@ def _choose_and_export(
     tuning: dict[str, Any] | None,
     log: Any,
     every_variant: bool = False,
+    failures: dict[str, str] | None = None,
 ) -> list[Any]:
     """Per segment, keep the variant best on validation; export it (or, for the global model, every one)."""
     from fleetops.data.validation import statistics
@@ -709,9 +712,17 @@ def _choose_and_export(
         chosen: _Variant | None = None
         values = {v.name: validation[v.name][s].get(spec.primary_metric) for v in variants}
         for v in variants:
+            if not np.isfinite(v.fit.best_val_loss[s]):
+                continue  # diverged: never exported
             if chosen is None or beats(values[v.name], values[chosen.name], spec.metric_goal):
                 chosen = v
-        assert chosen is not None
+        if chosen is None:
+            reason = "packed training diverged: no architecture reached a finite validation loss"
+            if failures is None:
+                raise ValueError(f"segment {segment!r}: {reason}")
+            failures[segment] = reason
+            log(f"segment {segment}: {reason}")
+            continue
         typed = data.rows[segment]
         train = typed[typed[SPLIT_COLUMN] == TRAIN]
         stats = statistics(train, spec)

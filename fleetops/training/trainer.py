@@ -110,6 +110,7 @@ def train_shard(
     warm = global_model if spec.training.warm_start == "global" else None
     results: list[TrainResult] = []
     failed: dict[str, str] = {}
+    diverged: dict[str, str] = {}
     if segments and spec.training.trainer == "packed" and not per_segment_tuning:
         started = time.perf_counter()
         pack_params, architectures = apply_parameters(spec, tuned) if tuned else (params, None)
@@ -123,8 +124,13 @@ def train_shard(
             log=log,
             classes=classes,
             warm_start=warm,
+            failures=diverged,
         )
         log(f"trained {len(results)} segment(s) packed in {time.perf_counter() - started:.1f}s")
+    for segment, reason in diverged.items():
+        if spec.segment_failures.policy == FailurePolicy.FAIL:
+            raise UserError(f"segment {segment!r}: {reason} (segment_failures.policy: fail)")
+        _route_failure(spec, segment, reason, global_model is not None, fallback, failed)
     for segment in segments if not results else []:
         started = time.perf_counter()
         try:
@@ -136,10 +142,7 @@ def train_shard(
                 raise
             reason = f"training failed: {type(exc).__name__}: {exc}"
             log(f"segment {segment}: {reason}")
-            if spec.segment_failures.policy == FailurePolicy.GLOBAL and global_model is not None:
-                fallback[segment] = reason
-            else:
-                failed[segment] = reason
+            _route_failure(spec, segment, reason, global_model is not None, fallback, failed)
             continue
         log(
             f"trained {segment}: {result.architecture} {result.metric}={_fmt(result.validation_value)} "
@@ -154,6 +157,18 @@ def train_shard(
     outcome = ShardOutcome(results, sorted(fallback), failed)
     outcome.write(output_dir)
     return outcome
+
+
+def _route_failure(
+    spec: FleetSpec, segment: str, reason: str, have_global: bool, fallback: dict[str, str], failed: dict[str, str]
+) -> None:
+    """A segment whose training failed: given the global model (policy `global`), else recorded as failed."""
+    from fleetops.spec import FailurePolicy
+
+    if spec.segment_failures.policy == FailurePolicy.GLOBAL and have_global:
+        fallback[segment] = reason
+    else:
+        failed[segment] = reason
 
 
 @dataclass
