@@ -424,7 +424,7 @@ def summarize(
         lines.append(f"| per-segment test {metric} | {spread} |")
     if len(values) < len(rows):
         lines.append(f"| {metric} undefined | {len(rows) - len(values):,} segment(s) (see below) |")
-    if values.size > 1:
+    if values.size >= 10:  # a distribution worth drawing
         lines += ["", f"## Per-segment test {metric}", "", "```", *_histogram(values), "```"]
     problems = [(n, f"skipped: {reason}") for n, reason in skipped.items()]
     problems += [(r["segment"], f"failed: {r['failed']}") for r in failed]
