@@ -49,20 +49,27 @@ class Preprocessing:
 
 
 def fit_preprocessing(train: pd.DataFrame, spec: FleetSpec) -> Preprocessing:
-    means, variances, vocabularies = {}, {}, {}
+    means, variances = {}, {}
     for column in spec.features.numeric:
         values = train[column].to_numpy(dtype="float64")
         finite = values[np.isfinite(values)]
         means[column] = float(finite.mean()) if finite.size else 0.0
         variances[column] = float(finite.var()) if finite.size else 1.0
-    for column in spec.features.categorical:
-        counts = train[column].astype(str).value_counts()
-        vocabularies[column] = sorted(counts.index[:MAX_VOCABULARY].tolist())
+    vocabularies = fit_vocabularies(train, spec)
     label_mean, label_std = 0.0, 1.0
     if spec.task is Task.REGRESSION:
         y = train[spec.label].to_numpy(dtype="float64")
         label_mean, label_std = float(y.mean()), float(y.std() or 1.0)
     return Preprocessing(means, variances, vocabularies, label_mean, label_std)
+
+
+def fit_vocabularies(train: pd.DataFrame, spec: FleetSpec) -> dict[str, list[str]]:
+    """Each categorical feature's vocabulary: its most frequent train values (at most MAX_VOCABULARY), sorted."""
+    vocabularies = {}
+    for column in spec.features.categorical:
+        counts = train[column].astype(str).value_counts()
+        vocabularies[column] = sorted(counts.index[:MAX_VOCABULARY].tolist())
+    return vocabularies
 
 
 def build_model(

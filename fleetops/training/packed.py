@@ -46,7 +46,7 @@ import tensorflow as tf  # noqa: E402
 from fleetops.data.split import SPLIT_COLUMN, TEST, TRAIN, VALIDATION  # noqa: E402
 from fleetops.data.validation import coerce_features  # noqa: E402
 from fleetops.spec import Architecture, FleetSpec, Task, TrainingSpec  # noqa: E402
-from fleetops.training.model import MAX_VOCABULARY, Preprocessing  # noqa: E402
+from fleetops.training.model import Preprocessing, fit_vocabularies  # noqa: E402
 
 # Keras' defaults, so a packed segment trains as `model.fit` would train it alone.
 ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-7
@@ -113,7 +113,7 @@ def encode(
     split = typed[SPLIT_COLUMN].to_numpy(dtype=str)
     is_train = split == TRAIN
     if shared is None:
-        vocabularies = _shared_vocabularies(typed[is_train], spec)
+        vocabularies = fit_vocabularies(typed[is_train], spec)  # one for the whole pack
         means, variances = _segment_moments(typed, spec.features.numeric, seg, is_train, len(segments))
     else:
         vocabularies = shared.vocabularies
@@ -141,7 +141,8 @@ def encode(
         labels = typed[spec.label].to_numpy(dtype="float32")
         y = pd.Series(labels[is_train].astype("float64"))
         grouped = y.groupby(seg[is_train])
-        label_mean[grouped.mean().index] = grouped.mean().to_numpy()
+        mean = grouped.mean()
+        label_mean[mean.index] = mean.to_numpy()
         std = grouped.std(ddof=0).fillna(0.0)
         label_std[std.index] = np.where(std.to_numpy() > 0, std.to_numpy(), 1.0)
     else:
@@ -157,10 +158,8 @@ def encode(
         )
         for s in range(len(segments))
     ]
-    by_segment = {name: frame for name, frame in typed.groupby(segment_column, sort=True)}
-    return PackedData(
-        segments, classes, preprocessing, features, labels, seg, split, {str(k): v for k, v in by_segment.items()}
-    )
+    by_segment = {str(name): frame for name, frame in typed.groupby(segment_column, sort=True)}
+    return PackedData(segments, classes, preprocessing, features, labels, seg, split, by_segment)
 
 
 def fit_packed(
@@ -285,15 +284,6 @@ class SegmentExporter:
 
 def _output_units(task: Task, classes: list[str]) -> int:
     return len(classes) if task is Task.MULTICLASS else 1
-
-
-def _shared_vocabularies(train: pd.DataFrame, spec: FleetSpec) -> dict[str, list[str]]:
-    """One vocabulary per categorical feature for the whole pack: the most frequent train values, sorted."""
-    vocabularies = {}
-    for column in spec.features.categorical:
-        counts = train[column].astype(str).value_counts()
-        vocabularies[column] = sorted(counts.index[:MAX_VOCABULARY].tolist())
-    return vocabularies
 
 
 def _segment_moments(
@@ -726,6 +716,7 @@ def _choose_and_export(
         typed = data.rows[segment]
         train = typed[typed[SPLIT_COLUMN] == TRAIN]
         stats = statistics(train, spec)
+        written: dict[str, dict[str, Any]] = {}
         for v in variants if every_variant else [chosen]:
             details: dict[str, Any] = {
                 "epochs_trained": int(v.fit.epochs_trained[s]),
@@ -738,22 +729,22 @@ def _choose_and_export(
             metadata = segment_metadata(
                 spec, segment, raw[segment], typed, classes, v.architecture.value, params, tuning, details
             )
-            exporter = exporters.get(v.name) or exporters.setdefault(
-                v.name, SegmentExporter(v.fit, v.data, spec, params)
-            )
+            if v.name not in exporters:
+                exporters[v.name] = SegmentExporter(v.fit, v.data, spec, params)
             where = output_dir / (v.architecture.value if every_variant else segment_slug(segment))
-            directory = save_artifact(exporter.model_of(s), metadata, stats, where)
-        value = values[chosen.name]
+            save_artifact(exporters[v.name].model_of(s), metadata, stats, where)
+            written[v.name] = metadata
         directory = output_dir / (chosen.architecture.value if every_variant else segment_slug(segment))
+        metadata = written[chosen.name]  # as `train_segment` returns it: what was saved, before the identity
         results.append(
             TrainResult(
                 segment,
                 directory,
                 chosen.architecture.value,
                 spec.primary_metric,
-                value,
+                values[chosen.name],
                 values,
-                json.loads((directory / "metadata.json").read_text()),
+                metadata,
             )
         )
     log(f"exported {len(results)} standalone model(s) in {time.perf_counter() - started:.1f}s")
@@ -771,8 +762,9 @@ def _per_segment(variant: _Variant, spec: FleetSpec, split: str, classes: list[s
     metrics = []
     for s in range(len(data.segments)):
         mine = owner == s
+        usable = mine.any() and np.isfinite(outputs[mine]).all()  # a diverged fit has no metrics
         metrics.append(
-            evaluate_predictions(spec.task, data.labels[rows[mine]], outputs[mine], classes) if mine.any() else {}
+            evaluate_predictions(spec.task, data.labels[rows[mine]], outputs[mine], classes) if usable else {}
         )
     return metrics
 
