@@ -481,7 +481,7 @@ def check_failures(spec: FleetSpec, registrations: list[dict[str, Any]], segment
     lost = len(failed) + len(segments.get("skipped", {}))
     total = len(registrations) + len(segments.get("skipped", {}))
     limit = spec.segment_failures.max_failed_fraction
-    if total and lost > limit * total:
+    if spec.segment_failures.too_many(lost, total):
         raise UserError(
             f"{lost} of {total} segment(s) ({lost / total:.0%}) were skipped or failed, more than "
             f"segment_failures.max_failed_fraction {limit:g}; failed in training: {failed[:10]}"

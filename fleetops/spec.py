@@ -314,6 +314,10 @@ class SegmentFailuresSpec(_Strict):
     )
     max_failed_fraction: float = Field(0.1, ge=0, le=1, description="The run fails when more segments fail.")
 
+    def too_many(self, lost: int, total: int) -> bool:
+        """The run's rule, before training (skipped) and after it (skipped or failed): more than the fraction."""
+        return total > 0 and lost > self.max_failed_fraction * total
+
 
 class FleetSpec(_Strict):
     name: str = Field(pattern=FLEET_NAME_PATTERN)

@@ -287,7 +287,7 @@ def _apply_policy(
         return {}, dict(sorted(own.items()))
     total = len(counts) + sum(1 for name in own if name not in counts)
     limit = spec.segment_failures.max_failed_fraction
-    if own and len(own) > limit * total:
+    if spec.segment_failures.too_many(len(own), total):
         examples = "; ".join(f"'{n}' {r}" for n, r in sorted(own.items())[:5])
         problems.append(
             f"{len(own)} of {total} segment(s) ({len(own) / total:.0%}) cannot be trained, more than "
