@@ -21,6 +21,9 @@ from fleetops.fingerprints import directory_sha256
 from fleetops.training.artifact import ModelArtifact, load_artifact, shape_outputs
 
 MAX_INSTANCES = 10_000
+# The models' numeric inputs are float32: a finite float64 beyond this magnitude becomes inf (and the
+# scores NaN) in the cast, so it is bad input, whether it comes in a request or a batch row.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def bucket_size(n: int) -> int:
