@@ -395,6 +395,8 @@ def parse_spec(obj: Any, source: str = "fleet spec") -> FleetSpec:
         return obj
     if isinstance(obj, str):
         try:
+            if duplicates := duplicate_keys(obj):
+                raise SpecError(duplicates, source)
             obj = yaml.safe_load(obj)
         except yaml.YAMLError as exc:
             raise SpecError([f"not valid YAML: {exc}"], source) from None
@@ -404,6 +406,42 @@ def parse_spec(obj: Any, source: str = "fleet spec") -> FleetSpec:
         return FleetSpec.model_validate(obj)
     except ValidationError as exc:
         raise SpecError([describe_error(err) for err in exc.errors()], source) from None
+
+
+def duplicate_keys(text: str) -> list[str]:
+    """Every key given twice in one mapping of a YAML document, with its path and lines.
+
+    YAML loaders keep the last value silently, so `epochs: 5` and a later `epochs: 50` in the same
+    block would train for 50 without a word; a spec with a repeated key is refused instead.
+    """
+    problems: list[str] = []
+    seen: set[int] = set()
+
+    def walk(node: yaml.Node, path: str) -> None:
+        if id(node) in seen:  # an alias: already checked where its anchor is
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    line, identity = key.start_mark.line + 1, (key.tag, key.value)
+                    where = f"{path}.{key.value}" if path else str(key.value)
+                    if identity in first:
+                        problems.append(f"{where}: given twice (lines {first[identity]} and {line}); keep one of them")
+                    else:
+                        first[identity] = line
+                    walk(value, where)
+                else:
+                    walk(value, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, f"{path}.{index}" if path else str(index))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, "")
+    return problems
 
 
 def load_spec(path: str | Path) -> FleetSpec:

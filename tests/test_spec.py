@@ -2,7 +2,7 @@ import pytest
 
 from fleetops.data.sample import SAMPLE_SPEC
 from fleetops.errors import SpecError
-from fleetops.spec import Task, load_spec, parse_spec
+from fleetops.spec import Task, duplicate_keys, load_spec, parse_spec
 
 
 def test_sample_spec_is_valid():
@@ -50,6 +50,24 @@ def test_not_a_mapping_and_bad_yaml():
         parse_spec("- a\n- b\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         parse_spec("name: [unclosed")
+
+
+def test_a_key_given_twice_is_refused_with_its_path_and_lines():
+    text = SAMPLE_SPEC.format(source="x.csv")
+    lines = text.splitlines()
+    epochs = next(i for i, line in enumerate(lines) if line.strip().startswith("epochs:"))
+    indent = lines[epochs][: len(lines[epochs]) - len(lines[epochs].lstrip())]
+    lines.insert(epochs + 1, f"{indent}epochs: 50")
+    lines.insert(1, "name: other")
+    with pytest.raises(SpecError) as caught:
+        parse_spec("\n".join(lines))
+    message = str(caught.value)
+    assert "training.epochs: given twice (lines" in message
+    assert f"and {epochs + 3})" in message  # both insertions shift the second epochs to this line
+    assert "name: given twice (lines 1 and 2)" in message
+    # The same key in different mappings, and a mapping reused through an alias, are no duplicates.
+    assert duplicate_keys("a: &shared {x: 1, y: 2}\nb: *shared\nc: {x: 3}\nd: [{x: 1}, {x: 2}]\n") == []
+    assert duplicate_keys("d: [{x: 1, x: 2}]\n") == ["d.0.x: given twice (lines 1 and 1); keep one of them"]
 
 
 def test_load_spec_resolves_relative_data_path(tmp_path):
