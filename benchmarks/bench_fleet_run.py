@@ -30,6 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.requirements import require  # noqa: E402
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,6 +40,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=400, help="rows per segment")
     parser.add_argument("--big", type=int, default=1000, help="segments of the extra wall-time run (0: none)")
     args = parser.parse_args()
+    require("bench_fleet_run", {"psutil": "it sums the memory of the run's task processes"})
 
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-run-"))
     try:

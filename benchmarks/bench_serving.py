@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.child_server import free_port, wait_until_answering  # noqa: E402
+from benchmarks.requirements import require  # noqa: E402
+from pipelines.child_server import free_port, start_child, wait_until_answering  # noqa: E402
 
 PATH = "/v1/projects/local/locations/local/endpoints/churn-north:predict"
 INSTANCE = {
@@ -47,6 +48,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--servers", default="fleetops,competent,naive", help="comma-separated subset to run")
     args = parser.parse_args()
+    require("bench_serving", {"fastapi": "the baseline servers are FastAPI apps"})
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     try:
@@ -142,13 +144,14 @@ def prepare(work: Path) -> tuple[Path, Path]:
 
 def measure(wrk: str, command, env: dict, work: Path, size: int, args) -> dict:
     port = free_port()
-    server = subprocess.Popen(command(port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = work / f"server-{port}.log"
+    server = start_child(command(port), log, cwd=ROOT, env=env)
     try:
         url = f"http://127.0.0.1:{port}{PATH}"
         body = json.dumps({"instances": [INSTANCE] * size})
         # A predict request, not the health route: the model must be loaded before the clock starts.
         request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
-        wait_until_answering(request, server, seconds=120, timeout=5)
+        wait_until_answering(request, server, seconds=120, timeout=5, log=log)
         script = work / f"post{size}.lua"
         script.write_text(
             f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n'

@@ -10,7 +10,6 @@ month 3: customers change in two regions; their traffic is logged; the
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from fleetops.data.sample import SAMPLE_SPEC, write_sample
 from fleetops.names import model_id
 from fleetops.platform import connect, local_uri
 from fleetops.spec import load_spec
-from pipelines.child_server import free_port, wait_until_answering
+from pipelines.child_server import free_port, start_child, wait_until_answering
 
 DRIFTED_REGIONS = ("north", "east")
 
@@ -105,15 +104,14 @@ def running_server(home: Path) -> Iterator[Any]:
     from google.cloud.aiplatform_v1.services.prediction_service.transports.rest import PredictionServiceRestTransport
 
     port = free_port()
-    log = (home / "serve.log").open("w")
-    server = subprocess.Popen(
+    log = home / "serve.log"
+    server = start_child(
         [sys.executable, "-m", "pipelines.cli", "serve", "--home", str(home), "--port", str(port)],
+        log,
         cwd=Path(__file__).resolve().parents[1],
-        stdout=log,
-        stderr=log,
     )
     try:
-        wait_until_answering(f"http://127.0.0.1:{port}/health", server)
+        wait_until_answering(f"http://127.0.0.1:{port}/health", server, log=log)
         yield PredictionServiceClient(
             transport=PredictionServiceRestTransport(
                 host=f"127.0.0.1:{port}", credentials=AnonymousCredentials(), url_scheme="http"
@@ -122,7 +120,6 @@ def running_server(home: Path) -> Iterator[Any]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-        log.close()
 
 
 def send_traffic(client: Any, spec: Any, rows: pd.DataFrame, show: int) -> None:

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from fleetops.data.sample import SAMPLE_SPEC, make_churn  # noqa: E402
 from fleetops.platform import connect, local_uri  # noqa: E402
 from fleetops.spec import parse_spec  # noqa: E402
-from pipelines.child_server import free_port, wait_until_answering  # noqa: E402
+from pipelines.child_server import free_port, start_child, wait_until_answering  # noqa: E402
 
 
 @pytest.fixture
@@ -78,8 +78,8 @@ class ServerProcess:
     """
 
     def __init__(self, home, *extra, env=None, command=None, health="/health"):
-        import subprocess
         import sys
+        import tempfile
 
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -88,13 +88,21 @@ class ServerProcess:
         environment |= env or {}
         if command is None:
             command = ["serve", "--home", str(home), "--port", str(self.port), *extra]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", *command], env=environment, cwd=Path(__file__).resolve().parents[1]
+        self.log = Path(tempfile.mkdtemp(prefix="fleetops-server-")) / "server.log"
+        self.process = start_child(
+            [sys.executable, "-m", "pipelines.cli", *command],
+            self.log,
+            env=environment,
+            cwd=Path(__file__).resolve().parents[1],
         )
         self.wait_until_up()
 
     def wait_until_up(self, seconds=60):
-        wait_until_answering(f"{self.base}{self.health}", self.process, seconds)
+        wait_until_answering(f"{self.base}{self.health}", self.process, seconds, log=self.log)
+
+    def output(self) -> str:
+        """What the server has written to stdout and stderr so far."""
+        return self.log.read_text(errors="replace")
 
     def request(self, method, path, body=None, headers=None):
         import json
