@@ -1,4 +1,4 @@
-"""An independent, literal reference for VERTEX.md's drift metrics: loops over buckets, scipy for the divergence.
+"""An independent, literal reference for the drift metrics (docs/local-twin.md): loops over buckets, scipy for JSD.
 
 Slow on purpose and written apart from fleetops.monitoring, so the two can check each other.
 """

@@ -1,4 +1,4 @@
-"""The local twin's registry follows Vertex's rules (../shared/VERTEX.md, "Model Registry")."""
+"""The local twin's registry follows Vertex's rules (docs/local-twin.md, "Model Registry")."""
 
 import multiprocessing
 import sqlite3

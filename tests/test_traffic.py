@@ -9,7 +9,7 @@ from fleetops.errors import UserError
 from fleetops.serving.traffic import allocate, deploy_split, unallocate, undeploy_split
 
 
-def test_vertex_md_example():
+def test_the_documented_example():
     assert deploy_split({"111": 70, "222": 30}, "333", traffic_percentage=10) == {"111": 63, "222": 27, "333": 10}
 
 
