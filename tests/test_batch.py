@@ -1,6 +1,7 @@
 """Batch prediction: bad rows to errors with a reason, rows routed to their segment's model, Vertex jobs."""
 
 import json
+import math
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -11,7 +12,7 @@ from fleetops.batch import batch_predict, fleet_batch_predict
 from fleetops.data.sample import make_churn
 from fleetops.errors import UserError
 from fleetops.platform import connect
-from fleetops.serving.predictor import Predictor
+from fleetops.serving.predictor import FLOAT32_MAX, Predictor
 from tests.fake_vertex import FakeVertex
 
 
@@ -114,3 +115,47 @@ def test_a_column_missing_throughout_one_chunk_keeps_the_file_schema(trained_mod
     written = pq.read_table(result.predictions_path)
     assert written.schema.field("payment_method").type == "string"
     assert written.column("payment_method").null_count == 100 + rows["payment_method"].iloc[:100].isna().sum()
+
+
+def test_numbers_beyond_float32_are_errors_not_nan_scores(trained_models, tmp_path):
+    rows = make_churn(rows_per_segment=10, segments=1, seed=9)
+    rows.loc[1, "tenure_months"], rows.loc[2, "monthly_charges"], rows.loc[3, "data_usage_gb"] = 1e39, -1e39, 1e308
+    rows.loc[4, "support_calls"] = FLOAT32_MAX  # the bound itself fits
+    result = batch_predict(Predictor.load(trained_models[0]), rows, tmp_path)
+    assert (result.rows, result.predicted, result.errors) == (10, 7, 3)
+    errors = pd.read_parquet(result.errors_path)
+    messages = {row["customer_id"]: row["errors"]["message"] for _, row in errors.iterrows()}
+    allowed = "must be a number from -3.4028235e+38 to 3.4028235e+38 (the model's inputs are float32)"
+    assert messages == {
+        "c0000001": f"feature 'tenure_months' {allowed}, got 1e+39",
+        "c0000002": f"feature 'monthly_charges' {allowed}, got -1e+39",
+        "c0000003": f"feature 'data_usage_gb' {allowed}, got 1e+308",
+    }
+    assert set(errors["errors"].map(lambda e: e["code"])) == {3}
+    scores = [s for p in pd.read_parquet(result.predictions_path)["prediction"] for s in p["scores"]]
+    assert len(scores) == 14 and all(math.isfinite(s) for s in scores)
+
+
+def test_a_row_the_model_scores_as_nan_goes_to_errors(trained_models, tmp_path):
+    # Weights this large overflow float32 for extreme (yet in-range) inputs: +inf from one feature
+    # meets -inf from another and the score is NaN. Ordinary rows still get finite scores.
+    predictor = Predictor.load(trained_models[0])
+    layer = predictor.artifact.model.get_layer("probability")
+    kernel, bias = layer.get_weights()
+    kernel[: len(predictor.numeric)] = 1e20
+    layer.set_weights([kernel, bias])
+    rows = make_churn(rows_per_segment=10, segments=1, seed=9)
+    rows.loc[5, ["tenure_months", "monthly_charges"]] = [1e30, -1e30]
+    for chunk_rows in (4, 1000):  # the row's chunk keeps its other rows; one chunk for all
+        result = batch_predict(predictor, rows, tmp_path / str(chunk_rows), chunk_rows=chunk_rows)
+        assert (result.rows, result.predicted, result.errors) == (10, 9, 1)
+        errors = pd.read_parquet(result.errors_path)
+        assert errors["customer_id"].tolist() == ["c0000005"] and errors.loc[0, "tenure_months"] == 1e30
+        assert errors.loc[0, "errors"] == {
+            "code": 3,
+            "message": "the model's score for this row is not a finite number "
+            "(its numeric values are probably too extreme for the model)",
+        }
+        predictions = pd.read_parquet(result.predictions_path)
+        assert "c0000005" not in set(predictions["customer_id"])
+        assert all(math.isfinite(s) for p in predictions["prediction"] for s in p["scores"])
