@@ -10,13 +10,15 @@ Predictions are the instance columns plus `prediction` (a struct: `classes` and
 `scores`, or `value`), written as Parquet.
 
 For a fleet, each row goes to its segment's model (by default the `champion`
-alias); rows whose segment has no such model are errors too.
+alias); rows whose segment has no such model are errors too. So are the lines
+of a CSV source that do not parse (more or fewer fields than the header): their
+instance columns are null and the message gives the line number and its text.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fleetops.data.sources import BadLine
 from fleetops.data.validation import segment_values
 from fleetops.errors import NotFoundError, UserError
 from fleetops.names import CHAMPION_ALIAS, model_id
@@ -128,9 +131,15 @@ def scored_chunks(
 
 
 def batch_predict(
-    predictor: Predictor, frame: pd.DataFrame, output_dir: str | Path, chunk_rows: int = CHUNK_ROWS
+    predictor: Predictor,
+    frame: pd.DataFrame,
+    output_dir: str | Path,
+    chunk_rows: int = CHUNK_ROWS,
+    bad_lines: Sequence[BadLine] = (),
 ) -> BatchResult:
     """Score a frame with one model; write `predictions.parquet` and `errors.parquet` under `output_dir`.
+
+    `bad_lines` are the lines of the CSV source `frame` was read from that did not parse: errors too.
 
     Chunk i is written by a writer thread while chunk i+1 is scored: the Parquet writer and
     TensorFlow both release the GIL, so on two cores the write mostly hides behind the scoring.
@@ -140,7 +149,7 @@ def batch_predict(
     output_dir.mkdir(parents=True, exist_ok=True)
     chunks, errors = scored_chunks(predictor, frame, chunk_rows)
     predictions_path, errors_path = output_dir / "predictions.parquet", output_dir / "errors.parquet"
-    predicted, error_frames = 0, [errors]
+    predicted, error_frames = 0, [_unparsed_rows(frame, bad_lines), errors]
     writer: pq.ParquetWriter | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet") as pool:
         pending: Future[None] | None = None
@@ -162,7 +171,8 @@ def batch_predict(
         pq.write_table(_empty_predictions(predictor, frame), predictions_path)
     errors = pd.concat(error_frames, ignore_index=True)
     errors.to_parquet(errors_path, index=False)
-    return BatchResult(len(frame), predicted, len(errors), predictions_path, errors_path, time.perf_counter() - started)
+    rows = len(frame) + len(bad_lines)
+    return BatchResult(rows, predicted, len(errors), predictions_path, errors_path, time.perf_counter() - started)
 
 
 def fleet_batch_predict(
@@ -170,11 +180,12 @@ def fleet_batch_predict(
 ) -> BatchResult:
     """Score every row of `source` with its segment's model (`version`: an alias or id) of the fleet."""
     started = time.perf_counter()
-    frame = platform.read_table(source)
+    bad_lines: list[BadLine] = []
+    frame = platform.read_table(source, bad_lines)
     if spec.data.segment_column and spec.data.segment_column not in frame.columns:
         raise UserError(f"the batch source lacks the segment column {spec.data.segment_column!r}")
     segments = segment_values(frame, spec)
-    tables, error_frames = [], []
+    tables, error_frames = [], [_unparsed_rows(frame, bad_lines)]
     for segment, rows in frame.groupby(segments, sort=True, dropna=False):
         mid = model_id(spec.name, str(segment)) if pd.notna(segment) else None
         try:
@@ -192,7 +203,7 @@ def fleet_batch_predict(
         )
         tables.append(predictions)
         error_frames.append(errors)
-    return _write(Path(output_dir), tables, error_frames, len(frame), started)
+    return _write(Path(output_dir), tables, error_frames, len(frame) + len(bad_lines), started)
 
 
 def _error_rows(rows: pd.DataFrame, reasons: list[dict[str, Any]]) -> pd.DataFrame:
@@ -202,6 +213,15 @@ def _error_rows(rows: pd.DataFrame, reasons: list[dict[str, Any]]) -> pd.DataFra
         errors[name] = errors[name].map(lambda v: None if v is None or v != v else str(v))
     errors["errors"] = reasons
     return errors
+
+
+def _unparsed_rows(frame: pd.DataFrame, bad_lines: Sequence[BadLine]) -> pd.DataFrame:
+    """Error rows for CSV lines that did not parse: no instance values, the line in the message."""
+    # Columns of None (object) leave the other error rows' values as they are when concatenated; an
+    # empty frame of the source's types leaves them their types too (empty object columns would not).
+    rows = pd.DataFrame(None, index=range(len(bad_lines)), columns=frame.columns, dtype=object)
+    rows = rows if bad_lines else frame.iloc[:0]
+    return _error_rows(rows, [{"code": INVALID_ARGUMENT, "message": bad.describe()} for bad in bad_lines])
 
 
 def _input_tensors(predictor: Predictor, rows: pd.DataFrame) -> dict[str, Any]:

@@ -9,10 +9,11 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 
 from fleetops.batch import batch_predict, fleet_batch_predict
-from fleetops.data.sample import make_churn
+from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.errors import UserError
 from fleetops.platform import connect
 from fleetops.serving.predictor import FLOAT32_MAX, Predictor
+from pipelines.cli import main
 from tests.fake_vertex import FakeVertex
 
 
@@ -159,3 +160,39 @@ def test_a_row_the_model_scores_as_nan_goes_to_errors(trained_models, tmp_path):
         predictions = pd.read_parquet(result.predictions_path)
         assert "c0000005" not in set(predictions["customer_id"])
         assert all(math.isfinite(s) for p in predictions["prediction"] for s in p["scores"])
+
+
+def _malformed_csv(rows, path):
+    """`rows` as CSV with line 51 one field too long and line 91 one field short (both north rows)."""
+    rows.to_csv(path, index=False)
+    lines = path.read_text().splitlines()
+    lines[50] += ",surplus"
+    lines[90] = lines[90].rsplit(",", 1)[0]
+    path.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def test_malformed_csv_lines_are_errors_and_the_rest_is_scored(platform, trained_models, rows, tmp_path, capsys):
+    platform.registry.upload_version("churn-north", trained_models[0], aliases=["champion"])
+    lines = _malformed_csv(rows, tmp_path / "score.csv")
+    spec_path = tmp_path / "fleet.yaml"
+    spec_path.write_text(SAMPLE_SPEC.format(source=tmp_path / "score.csv"))
+    home, out = str(tmp_path / "home"), str(tmp_path / "out")
+    assert main(["batch-predict", str(spec_path), "--home", home, "--output", out]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    # 200 rows: 2 lines unparsed, 2 north rows invalid, 100 south rows without a model, 96 scored.
+    assert (summary["rows"], summary["predicted"], summary["errors"]) == (200, 96, 104)
+    errors = pd.read_parquet(tmp_path / "out" / "errors.parquet")
+    unparsed = errors[errors["errors"].map(lambda e: e["message"].startswith("line "))]
+    assert unparsed.drop(columns="errors").isna().all().all()  # no instance values: the line did not split
+    assert unparsed["errors"].tolist() == [
+        {"code": 3, "message": f"line 51 has 11 field(s), the header has 10: {lines[50]!r}"},
+        {"code": 3, "message": f"line 91 has 9 field(s), the header has 10: {lines[90]!r}"},
+    ]
+    predictions = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    assert not {rows.loc[49, "customer_id"], rows.loc[89, "customer_id"]} & set(predictions["customer_id"])
+
+    summary = platform.batch_predict("churn-north", "champion", str(tmp_path / "score.csv"), str(tmp_path / "one"))
+    assert (summary["rows"], summary["predicted"], summary["errors"]) == (200, 196, 4)
+    errors = pd.read_parquet(tmp_path / "one" / "errors.parquet")
+    assert [e["message"][:8] for e in errors["errors"]] == ["line 51 ", "line 91 ", "feature ", "feature "]
