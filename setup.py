@@ -19,7 +19,7 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu==2.21.0",
     # Tabular data in memory.
     "pandas==3.1.1",
-    # Parquet files: datasets passed between pipeline steps.
+    # Parquet files: datasets passed between pipeline steps. CSV parsing that reports each malformed line.
     "pyarrow==26.0.1",
     # SQL data sources and the `bq://` tables of the local twin.
     "duckdb==2.0.0",

@@ -1,20 +1,24 @@
 """Batch prediction: a table in, predictions and errors out, for one model or a whole fleet.
 
 Rows are validated column-wise (vectorised): a row with a non-numeric value in
-a numeric feature goes to the errors output with `{code, message}` and never
-fails the job, as in Vertex batch prediction. Valid rows are scored in large
-chunks straight into the model's input tensors. Predictions are the instance
-columns plus `prediction` (a struct: `classes` and `scores`, or `value`),
-written as Parquet.
+a numeric feature, or one beyond float32 (the models' input type, where it
+would turn into inf), goes to the errors output with `{code, message}` and
+never fails the job, as in Vertex batch prediction. Valid rows are scored in
+large chunks straight into the model's input tensors. A row the model still
+scores as NaN or inf is an error too: no prediction carries a non-finite score.
+Predictions are the instance columns plus `prediction` (a struct: `classes` and
+`scores`, or `value`), written as Parquet.
 
 For a fleet, each row goes to its segment's model (by default the `champion`
-alias); rows whose segment has no such model are errors too.
+alias); rows whose segment has no such model are errors too. So are the lines
+of a CSV source that do not parse (more or fewer fields than the header): their
+instance columns are null and the message gives the line number and its text.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +29,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fleetops.data.sources import BadLine
 from fleetops.data.validation import segment_values
 from fleetops.errors import NotFoundError, UserError
 from fleetops.names import CHAMPION_ALIAS, model_id
 from fleetops.platform import Platform
-from fleetops.serving.predictor import Predictor, bucket_size
+from fleetops.serving.predictor import FLOAT32_MAX, Predictor, bucket_size
 from fleetops.spec import FleetSpec
 
 CHUNK_ROWS = 131_072
 INVALID_ARGUMENT = 3  # google.rpc.Code
 NOT_FOUND = 5
+_FLOAT32_RANGE = f"must be a number from {-FLOAT32_MAX:.8g} to {FLOAT32_MAX:.8g} (the model's inputs are float32)"
+_NOT_FINITE = (
+    "the model's score for this row is not a finite number (its numeric values are probably too extreme for the model)"
+)
 
 
 @dataclass
@@ -62,14 +71,21 @@ def predict_frame(
 ) -> tuple[pa.Table, pd.DataFrame]:
     """Score `frame`: (predictions table, errors frame). Missing feature columns fail the job up front."""
     chunks, errors = scored_chunks(predictor, frame, chunk_rows)
-    tables = list(chunks)
-    return (pa.concat_tables(tables) if tables else _empty_predictions(predictor, frame)), errors
+    tables, error_frames = [], [errors]
+    for table, unscored in chunks:
+        tables.append(table)
+        error_frames.append(unscored)
+    predictions = pa.concat_tables(tables) if tables else _empty_predictions(predictor, frame)
+    return predictions, pd.concat(error_frames, ignore_index=True)
 
 
 def scored_chunks(
     predictor: Predictor, frame: pd.DataFrame, chunk_rows: int = CHUNK_ROWS
-) -> tuple[Iterator[pa.Table], pd.DataFrame]:
-    """Validate all rows at once (vectorised); return the scored chunks (lazily) and the error rows."""
+) -> tuple[Iterator[tuple[pa.Table, pd.DataFrame]], pd.DataFrame]:
+    """Validate all rows at once (vectorised); return the scored chunks (lazily) and the invalid rows.
+
+    Each chunk comes with the rows of it the model scored as NaN or inf (not in its table).
+    """
     missing = [c for c in predictor.features if c not in frame.columns]
     if missing:
         raise UserError(f"the batch source lacks feature column(s) {missing}; the model needs {predictor.features}")
@@ -80,10 +96,13 @@ def scored_chunks(
     for name in predictor.numeric:
         column = frame[name]
         values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        wrong = (column.notna().to_numpy() & np.isnan(values)) | np.isinf(values)
-        fresh = wrong & ~bad
-        reasons[fresh] = [f"feature {name!r} must be a number, got {v!r:.60}" for v in column[fresh]]
-        bad |= wrong
+        not_number = (column.notna().to_numpy() & np.isnan(values)) | np.isinf(values)
+        # Finite as float64 but not as float32: the cast to the model's input would make it inf.
+        out_of_range = (np.abs(values) > FLOAT32_MAX) & ~not_number
+        for wrong, rule in ((not_number, "must be a number"), (out_of_range, _FLOAT32_RANGE)):
+            fresh = wrong & ~bad
+            reasons[fresh] = [f"feature {name!r} {rule}, got {v!r:.60}" for v in column[fresh]]
+            bad |= wrong
         numeric[name] = values
     errors = _error_rows(frame[bad], [{"code": INVALID_ARGUMENT, "message": r} for r in reasons[bad]])
     good = np.flatnonzero(~bad)
@@ -93,20 +112,34 @@ def scored_chunks(
     typed = frame.assign(**numeric).iloc[good]
     schema = pa.Schema.from_pandas(typed, preserve_index=False)
 
-    def chunks() -> Iterator[pa.Table]:
+    def chunks() -> Iterator[tuple[pa.Table, pd.DataFrame]]:
         for start in range(0, len(typed), chunk_rows):
             scored = typed.iloc[start : start + chunk_rows]
             scores = _score(predictor, _input_tensors(predictor, scored))
+            # In-range inputs can still overflow inside a model (or a model can be broken): one
+            # vectorised check per chunk keeps NaN and inf out of the predictions.
+            finite = np.isfinite(scores).all(axis=1)
+            unscored = frame.iloc[:0]
+            if not finite.all():
+                unscored = frame.loc[scored.index[~finite]]
+                scored, scores = scored[finite], scores[finite]
             table = pa.Table.from_pandas(scored, schema=schema, preserve_index=False)
-            yield table.append_column("prediction", _prediction_column(predictor, scores))
+            table = table.append_column("prediction", _prediction_column(predictor, scores))
+            yield table, _error_rows(unscored, [{"code": INVALID_ARGUMENT, "message": _NOT_FINITE}] * len(unscored))
 
     return chunks(), errors
 
 
 def batch_predict(
-    predictor: Predictor, frame: pd.DataFrame, output_dir: str | Path, chunk_rows: int = CHUNK_ROWS
+    predictor: Predictor,
+    frame: pd.DataFrame,
+    output_dir: str | Path,
+    chunk_rows: int = CHUNK_ROWS,
+    bad_lines: Sequence[BadLine] = (),
 ) -> BatchResult:
     """Score a frame with one model; write `predictions.parquet` and `errors.parquet` under `output_dir`.
+
+    `bad_lines` are the lines of the CSV source `frame` was read from that did not parse: errors too.
 
     Chunk i is written by a writer thread while chunk i+1 is scored: the Parquet writer and
     TensorFlow both release the GIL, so on two cores the write mostly hides behind the scoring.
@@ -116,12 +149,13 @@ def batch_predict(
     output_dir.mkdir(parents=True, exist_ok=True)
     chunks, errors = scored_chunks(predictor, frame, chunk_rows)
     predictions_path, errors_path = output_dir / "predictions.parquet", output_dir / "errors.parquet"
-    predicted = 0
+    predicted, error_frames = 0, [_unparsed_rows(frame, bad_lines), errors]
     writer: pq.ParquetWriter | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet") as pool:
         pending: Future[None] | None = None
         try:
-            for table in chunks:
+            for table, unscored in chunks:
+                error_frames.append(unscored)
                 if writer is None:
                     writer = pq.ParquetWriter(predictions_path, table.schema)
                 if pending is not None:
@@ -135,8 +169,10 @@ def batch_predict(
                 writer.close()
     if writer is None:
         pq.write_table(_empty_predictions(predictor, frame), predictions_path)
+    errors = pd.concat(error_frames, ignore_index=True)
     errors.to_parquet(errors_path, index=False)
-    return BatchResult(len(frame), predicted, len(errors), predictions_path, errors_path, time.perf_counter() - started)
+    rows = len(frame) + len(bad_lines)
+    return BatchResult(rows, predicted, len(errors), predictions_path, errors_path, time.perf_counter() - started)
 
 
 def fleet_batch_predict(
@@ -144,11 +180,12 @@ def fleet_batch_predict(
 ) -> BatchResult:
     """Score every row of `source` with its segment's model (`version`: an alias or id) of the fleet."""
     started = time.perf_counter()
-    frame = platform.read_table(source)
+    bad_lines: list[BadLine] = []
+    frame = platform.read_table(source, bad_lines)
     if spec.data.segment_column and spec.data.segment_column not in frame.columns:
         raise UserError(f"the batch source lacks the segment column {spec.data.segment_column!r}")
     segments = segment_values(frame, spec)
-    tables, error_frames = [], []
+    tables, error_frames = [], [_unparsed_rows(frame, bad_lines)]
     for segment, rows in frame.groupby(segments, sort=True, dropna=False):
         mid = model_id(spec.name, str(segment)) if pd.notna(segment) else None
         try:
@@ -166,7 +203,7 @@ def fleet_batch_predict(
         )
         tables.append(predictions)
         error_frames.append(errors)
-    return _write(Path(output_dir), tables, error_frames, len(frame), started)
+    return _write(Path(output_dir), tables, error_frames, len(frame) + len(bad_lines), started)
 
 
 def _error_rows(rows: pd.DataFrame, reasons: list[dict[str, Any]]) -> pd.DataFrame:
@@ -176,6 +213,15 @@ def _error_rows(rows: pd.DataFrame, reasons: list[dict[str, Any]]) -> pd.DataFra
         errors[name] = errors[name].map(lambda v: None if v is None or v != v else str(v))
     errors["errors"] = reasons
     return errors
+
+
+def _unparsed_rows(frame: pd.DataFrame, bad_lines: Sequence[BadLine]) -> pd.DataFrame:
+    """Error rows for CSV lines that did not parse: no instance values, the line in the message."""
+    # Columns of None (object) leave the other error rows' values as they are when concatenated; an
+    # empty frame of the source's types leaves them their types too (empty object columns would not).
+    rows = pd.DataFrame(None, index=range(len(bad_lines)), columns=frame.columns, dtype=object)
+    rows = rows if bad_lines else frame.iloc[:0]
+    return _error_rows(rows, [{"code": INVALID_ARGUMENT, "message": bad.describe()} for bad in bad_lines])
 
 
 def _input_tensors(predictor: Predictor, rows: pd.DataFrame) -> dict[str, Any]:

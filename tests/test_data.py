@@ -3,11 +3,11 @@ import pandas as pd
 import pytest
 
 from fleetops.data.sample import make_churn
-from fleetops.data.sources import source_kind
+from fleetops.data.sources import read_file, source_kind
 from fleetops.data.split import SPLIT_COLUMN, assign_splits, with_splits
 from fleetops.data.validation import numeric_statistics, statistics, validate
 from fleetops.errors import UserError
-from fleetops.fleet import plan_shards
+from fleetops.fleet import ingest, plan_shards
 from fleetops.spec import ShardingSpec
 
 
@@ -46,6 +46,36 @@ def test_local_platform_reads_files_sql_and_tables(platform, churn, churn_csv, t
         platform.read_table("SELECT * FROM no_such_table")
     with pytest.raises(UserError, match="does not exist"):
         platform.read_table(str(tmp_path / "missing.csv"))
+
+
+def test_a_malformed_csv_line_fails_ingest_naming_the_file_and_line(spec, platform, churn_csv, tmp_path):
+    # Training data is read whole or not at all: a line that does not split into the header's
+    # columns (here one field short, which pandas padded with a null) is named, not trained on.
+    lines = churn_csv.read_text().splitlines()
+    lines[6] = lines[6].rsplit(",", 1)[0]
+    churn_csv.write_text("\n".join(lines) + "\n")
+    expected = f"CSV file '{churn_csv}' cannot be parsed: line 7 has 9 field(s), the header has 10: {lines[6]!r}"
+    with pytest.raises(UserError) as raised:
+        ingest(spec, platform, tmp_path / "raw.parquet")
+    assert str(raised.value) == f"{expected} (1 malformed line(s) in all; the first is shown)"
+
+
+def test_bad_csv_lines_are_numbered_as_an_editor_numbers_them(tmp_path):
+    path = tmp_path / "rows.csv"
+    text = 'id,note,n\r\n1,a,1\r\n\r\n2,b,2,2\r\n3,"two\r\nlines",3\r\n4,c\r\n"5\r\n6",d,5,6\r\n\r\n7,e\r\n8,f,8\r\n'
+    path.write_bytes(text.encode())
+    bad_lines = []
+    frame = read_file(path, bad_lines)
+    assert frame["id"].tolist() == [1, 3, 8] and frame["note"].tolist() == ["a", "two\r\nlines", "f"]
+    editor = text.split("\r\n")
+    assert [(b.line, b.fields, b.expected) for b in bad_lines] == [(4, 4, 3), (7, 2, 3), (8, 4, 3), (11, 2, 3)]
+    assert [editor[b.line - 1] for b in bad_lines] == ["2,b,2,2", "4,c", '"5', "7,e"]
+
+
+def test_csv_columns_are_typed_as_pandas_read_csv_typed_them(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text(",id,id,day,at,flag,note,n\n0,a,1,2024-01-31,10:00,True,,1\n1,b,2,2024-02-01,11:30,False,None,NA\n")
+    pd.testing.assert_frame_equal(read_file(path), pd.read_csv(path))
 
 
 def test_split_is_deterministic_by_key_and_close_to_fractions(spec, churn):

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 
+from fleetops.data.sources import BadLine
 from fleetops.errors import UserError
 from fleetops.platform.endpoints import Endpoints
 from fleetops.platform.registry import ModelRegistry
@@ -73,8 +74,11 @@ class Platform(ABC):
     endpoints: Endpoints
 
     @abstractmethod
-    def read_table(self, source: str) -> pd.DataFrame:
-        """Read a data reference (file, SQL query, bq:// table) into a DataFrame."""
+    def read_table(self, source: str, bad_lines: list[BadLine] | None = None) -> pd.DataFrame:
+        """Read a data reference (file, SQL query, bq:// table) into a DataFrame.
+
+        A malformed CSV line fails the read, unless `bad_lines` is given: see `read_file`.
+        """
 
     @property
     @abstractmethod

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from fleetops.data.sources import parse_table, read_file, source_kind
+from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
 from fleetops.platform import Platform, local_uri
 from fleetops.platform.local.endpoints import LocalEndpoints
@@ -33,10 +33,10 @@ class LocalPlatform(Platform):
     def pipeline_root(self) -> str:
         return str(self.home / "pipeline_root")
 
-    def read_table(self, source: str) -> pd.DataFrame:
+    def read_table(self, source: str, bad_lines: list[BadLine] | None = None) -> pd.DataFrame:
         kind = source_kind(source)
         if kind == "file":
-            return read_file(source)
+            return read_file(source, bad_lines)
         with duckdb.connect(str(self.warehouse)) as conn:
             if kind == "table":
                 ref = parse_table(source)
@@ -66,7 +66,9 @@ class LocalPlatform(Platform):
 
         registered = self.registry.get_version(model_id, version)
         predictor = Predictor.load(self.registry.artifact_path(registered), registered.artifact_sha256)
-        result = batch_predict(predictor, self.read_table(source), destination)
+        bad_lines: list[BadLine] = []
+        frame = self.read_table(source, bad_lines)
+        result = batch_predict(predictor, frame, destination, bad_lines=bad_lines)
         return result.summary() | {"model": registered.versioned_name}
 
     def write_table(self, df: pd.DataFrame, table: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from fleetops.data.sources import parse_table, read_file, source_kind
+from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
 from fleetops.platform import Platform, VertexSettings
 from fleetops.platform.vertex.endpoints import VertexEndpoints
@@ -44,10 +44,10 @@ class VertexPlatform(Platform):
     def pipeline_root(self) -> str:
         return self.settings.resolved_pipeline_root()
 
-    def read_table(self, source: str) -> pd.DataFrame:
+    def read_table(self, source: str, bad_lines: list[BadLine] | None = None) -> pd.DataFrame:
         kind = source_kind(source)
         if kind == "file":
-            return read_file(gcs_local_path(source))
+            return read_file(gcs_local_path(source), bad_lines)
         from google.api_core import exceptions
 
         try:
