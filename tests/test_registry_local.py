@@ -2,6 +2,8 @@
 
 import multiprocessing
 import sqlite3
+import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,15 @@ def test_concurrent_writers_never_duplicate_versions_or_aliases(tmp_path):
     holders = conn.execute("SELECT alias, COUNT(*) FROM aliases GROUP BY alias").fetchall()
     assert dict(holders) == {"champion": 1, "default": 1}
     assert sum(len(r) for r in results) == 30
+
+
+def test_opening_the_registry_does_not_wait_for_a_writer(registry, artifact_dirs):
+    # Components, the server and the CLI open it while a shard's registration may hold the write lock.
+    registry.upload_version("m", artifact_dirs[0])
+    with closing(sqlite3.connect(registry.database, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        opened = LocalModelRegistry(registry.home)  # waiting would last the busy timeout (60 s), then fail
+        assert time.monotonic() - started < 5
+        assert opened.get_version("m").version_id == "1"
+        writer.execute("ROLLBACK")

@@ -106,7 +106,6 @@ CREATE TABLE IF NOT EXISTS deployed_models (
     FOREIGN KEY (model_id, version_id) REFERENCES versions(model_id, version_id)
 );
 CREATE TABLE IF NOT EXISTS endpoint_changes (id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL);
-INSERT OR IGNORE INTO endpoint_changes VALUES (1, 0);
 """
 
 
@@ -129,7 +128,11 @@ class LocalModelRegistry(ModelRegistry):
         self.store = self.home / "models"
         self.store.mkdir(parents=True, exist_ok=True)
         with self.connect() as conn:
+            # Once the tables exist this writes nothing and takes no write lock: opening the
+            # registry (every component, the server, the CLI) never waits for a writer.
             conn.executescript(_SCHEMA)
+            if conn.execute("SELECT 1 FROM endpoint_changes").fetchone() is None:
+                conn.execute("INSERT OR IGNORE INTO endpoint_changes VALUES (1, 0)")
         self._migrate()
 
     # -- writes --------------------------------------------------------------------------------
