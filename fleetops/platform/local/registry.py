@@ -8,6 +8,12 @@ nothing. Artifacts are copied to a staging folder first and moved into place
 inside the transaction, so a failed registration leaves neither a row nor a
 file behind.
 
+A killed upload cannot clean up, so each batch stages under
+`models/.staging/<id>/` while holding `<id>.lock` with `flock`, which the
+kernel releases however its process ends. Opening the registry removes every
+staging folder whose lock it can take: those of dead uploads, never one a live
+upload is still writing.
+
 A version is found again by its identity (the model's, or its artifact's sha256),
 so re-registering an unchanged model returns the existing version. A registry
 file from before identities gains the column when it is opened.
@@ -15,6 +21,7 @@ file from before identities gains the column when it is opened.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -110,6 +117,8 @@ CREATE TABLE IF NOT EXISTS endpoint_changes (id INTEGER PRIMARY KEY CHECK (id = 
 
 
 _IDENTITY_INDEX = "versions_model_identity"
+_STAGING = ".staging"
+_LOCK_SUFFIX = ".lock"
 
 # Bytes identical to a registered version are that version too, whichever identity it was
 # given (a version registered before identities existed has its artifact sha256 as identity).
@@ -127,6 +136,7 @@ class LocalModelRegistry(ModelRegistry):
         self.database = self.home / "registry.sqlite"
         self.store = self.home / "models"
         self.store.mkdir(parents=True, exist_ok=True)
+        self._sweep_staging()
         with self.connect() as conn:
             # Once the tables exist this writes nothing and takes no write lock: opening the
             # registry (every component, the server, the CLI) never waits for a writer.
@@ -179,8 +189,8 @@ class LocalModelRegistry(ModelRegistry):
         requests = list(requests)
         for request in requests:
             check_upload_request(request)
-        uploads = [_Upload(r, directory_sha256(r.artifact_path), self._staging_dir()) for r in requests]
-        try:
+        with _Staging(self.store / _STAGING) as staging:
+            uploads = [_Upload(r, directory_sha256(r.artifact_path), staging.folder(i)) for i, r in enumerate(requests)]
             with self.connect() as conn:
                 found = [conn.execute(_FIND_EXISTING, u.key).fetchone() for u in uploads]
                 if all(row is not None for row in found):
@@ -194,9 +204,6 @@ class LocalModelRegistry(ModelRegistry):
             placed: list[Path] = []
             with self.transaction(placed) as conn:
                 return [self._register(conn, upload, placed) for upload in uploads]
-        finally:
-            for upload in uploads:
-                shutil.rmtree(upload.staging, ignore_errors=True)
 
     def add_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
         check_aliases(aliases)
@@ -343,8 +350,20 @@ class LocalModelRegistry(ModelRegistry):
                 conn.execute("UPDATE versions SET identity = artifact_sha256")
             conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {_IDENTITY_INDEX} ON versions (model_id, identity)")
 
-    def _staging_dir(self) -> Path:
-        return self.store / ".staging" / uuid.uuid4().hex
+    def _sweep_staging(self) -> None:
+        """Remove what killed uploads left in staging: every folder whose lock no live upload holds."""
+        root = self.store / _STAGING
+        try:
+            entries = sorted(root.iterdir())
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.name.endswith(_LOCK_SUFFIX):
+                _remove_abandoned(root / entry.name.removesuffix(_LOCK_SUFFIX), entry)
+            elif entry.is_dir() and not (root / f"{entry.name}{_LOCK_SUFFIX}").exists():
+                # An upload creates its lock before its folder and removes it after, so a folder
+                # without one has no upload: it was staged before staging locks existed.
+                shutil.rmtree(entry, ignore_errors=True)
 
     def _register(self, conn: sqlite3.Connection, upload: _Upload, placed: list[Path]) -> Registration:
         """One upload inside its batch's transaction; `placed` gains the folder it moves into the store.
@@ -538,6 +557,70 @@ class _Upload:
             raise PlatformError(
                 f"artifact {str(source)!r} of model {self.request.model_id!r} changed while it was being copied; retry"
             )
+
+
+class _Staging:
+    """A batch's staging folder, `<root>/<id>/`, claimed by holding `<root>/<id>.lock` (flock) until the batch ends.
+
+    The lock file is created and locked before the folder, and removed after it.
+    """
+
+    def __init__(self, root: Path):
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            name = uuid.uuid4().hex
+            lock = root / f"{name}{_LOCK_SUFFIX}"
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A sweep may have taken the fresh file before this process did, and removed it.
+            if _still_names(lock, fd):
+                break
+            os.close(fd)
+        self.path = root / name
+        self._lock = lock
+        self._fd = fd
+
+    def folder(self, index: int) -> Path:
+        """Where the batch's `index`-th artifact is copied."""
+        return self.path / str(index)
+
+    def __enter__(self) -> _Staging:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._lock.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)
+
+
+def _remove_abandoned(folder: Path, lock: Path) -> None:
+    """Remove a staging folder and its lock file if no live upload holds the lock."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return  # its upload has just finished
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a live upload
+        if _still_names(lock, fd):  # not removed by its upload (or another sweep) meanwhile
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _still_names(path: Path, fd: int) -> bool:
+    """Whether `path` is still the file open as `fd`."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _copy_artifact(source: Path, destination: Path) -> None:
