@@ -28,7 +28,7 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -201,7 +201,7 @@ class LocalModelRegistry(ModelRegistry):
             for upload, row in zip(uploads, found, strict=True):
                 if row is None:
                     upload.stage()
-            placed: list[Path] = []
+            placed: list[_Placed] = []
             with self.transaction(placed) as conn:
                 return [self._register(conn, upload, placed) for upload in uploads]
 
@@ -312,13 +312,15 @@ class LocalModelRegistry(ModelRegistry):
             conn.close()
 
     @contextmanager
-    def transaction(self, placed: list[Path] | None = None) -> Iterator[sqlite3.Connection]:
+    def transaction(self, placed: list[_Placed] | None = None) -> Iterator[sqlite3.Connection]:
         """One `BEGIN IMMEDIATE` transaction: committed when the block ends, rolled back if it (or the commit) fails.
 
         Args:
             placed: Folders the block moves into the store for the rows it writes. On failure
-                they are removed before the rollback, while this connection still holds the
-                write lock: no other writer can have registered a version at those paths yet.
+                the ones still there are removed under the write lock, so never a folder another
+                writer has committed at the same path: before the rollback while this connection
+                holds the lock, or, when SQLite has rolled back by itself and released it, after
+                taking it again (`_remove_uncommitted`).
         """
         with self.connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -326,12 +328,39 @@ class LocalModelRegistry(ModelRegistry):
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
-                for path in placed or ():
-                    shutil.rmtree(path, ignore_errors=True)
-                # A failed COMMIT may have rolled back already.
+                if conn.in_transaction:
+                    for folder in placed or ():
+                        folder.remove()
+                    conn.execute("ROLLBACK")
+                elif placed:
+                    self._remove_uncommitted(conn, placed)
+                raise
+
+    def _remove_uncommitted(self, conn: sqlite3.Connection, placed: list[_Placed]) -> None:
+        """Remove placed folders after the transaction ended without this connection's ROLLBACK.
+
+        SQLite rolls a transaction back by itself on an interrupted write, a full disk or an
+        I/O error (also in COMMIT), and the write lock goes with it: another writer may since
+        have registered the same version ids and moved its own folders to these paths. Under
+        the lock again, a folder goes only if it is still the one this batch moved there and
+        no committed row names it (an exception raised just after a successful COMMIT ends
+        here too, with its rows committed). If the lock cannot be had, the folders stay: no
+        row names them, and the next registration of their version replaces them.
+        """
+        # Never an error of its own: the caller re-raises the one that ended the transaction.
+        with suppress(sqlite3.Error):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for folder in placed:
+                    committed = conn.execute(
+                        "SELECT 1 FROM versions WHERE model_id = ? AND version_id = ?",
+                        (folder.model_id, folder.version_id),
+                    ).fetchone()
+                    if committed is None:
+                        folder.remove()
+            finally:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise
 
     def _migrate(self) -> None:
         """Bring a registry file from before version identities up to date (a no-op once done).
@@ -365,7 +394,7 @@ class LocalModelRegistry(ModelRegistry):
                 # without one has no upload: it was staged before staging locks existed.
                 shutil.rmtree(entry, ignore_errors=True)
 
-    def _register(self, conn: sqlite3.Connection, upload: _Upload, placed: list[Path]) -> Registration:
+    def _register(self, conn: sqlite3.Connection, upload: _Upload, placed: list[_Placed]) -> Registration:
         """One upload inside its batch's transaction; `placed` gains the folder it moves into the store.
 
         Deduplication is decided here, under the write lock, so it also sees the versions
@@ -417,8 +446,9 @@ class LocalModelRegistry(ModelRegistry):
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             shutil.rmtree(final)  # left by a crash before a commit: never registered
+        # Recorded before the move, so a failure at any point after it still removes the folder.
+        placed.append(_Placed(final, model_id, version_id, _file_id(upload.staging)))
         os.replace(upload.staging, final)
-        placed.append(final)
         return Registration(self._version(conn, model_id, version_id), created=True)
 
     def _require_model(self, conn: sqlite3.Connection, model_id: str) -> None:
@@ -559,6 +589,34 @@ class _Upload:
             )
 
 
+@dataclass(frozen=True)
+class _Placed:
+    """A folder a batch moved into the store for a version row it wrote, and which file it is.
+
+    A rename keeps the file's identity (device, inode), and another writer's folder at the same
+    path is another file: removing only while the path is still this one removes only ours.
+    """
+
+    path: Path
+    model_id: str
+    version_id: int
+    file_id: tuple[int, int]
+
+    def remove(self) -> None:
+        """Remove the folder if the path still holds it."""
+        try:
+            if _file_id(self.path) != self.file_id:
+                return
+        except OSError:
+            return  # gone (or unreadable): nothing of ours to remove
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
 class _Staging:
     """A batch's staging folder, `<root>/<id>/`, claimed by holding `<root>/<id>.lock` (flock) until the batch ends.
 
@@ -616,11 +674,11 @@ def _remove_abandoned(folder: Path, lock: Path) -> None:
 def _still_names(path: Path, fd: int) -> bool:
     """Whether `path` is still the file open as `fd`."""
     try:
-        named = os.stat(path)
+        named = _file_id(path)
     except FileNotFoundError:
         return False
     held = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+    return named == (held.st_dev, held.st_ino)
 
 
 def _copy_artifact(source: Path, destination: Path) -> None:
