@@ -1,4 +1,4 @@
-"""Serving components: canary new champions on their endpoints, promote or roll back a fleet's canaries."""
+"""Serving components: canary champions on their endpoints, promote or roll back a fleet's canaries."""
 
 from kfp.dsl import Artifact, Input, Output
 
@@ -7,13 +7,17 @@ from components.image import fleetops_component
 
 @fleetops_component
 def deploy(fleet_spec: str, platform: str, registered: Input[Artifact], releases: Output[Artifact]) -> str:
-    """Deploy each new champion of a shard to its endpoint: 100% on a new endpoint, else a canary.
+    """Deploy each segment's champion where its endpoint lacks it: 100% on a new endpoint, else a canary.
+
+    New champions, and champions an earlier run registered but never deployed (it died before
+    this step): the registry's `champion` alias is what each endpoint must serve.
 
     Args:
         fleet_spec: The fleet spec, YAML or JSON text (its `serving` section decides).
         platform: Platform URI: `local:///path` or `vertex://PROJECT/REGION`.
-        registered: What the register step registered (JSON).
-        releases: Output. Each deploy: endpoint, deployed model id, the split before and after (JSON).
+        registered: What the register step registered (JSON): the shard's segments.
+        releases: Output. Each deploy: endpoint, deployed model id, the split before and after, and
+            whether it reconciled a champion of an earlier run (JSON).
 
     Returns:
         The number of deploys, as JSON text.

@@ -222,6 +222,8 @@ class FakeVertex(LoopbackJsonServer):
     def _delete(self, parent: str, model_id: str, version: str | None, resolved: str) -> tuple[int, dict[str, Any]]:
         if version is None:
             del self.models[model_id]
+        elif "default" in self.models[model_id]["versions"][resolved]["versionAliases"]:
+            return _error(400, f"the default version of model {model_id} cannot be deleted")
         else:
             del self.models[model_id]["versions"][resolved]
         return 200, _done(

@@ -3,7 +3,7 @@
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
-from fleetops.errors import UserError
+from fleetops.errors import NotFoundError, UserError
 from fleetops.platform import connect
 from fleetops.platform.endpoints import DeploymentSettings
 from tests.fake_vertex import FakeVertex
@@ -93,3 +93,9 @@ def test_promote_and_undeploy(vertex):
         "deployedModelId": first,
         "trafficSplit": {canary: 100},
     }
+
+
+def test_a_missing_endpoint_is_not_found_as_on_the_twin(vertex):
+    # The SDK reads an endpoint lazily; `deploy_champions` creates an endpoint on this error.
+    with pytest.raises(NotFoundError, match="endpoint 'churn-west' does not exist in proj-1/us-central1"):
+        vertex.endpoints.get("churn-west")

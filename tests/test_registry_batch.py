@@ -2,11 +2,13 @@
 
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from fleetops.errors import RegistryRuleError
+from fleetops.fingerprints import directory_sha256
 from fleetops.platform.local.registry import LocalModelRegistry
 from fleetops.platform.registry import EvaluationInput, UploadRequest
 
@@ -234,3 +236,68 @@ def test_default_and_alias_rules_are_those_of_uploads_one_by_one(tmp_path):
     assert _committed(batch) == _committed(one_by_one)
     assert batch.get_version("m").version_id == "3" and batch.get_version("m", "canary").version_id == "4"
     assert batch.get_version("n", "default").version_id == batch.get_version("n", "canary").version_id == "3"
+
+
+def test_a_batch_sqlite_rolled_back_never_removes_the_folder_another_writer_committed(registry, tmp_path, monkeypatch):
+    """SQLite rolls back by itself when a write is interrupted (or meets a full disk) and releases the write lock.
+
+    Writer A's batch has moved `m`'s artifact to m/1 when its next INSERT is interrupted. Writer B
+    then registers `m` v1 at the same path. A's cleanup, held up until B has committed (a window
+    of microseconds otherwise), must not remove B's folder.
+    """
+    a0, a1, a2 = _artifacts(tmp_path, 3)
+    writer_a = threading.current_thread()
+    a_placed, b_begins, b_done = threading.Event(), threading.Event(), threading.Event()
+    connect, rmtree = sqlite3.connect, shutil.rmtree
+
+    def instrumented(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        if threading.current_thread() is writer_a:
+            inserts, fired = [], []
+
+            def trace(sql):
+                if sql.startswith("INSERT INTO versions"):
+                    inserts.append(sql)
+                    if len(inserts) == 2:  # n's row: m's folder is in place
+                        a_placed.set()
+
+            def interrupt():
+                if len(inserts) == 2 and not fired:
+                    fired.append(True)
+                    return 1
+                return 0
+
+            conn.set_trace_callback(trace)
+            conn.set_progress_handler(interrupt, 1)
+        else:
+            conn.set_trace_callback(lambda sql: sql.startswith("BEGIN IMMEDIATE") and b_begins.set())
+        return conn
+
+    def delayed_rmtree(path, *args, **kwargs):
+        if threading.current_thread() is writer_a and Path(path) == registry.store / "m" / "1":
+            # Give B the time to commit: it can only if A no longer holds the write lock.
+            b_begins.wait(10)
+            b_done.wait(1)
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", instrumented)
+    monkeypatch.setattr(shutil, "rmtree", delayed_rmtree)
+    registered = []
+
+    def writer_b():
+        a_placed.wait(10)
+        registered.append(registry.upload_version("m", a2))
+        b_done.set()
+
+    other = threading.Thread(target=writer_b)
+    other.start()
+    with pytest.raises(sqlite3.OperationalError, match="interrupted"):
+        registry.upload_versions([UploadRequest("m", a0), UploadRequest("n", a1)])
+    other.join(30)
+    monkeypatch.undo()
+
+    [b] = registered
+    assert b.created and (b.version.model_id, b.version.version_id) == ("m", "1")
+    assert registry.list_models() == ["m"]  # A's batch left nothing
+    assert directory_sha256(registry.artifact_path(b.version)) == directory_sha256(a2)
+    assert not any((registry.store / ".staging").iterdir())

@@ -1,7 +1,12 @@
 """The local twin's registry follows Vertex's rules (docs/local-twin.md, "Model Registry")."""
 
 import multiprocessing
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,7 @@ from fleetops.platform.local.registry import LocalModelRegistry
 from fleetops.platform.registry import EvaluationInput
 
 SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -247,3 +253,63 @@ def test_concurrent_writers_never_duplicate_versions_or_aliases(tmp_path):
     holders = conn.execute("SELECT alias, COUNT(*) FROM aliases GROUP BY alias").fetchall()
     assert dict(holders) == {"champion": 1, "default": 1}
     assert sum(len(r) for r in results) == 30
+
+
+def test_opening_the_registry_does_not_wait_for_a_writer(registry, artifact_dirs):
+    # Components, the server and the CLI open it while a shard's registration may hold the write lock.
+    registry.upload_version("m", artifact_dirs[0])
+    with closing(sqlite3.connect(registry.database, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        opened = LocalModelRegistry(registry.home)  # waiting would last the busy timeout (60 s), then fail
+        assert time.monotonic() - started < 5
+        assert opened.get_version("m").version_id == "1"
+        writer.execute("ROLLBACK")
+
+
+_UPLOAD = """
+import sys
+from fleetops.platform.local.registry import LocalModelRegistry
+LocalModelRegistry(sys.argv[1]).upload_version(sys.argv[2], sys.argv[3])
+"""
+
+
+def _upload_in_child(home: Path, model_id: str, artifact: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _UPLOAD, str(home), model_id, str(artifact)], cwd=ROOT)
+
+
+def _staged(staging: Path) -> Path:
+    """Wait until an upload has copied its artifact into staging; the folder it staged in."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = [p for p in staging.iterdir() if {"model.bin", "meta.json"} <= {f.name for f in p.rglob("*")}]
+        if done:
+            return done[0]
+        time.sleep(0.01)
+    raise AssertionError(f"nothing staged in 60 s: {sorted(staging.iterdir())}")
+
+
+def test_opening_the_registry_sweeps_staging_left_by_a_killed_upload_but_not_a_live_one(registry, artifact_dirs):
+    staging = registry.store / ".staging"
+    (staging / "0d15ea5e").mkdir(parents=True)  # staged before staging locks existed
+    with closing(sqlite3.connect(registry.database, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")  # uploads stage their artifact, then wait here for the write lock
+        killed = _upload_in_child(registry.home, "m", artifact_dirs[0])
+        left = _staged(staging)
+        killed.send_signal(signal.SIGKILL)
+        assert killed.wait() == -signal.SIGKILL
+        assert left.exists()
+        LocalModelRegistry(registry.home)
+        assert list(staging.iterdir()) == []
+
+        live = _upload_in_child(registry.home, "n", artifact_dirs[1])
+        kept = _staged(staging)
+        LocalModelRegistry(registry.home)
+        assert sorted(p.name for p in staging.iterdir()) == [kept.name, f"{kept.name}.lock"]
+        writer.execute("ROLLBACK")
+    assert live.wait(timeout=60) == 0
+    version = registry.get_version("n")
+    assert directory_sha256(registry.artifact_path(version)) == directory_sha256(artifact_dirs[1])
+    assert list(staging.iterdir()) == []  # a finished upload leaves no folder and no lock
+    with pytest.raises(NotFoundError):
+        registry.get_version("m")

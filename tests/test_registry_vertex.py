@@ -176,6 +176,26 @@ def test_evaluation_import_request_and_undo_on_failure(vertex, fake, artifact_di
     assert [v.version_id for v in vertex.registry.list_versions("m")] == ["1"]  # the upload was undone
 
 
+def test_an_undone_upload_that_took_default_and_champion_gives_them_back(vertex, fake, artifact_dirs):
+    vertex.registry.upload_version(
+        "m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img", aliases=["champion"]
+    )
+    fake.fail_evaluation_import = True
+    with pytest.raises(Exception, match="injected failure"):
+        vertex.registry.upload_version(
+            "m",
+            artifact_dirs[1],
+            artifact_uri="gs://b/2",
+            serving_image="img",
+            aliases=["champion", "canary"],
+            evaluation=EvaluationInput(SCHEMA, {"auRoc": 0.9}),
+        )
+    # No version is left without its evaluation, holding the aliases it took.
+    [v1] = vertex.registry.list_versions("m")
+    assert v1.version_id == "1" and v1.aliases == ("champion", "default")
+    assert fake.calls("POST", ":mergeVersionAliases")[-1]["path"].endswith("models/m@1:mergeVersionAliases")
+
+
 def test_a_batch_uploads_model_by_model_and_a_rerun_completes_it(vertex, fake, artifact_dirs):
     def request(model_id, i, **options):
         return UploadRequest(model_id, artifact_dirs[i], artifact_uri=f"gs://b/{i}", serving_image="img", **options)

@@ -8,6 +8,12 @@ nothing. Artifacts are copied to a staging folder first and moved into place
 inside the transaction, so a failed registration leaves neither a row nor a
 file behind.
 
+A killed upload cannot clean up, so each batch stages under
+`models/.staging/<id>/` while holding `<id>.lock` with `flock`, which the
+kernel releases however its process ends. Opening the registry removes every
+staging folder whose lock it can take: those of dead uploads, never one a live
+upload is still writing.
+
 A version is found again by its identity (the model's, or its artifact's sha256),
 so re-registering an unchanged model returns the existing version. A registry
 file from before identities gains the column when it is opened.
@@ -15,13 +21,14 @@ file from before identities gains the column when it is opened.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,11 +113,12 @@ CREATE TABLE IF NOT EXISTS deployed_models (
     FOREIGN KEY (model_id, version_id) REFERENCES versions(model_id, version_id)
 );
 CREATE TABLE IF NOT EXISTS endpoint_changes (id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL);
-INSERT OR IGNORE INTO endpoint_changes VALUES (1, 0);
 """
 
 
 _IDENTITY_INDEX = "versions_model_identity"
+_STAGING = ".staging"
+_LOCK_SUFFIX = ".lock"
 
 # Bytes identical to a registered version are that version too, whichever identity it was
 # given (a version registered before identities existed has its artifact sha256 as identity).
@@ -128,8 +136,13 @@ class LocalModelRegistry(ModelRegistry):
         self.database = self.home / "registry.sqlite"
         self.store = self.home / "models"
         self.store.mkdir(parents=True, exist_ok=True)
+        self._sweep_staging()
         with self.connect() as conn:
+            # Once the tables exist this writes nothing and takes no write lock: opening the
+            # registry (every component, the server, the CLI) never waits for a writer.
             conn.executescript(_SCHEMA)
+            if conn.execute("SELECT 1 FROM endpoint_changes").fetchone() is None:
+                conn.execute("INSERT OR IGNORE INTO endpoint_changes VALUES (1, 0)")
         self._migrate()
 
     # -- writes --------------------------------------------------------------------------------
@@ -176,8 +189,8 @@ class LocalModelRegistry(ModelRegistry):
         requests = list(requests)
         for request in requests:
             check_upload_request(request)
-        uploads = [_Upload(r, directory_sha256(r.artifact_path), self._staging_dir()) for r in requests]
-        try:
+        with _Staging(self.store / _STAGING) as staging:
+            uploads = [_Upload(r, directory_sha256(r.artifact_path), staging.folder(i)) for i, r in enumerate(requests)]
             with self.connect() as conn:
                 found = [conn.execute(_FIND_EXISTING, u.key).fetchone() for u in uploads]
                 if all(row is not None for row in found):
@@ -188,12 +201,9 @@ class LocalModelRegistry(ModelRegistry):
             for upload, row in zip(uploads, found, strict=True):
                 if row is None:
                     upload.stage()
-            placed: list[Path] = []
+            placed: list[_Placed] = []
             with self.transaction(placed) as conn:
                 return [self._register(conn, upload, placed) for upload in uploads]
-        finally:
-            for upload in uploads:
-                shutil.rmtree(upload.staging, ignore_errors=True)
 
     def add_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
         check_aliases(aliases)
@@ -302,13 +312,15 @@ class LocalModelRegistry(ModelRegistry):
             conn.close()
 
     @contextmanager
-    def transaction(self, placed: list[Path] | None = None) -> Iterator[sqlite3.Connection]:
+    def transaction(self, placed: list[_Placed] | None = None) -> Iterator[sqlite3.Connection]:
         """One `BEGIN IMMEDIATE` transaction: committed when the block ends, rolled back if it (or the commit) fails.
 
         Args:
             placed: Folders the block moves into the store for the rows it writes. On failure
-                they are removed before the rollback, while this connection still holds the
-                write lock: no other writer can have registered a version at those paths yet.
+                the ones still there are removed under the write lock, so never a folder another
+                writer has committed at the same path: before the rollback while this connection
+                holds the lock, or, when SQLite has rolled back by itself and released it, after
+                taking it again (`_remove_uncommitted`).
         """
         with self.connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -316,12 +328,39 @@ class LocalModelRegistry(ModelRegistry):
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
-                for path in placed or ():
-                    shutil.rmtree(path, ignore_errors=True)
-                # A failed COMMIT may have rolled back already.
+                if conn.in_transaction:
+                    for folder in placed or ():
+                        folder.remove()
+                    conn.execute("ROLLBACK")
+                elif placed:
+                    self._remove_uncommitted(conn, placed)
+                raise
+
+    def _remove_uncommitted(self, conn: sqlite3.Connection, placed: list[_Placed]) -> None:
+        """Remove placed folders after the transaction ended without this connection's ROLLBACK.
+
+        SQLite rolls a transaction back by itself on an interrupted write, a full disk or an
+        I/O error (also in COMMIT), and the write lock goes with it: another writer may since
+        have registered the same version ids and moved its own folders to these paths. Under
+        the lock again, a folder goes only if it is still the one this batch moved there and
+        no committed row names it (an exception raised just after a successful COMMIT ends
+        here too, with its rows committed). If the lock cannot be had, the folders stay: no
+        row names them, and the next registration of their version replaces them.
+        """
+        # Never an error of its own: the caller re-raises the one that ended the transaction.
+        with suppress(sqlite3.Error):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for folder in placed:
+                    committed = conn.execute(
+                        "SELECT 1 FROM versions WHERE model_id = ? AND version_id = ?",
+                        (folder.model_id, folder.version_id),
+                    ).fetchone()
+                    if committed is None:
+                        folder.remove()
+            finally:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise
 
     def _migrate(self) -> None:
         """Bring a registry file from before version identities up to date (a no-op once done).
@@ -340,10 +379,22 @@ class LocalModelRegistry(ModelRegistry):
                 conn.execute("UPDATE versions SET identity = artifact_sha256")
             conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {_IDENTITY_INDEX} ON versions (model_id, identity)")
 
-    def _staging_dir(self) -> Path:
-        return self.store / ".staging" / uuid.uuid4().hex
+    def _sweep_staging(self) -> None:
+        """Remove what killed uploads left in staging: every folder whose lock no live upload holds."""
+        root = self.store / _STAGING
+        try:
+            entries = sorted(root.iterdir())
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.name.endswith(_LOCK_SUFFIX):
+                _remove_abandoned(root / entry.name.removesuffix(_LOCK_SUFFIX), entry)
+            elif entry.is_dir() and not (root / f"{entry.name}{_LOCK_SUFFIX}").exists():
+                # An upload creates its lock before its folder and removes it after, so a folder
+                # without one has no upload: it was staged before staging locks existed.
+                shutil.rmtree(entry, ignore_errors=True)
 
-    def _register(self, conn: sqlite3.Connection, upload: _Upload, placed: list[Path]) -> Registration:
+    def _register(self, conn: sqlite3.Connection, upload: _Upload, placed: list[_Placed]) -> Registration:
         """One upload inside its batch's transaction; `placed` gains the folder it moves into the store.
 
         Deduplication is decided here, under the write lock, so it also sees the versions
@@ -395,8 +446,9 @@ class LocalModelRegistry(ModelRegistry):
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             shutil.rmtree(final)  # left by a crash before a commit: never registered
+        # Recorded before the move, so a failure at any point after it still removes the folder.
+        placed.append(_Placed(final, model_id, version_id, _file_id(upload.staging)))
         os.replace(upload.staging, final)
-        placed.append(final)
         return Registration(self._version(conn, model_id, version_id), created=True)
 
     def _require_model(self, conn: sqlite3.Connection, model_id: str) -> None:
@@ -535,6 +587,98 @@ class _Upload:
             raise PlatformError(
                 f"artifact {str(source)!r} of model {self.request.model_id!r} changed while it was being copied; retry"
             )
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A folder a batch moved into the store for a version row it wrote, and which file it is.
+
+    A rename keeps the file's identity (device, inode), and another writer's folder at the same
+    path is another file: removing only while the path is still this one removes only ours.
+    """
+
+    path: Path
+    model_id: str
+    version_id: int
+    file_id: tuple[int, int]
+
+    def remove(self) -> None:
+        """Remove the folder if the path still holds it."""
+        try:
+            if _file_id(self.path) != self.file_id:
+                return
+        except OSError:
+            return  # gone (or unreadable): nothing of ours to remove
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+class _Staging:
+    """A batch's staging folder, `<root>/<id>/`, claimed by holding `<root>/<id>.lock` (flock) until the batch ends.
+
+    The lock file is created and locked before the folder, and removed after it.
+    """
+
+    def __init__(self, root: Path):
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            name = uuid.uuid4().hex
+            lock = root / f"{name}{_LOCK_SUFFIX}"
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A sweep may have taken the fresh file before this process did, and removed it.
+            if _still_names(lock, fd):
+                break
+            os.close(fd)
+        self.path = root / name
+        self._lock = lock
+        self._fd = fd
+
+    def folder(self, index: int) -> Path:
+        """Where the batch's `index`-th artifact is copied."""
+        return self.path / str(index)
+
+    def __enter__(self) -> _Staging:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._lock.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)
+
+
+def _remove_abandoned(folder: Path, lock: Path) -> None:
+    """Remove a staging folder and its lock file if no live upload holds the lock."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return  # its upload has just finished
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a live upload
+        if _still_names(lock, fd):  # not removed by its upload (or another sweep) meanwhile
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _still_names(path: Path, fd: int) -> bool:
+    """Whether `path` is still the file open as `fd`."""
+    try:
+        named = _file_id(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return named == (held.st_dev, held.st_ino)
 
 
 def _copy_artifact(source: Path, destination: Path) -> None:

@@ -148,7 +148,11 @@ class VertexEndpoints(Endpoints):
 
         check_endpoint_id(endpoint_id)
         try:
-            return aiplatform.Endpoint(self.name(endpoint_id), credentials=self.credentials)
+            endpoint = aiplatform.Endpoint(self.name(endpoint_id), credentials=self.credentials)
+            # The SDK reads the endpoint on first use: read it here, where a missing one becomes
+            # our NotFoundError (what `deploy_champions` creates a fleet member's endpoint on).
+            _ = endpoint.gca_resource
+            return endpoint
         except exceptions.NotFound:
             raise NotFoundError(
                 f"endpoint {endpoint_id!r} does not exist in {self.settings.project}/{self.settings.region}"

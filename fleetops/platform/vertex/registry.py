@@ -124,7 +124,7 @@ class VertexModelRegistry(ModelRegistry):
             except Exception:
                 # Vertex has no transaction spanning two calls: undo the upload so no
                 # version is left without its evaluation.
-                self._undo_upload(model_id, version, bool(existing_versions))
+                self._undo_upload(model_id, version, existing_versions)
                 raise
         return Registration(version, created=True)
 
@@ -244,15 +244,29 @@ class VertexModelRegistry(ModelRegistry):
         ]
         return sorted(versions, key=lambda v: int(v.version_id))
 
-    def _undo_upload(self, model_id: str, version: ModelVersion, had_versions: bool) -> None:
+    def _undo_upload(self, model_id: str, version: ModelVersion, before: list[ModelVersion] | None) -> None:
+        """Remove a version just uploaded, and give back the aliases it took from `before` (the versions then).
+
+        Vertex refuses to delete the default version, and an upload made the default one took
+        `default` (and `champion`, ...) from an earlier version: the aliases go back first, or
+        the version would stay, without its evaluation, as the model's default and champion.
+        """
         from google.cloud import aiplatform
 
-        if had_versions:
-            if version.is_default:
-                return  # a default version cannot be deleted; leave it rather than break the model
-            self._registry(model_id).delete_version(version.version_id)
-        else:
+        if not before:
             aiplatform.Model(self.model_name(model_id), credentials=self.credentials).delete()
+            return
+        taken: dict[str, list[str]] = {}
+        for alias in version.aliases:
+            holder = next((v for v in before if alias in v.aliases), None)
+            if holder is not None:
+                taken.setdefault(holder.version_id, []).append(alias)
+        if version.is_default and not any(DEFAULT_ALIAS in aliases for aliases in taken.values()):
+            return  # no earlier default to give it back to: leave the version rather than break the model
+        registry = self._registry(model_id)
+        for version_id, aliases in taken.items():
+            registry.add_version_aliases(aliases, version_id)
+        registry.delete_version(version.version_id)
 
     def _from_gca(self, model: Any) -> ModelVersion:
         name = model.name
