@@ -1,8 +1,10 @@
 """The prediction server, for real: a child process on loopback, called by the official Vertex client."""
 
+import json
 import shutil
 import time
 
+import numpy as np
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud.aiplatform_v1 import PredictionServiceClient
@@ -39,12 +41,72 @@ def twin(tmp_path, trained_models):
     return _twin(tmp_path / "home", trained_models)
 
 
+def _altered(source, target, layer_name, change):
+    """A copy of a model artifact with one layer's weights changed in place by `change(kernel, bias)`."""
+    from fleetops.names import METADATA_IDENTITY, MODEL_STATISTICS_FILE
+    from fleetops.training.artifact import load_artifact, save_artifact
+
+    artifact = load_artifact(source)
+    layer = artifact.model.get_layer(layer_name)
+    kernel, bias = layer.get_weights()
+    change(kernel, bias)
+    layer.set_weights([kernel, bias])
+    metadata = {k: v for k, v in artifact.metadata.items() if k not in ("format", METADATA_IDENTITY)}
+    statistics = json.loads((artifact.path / MODEL_STATISTICS_FILE).read_text())
+    return save_artifact(artifact.model, metadata, statistics, target)
+
+
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory, trained_models):
+def altered_models(tmp_path_factory, trained_models):
+    """Real models given weights no training gives, so that their output is not always finite.
+
+    - overflowing: a DNN whose second hidden layer's weights are all +-1e30; ordinary values score,
+      large ones overflow to inf there and inf - inf = NaN follows. In-range input, NaN output.
+    - overflowing_gradients: linear, tenure_months and monthly_charges weighted +1e30 and -1e30;
+      the gradients along the integration path overflow for large values of both.
+    - faulty: the output bias is NaN, so every output is NaN, whatever the input.
+    """
+    from fleetops.data.sample import SAMPLE_SPEC, make_churn
+    from fleetops.data.split import with_splits
+    from fleetops.data.validation import segment_values
+    from fleetops.spec import parse_spec
+    from fleetops.training.trainer import SEGMENT_COLUMN, train_segment
+
+    root = tmp_path_factory.mktemp("altered")
+    base = parse_spec(SAMPLE_SPEC.format(source="x.csv")).model_dump(mode="json")
+    spec = parse_spec(base | {"architectures": ["dnn"], "training": base["training"] | {"epochs": 1}})
+    rows = with_splits(make_churn(rows_per_segment=300, segments=1, seed=3), spec.data.split, spec.data.split_key)
+    rows[SEGMENT_COLUMN] = segment_values(rows, spec)
+    dnn = train_segment(rows, spec, "north", root / "dnn").artifact_dir
+
+    def huge_weights(kernel, bias):
+        kernel[:] = 1e30 * np.sign(kernel)
+
+    def opposite_huge_weights(kernel, bias):
+        kernel[0], kernel[1] = 1e30, -1e30
+
+    def nan_bias(kernel, bias):
+        bias[:] = float("nan")
+
+    return {
+        "overflowing": _altered(dnn, root / "overflowing", "hidden_1", huge_weights),
+        "overflowing_gradients": _altered(
+            trained_models[0], root / "overflowing_gradients", "probability", opposite_huge_weights
+        ),
+        "faulty": _altered(trained_models[0], root / "faulty", "probability", nan_bias),
+    }
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory, trained_models, altered_models):
     """One server for the tests that only read: bad requests must leave it serving for the next."""
     from tests.conftest import ServerProcess
 
     platform = _twin(tmp_path_factory.mktemp("shared") / "home", trained_models)
+    for name in ("overflowing", "faulty"):
+        platform.registry.upload_version(name, altered_models[name])
+        platform.endpoints.create(name)
+        platform.endpoints.deploy(name, name, "1")
     server = ServerProcess(platform.home)
     yield server
     server.stop()
@@ -98,6 +160,61 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(shared_server, body, 
     assert status == code
     assert message in payload["error"]["message"]
     assert server.request("POST", PATH, {"instances": [GOOD]})[0] == 200
+
+
+@pytest.mark.parametrize("verb", ["predict", "explain"])
+@pytest.mark.parametrize("value", [1e39, -1e39, 1e308])
+def test_numbers_beyond_float32_are_bad_input(shared_server, verb, value):
+    """They used to pass the check (finite in float64), become inf in the float32 cast, and come back as null scores."""
+    path = f"/v1/{ENDPOINT}:{verb}"
+    status, payload = shared_server.request("POST", path, {"instances": [GOOD, dict(GOOD, tenure_months=value)]})
+    assert status == 400, payload
+    message = payload["error"]["message"]
+    assert f"instance 1 feature 'tenure_months' is {value!r}, outside the range the model takes" in message
+    assert "-3.4028234663852886e+38 to 3.4028234663852886e+38 (float32)" in message
+    assert shared_server.request("POST", path, {"instances": [GOOD]})[0] == 200
+
+
+@pytest.mark.parametrize("verb", ["predict", "explain"])
+def test_the_largest_float32_is_served_with_finite_scores(shared_server, verb):
+    instances = [dict(GOOD, tenure_months=3.4028234663852886e38), dict(GOOD, tenure_months=-3.4028234663852886e38)]
+    status, payload = shared_server.request("POST", f"/v1/{ENDPOINT}:{verb}", {"instances": instances})
+    assert status == 200, payload
+    assert all(isinstance(s, float) for p in payload["predictions"] for s in p["scores"])
+
+
+@pytest.mark.parametrize("verb", ["predict", "explain"])
+def test_output_that_overflows_for_an_instance_is_a_400_naming_it(shared_server, verb):
+    path = f"/v1/projects/local/locations/local/endpoints/overflowing:{verb}"
+    assert shared_server.request("POST", path, {"instances": [GOOD]})[0] == 200  # ordinary values score
+    huge = dict(GOOD, tenure_months=1e12, monthly_charges=1e12)
+    status, payload = shared_server.request("POST", path, {"instances": [GOOD, huge]})
+    assert status == 400, payload
+    message = payload["error"]["message"]
+    assert message.startswith("instance 1: the model's output is not a finite number for its numeric values")
+    assert "'tenure_months': 1000000000000.0" in message
+
+
+@pytest.mark.parametrize("verb", ["predict", "explain"])
+def test_a_model_whose_output_is_never_finite_is_a_500_not_null_scores(shared_server, verb):
+    path = f"/v1/projects/local/locations/local/endpoints/faulty:{verb}"
+    status, payload = shared_server.request("POST", path, {"instances": [GOOD]})
+    assert status == 500, payload
+    assert payload["error"]["status"] == "INTERNAL"
+    assert "even with its numeric features left out: the model itself is faulty" in payload["error"]["message"]
+    assert shared_server.request("POST", PATH, {"instances": [GOOD]})[0] == 200
+
+
+def test_attributions_that_overflow_are_refused(altered_models):
+    from fleetops.errors import UserError
+    from fleetops.serving.explain import integrated_gradients
+    from fleetops.serving.predictor import Predictor
+
+    predictor = Predictor.load(altered_models["overflowing_gradients"])
+    huge = dict(GOOD, tenure_months=1e12, monthly_charges=1e12)
+    columns = predictor.columns([GOOD, huge])
+    with pytest.raises(UserError, match=r"^instance 1: its attributions are not finite numbers"):
+        integrated_gradients(predictor, columns)
 
 
 def test_unknown_and_empty_endpoints(shared_server):

@@ -6,7 +6,9 @@ categorical one-hot) and summed back per feature. The baseline is the
 all-zero encoding: every numeric feature at its training mean, every
 categorical feature with no category. By completeness the attributions sum to
 about `instanceOutputValue - baselineOutputValue`; `approximationError` says
-how far off the Riemann sum is.
+how far off the Riemann sum is. Attributions that are not finite (an
+instance's huge values overflowing the gradient arithmetic) are refused,
+never returned as JSON nulls.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fleetops.errors import UserError
-from fleetops.serving.predictor import Predictor
+from fleetops.serving.predictor import ModelOutputError, Predictor
 
 DEFAULT_STEPS = 50
 MAX_STEPS = 100
@@ -67,6 +69,7 @@ def integrated_gradients(
     attributions = ((x - baseline) * tf.reduce_mean(grads, axis=0)).numpy()
     baseline_out = _pick(head(baseline), target).numpy()
     instance_out = _pick(tf.constant(outputs), target).numpy()
+    _check_finite(predictor, columns, attributions, instance_out, baseline_out)
 
     explanations = []
     bounds = np.cumsum([0, *widths])
@@ -88,6 +91,26 @@ def integrated_gradients(
             attribution["outputDisplayName"] = predictor.classes[int(target[i])]
         explanations.append({"attributions": [attribution]})
     return explanations
+
+
+def _check_finite(
+    predictor: Predictor,
+    columns: dict[str, list[Any]],
+    attributions: np.ndarray,
+    instance_out: np.ndarray,
+    baseline_out: np.ndarray,
+) -> None:
+    """Refuse non-finite explanations: at the baseline the model is at fault (a 500), else the instance's values."""
+    if not np.isfinite(baseline_out).all():
+        raise ModelOutputError("the model's output at the explanation baseline (every feature left out) is not finite")
+    finite = np.isfinite(attributions).all(axis=1) & np.isfinite(instance_out)
+    if not finite.all():
+        index = int(np.flatnonzero(~finite)[0])
+        numbers = {name: columns[name][index] for name in predictor.numeric}
+        raise UserError(
+            f"instance {index}: its attributions are not finite numbers for its numeric values {numbers}: "
+            "they are too large for the model's float32 arithmetic"
+        )
 
 
 def _target_index(predictor: Predictor, outputs: np.ndarray) -> np.ndarray:

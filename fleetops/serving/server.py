@@ -315,16 +315,16 @@ class PredictionApp:
             )
         columns = served.predictor.columns(instances)
         n = len(instances)
+        outputs = await served.batcher.predict(columns, n)
+        served.predictor.check_finite(outputs, columns)
         if verb == "explain":
             from fleetops.serving.explain import integrated_gradients
 
             loop = asyncio.get_running_loop()
             explanations = await loop.run_in_executor(None, integrated_gradients, served.predictor, columns)
-            outputs = await served.batcher.predict(columns, n)
             payload = self._response(served, served.predictor.format_predictions(outputs))
             payload["explanations"] = explanations
             return 200, payload
-        outputs = await served.batcher.predict(columns, n)
         predictions = served.predictor.format_predictions(outputs)
         rate = self.models.logging_rate(endpoint_id)
         if self.request_log is not None and rate > 0 and (rate >= 1.0 or random.random() < rate):
