@@ -230,6 +230,20 @@ def test_unknown_and_empty_endpoints(shared_server):
     assert server.request("GET", "/ready")[0] == 200
 
 
+@pytest.mark.parametrize("verb", ["predict", "explain"])
+@pytest.mark.parametrize(
+    "resource",
+    ["projects/my-project/locations/local", "projects/local/locations/us-central1", "projects/p/locations/l"],
+)
+def test_another_project_or_location_is_not_found(shared_server, resource, verb):
+    path = f"/v1/{resource}/endpoints/churn-north:{verb}"
+    status, payload = shared_server.request("POST", path, {"instances": [GOOD]})
+    assert status == 404 and payload["error"]["status"] == "NOT_FOUND"
+    message = payload["error"]["message"]
+    assert message.startswith(f"{resource} is not served here")
+    assert "this local twin's endpoints are under projects/local/locations/local" in message
+
+
 def test_traffic_split_and_live_reload(twin, serve):
     server = serve(twin.home)
     first = twin.endpoints.get("churn-north").deployed_models[0].deployed_model_id

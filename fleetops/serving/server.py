@@ -10,8 +10,9 @@ One ASGI app, two sources of models:
 
 Routes: `POST /v1/projects/{p}/locations/{l}/endpoints/{e}:predict` and
 `:explain` (the Vertex REST paths: the official PredictionServiceClient works
-against them), the health route, and `GET /ready` (503 until every deployed
-model is loaded). Requests for one deployed model are micro-batched: while the
+against them; the twin answers only for its own project and location, so a
+client aimed at the wrong resource learns it), the health route, and
+`GET /ready` (503 until every deployed model is loaded). Requests for one deployed model are micro-batched: while the
 model scores a batch, new requests queue and go together into the next one.
 Errors come back in Google's JSON error shape with a 4xx for the caller's
 mistakes; the server keeps serving.
@@ -35,7 +36,7 @@ from fleetops.serving.predictor import Predictor
 
 DEFAULT_MAX_BODY_BYTES = 1_572_864  # Vertex's online prediction payload limit (1.5 MB)
 MAX_BATCH_ROWS = 1024
-_ROUTE = re.compile(r"^/v1/projects/[^/]+/locations/[^/]+/endpoints/([^/:]+):(predict|explain)$")
+_ROUTE = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/endpoints/([^/:]+):(predict|explain)$")
 _STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -126,8 +127,10 @@ class TwinModels:
 
     def __init__(self, home: str | Path):
         from fleetops.platform import connect, local_uri
+        from fleetops.platform.local.registry import LOCATION, PROJECT
 
         self.home = Path(home)
+        self.resource_prefix = f"projects/{PROJECT}/locations/{LOCATION}"
         self.platform = connect(local_uri(self.home))
         self.routes: dict[str, Route] = {}
         self._revision: int | None = None
@@ -209,6 +212,8 @@ class TwinModels:
 
 class ContainerModels:
     """Vertex custom serving container: one model from AIP_STORAGE_URI, answering on AIP_PREDICT_ROUTE."""
+
+    resource_prefix = None  # Vertex routes to the container by its own endpoint; any path prefix is this model
 
     def __init__(self, storage_uri: str):
         path = _local_artifact(storage_uri)
@@ -299,7 +304,14 @@ class PredictionApp:
         if self.predict_route is not None and path == self.predict_route:
             endpoint_id, verb = "", "predict"
         elif match := _ROUTE.match(path):
-            endpoint_id, verb = match.groups()
+            project, location, endpoint_id, verb = match.groups()
+            served_prefix = self.models.resource_prefix
+            if served_prefix is not None and f"projects/{project}/locations/{location}" != served_prefix:
+                raise HttpError(
+                    404,
+                    f"projects/{project}/locations/{location} is not served here: this local twin's endpoints are "
+                    f"under {served_prefix} (POST /v1/{served_prefix}/endpoints/E:predict)",
+                )
         else:
             raise HttpError(404, f"no route {method} {path}; use POST /v1/projects/P/locations/L/endpoints/E:predict")
         if method != "POST":
