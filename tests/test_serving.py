@@ -244,6 +244,30 @@ def test_another_project_or_location_is_not_found(shared_server, resource, verb)
     assert "this local twin's endpoints are under projects/local/locations/local" in message
 
 
+def _raw_exchange(server, request: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes on a fresh connection and read until the server closes it (or `timeout`)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as conn:
+        conn.sendall(request)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+        return received
+
+
+@pytest.mark.parametrize("path", ["/health", "/ready", PATH, "/v1/somewhere/else"])
+def test_a_websocket_upgrade_is_refused_and_the_server_keeps_serving(shared_server, path):
+    upgrade = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{shared_server.port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    response = _raw_exchange(shared_server, upgrade)
+    assert response.startswith(b"HTTP/1.1 403 Forbidden\r\n"), response  # was a 500: the app did not answer
+    assert shared_server.request("GET", "/health")[0] == 200
+    assert shared_server.request("POST", PATH, {"instances": [GOOD]})[0] == 200
+
+
 def test_traffic_split_and_live_reload(twin, serve):
     server = serve(twin.home)
     first = twin.endpoints.get("churn-north").deployed_models[0].deployed_model_id

@@ -12,10 +12,12 @@ Routes: `POST /v1/projects/{p}/locations/{l}/endpoints/{e}:predict` and
 `:explain` (the Vertex REST paths: the official PredictionServiceClient works
 against them; the twin answers only for its own project and location, so a
 client aimed at the wrong resource learns it), the health route, and
-`GET /ready` (503 until every deployed model is loaded). Requests for one deployed model are micro-batched: while the
-model scores a batch, new requests queue and go together into the next one.
-Errors come back in Google's JSON error shape with a 4xx for the caller's
-mistakes; the server keeps serving.
+`GET /ready` (503 until every deployed model is loaded). Requests for one
+deployed model are micro-batched: while the model scores a batch, new requests
+queue and go together into the next one. Errors come back in Google's JSON
+error shape with a 4xx for the caller's mistakes; the server keeps serving.
+A WebSocket handshake gets a 403 (uvicorn hands it to the app; left unanswered
+it became a 500).
 """
 
 from __future__ import annotations
@@ -269,8 +271,11 @@ class PredictionApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":
+            await self._refuse_websocket(receive, send)
             return
+        if scope["type"] != "http":
+            raise ValueError(f"unsupported ASGI scope type {scope['type']!r}")  # what the ASGI spec asks for
         try:
             status, payload = await self._handle(scope, receive)
         except HttpError as exc:
@@ -372,6 +377,16 @@ class PredictionApp:
         if not isinstance(request, dict) or "instances" not in request:
             raise HttpError(400, 'request body must be a JSON object {"instances": [...], "parameters": {...}}')
         return request
+
+    async def _refuse_websocket(self, receive: Any, send: Any) -> None:
+        """Deny a WebSocket handshake: closing before accepting makes the server answer it with a 403.
+
+        Not the denial-response extension with an error body: uvicorn's default (sans-I/O)
+        WebSocket protocol sends that response but then logs "returned without completing
+        handshake" as an error, for every such request.
+        """
+        if (await receive())["type"] == "websocket.connect":
+            await send({"type": "websocket.close", "code": 1008})  # 1008: policy violation
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
