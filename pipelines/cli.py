@@ -146,7 +146,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     home = _home(args.home)
     print(f"fleetops serve: endpoints of {home} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    serve(home, args.host, args.port, args.workers, args.token, args.max_body_bytes)
+    serve(
+        home,
+        args.host,
+        args.port,
+        args.workers,
+        args.token,
+        args.max_body_bytes,
+        args.header_timeout,
+        args.keep_alive_timeout,
+    )
     return 0
 
 
@@ -154,19 +163,12 @@ def cmd_serve_container(args: argparse.Namespace) -> int:
     """The Vertex custom serving container: AIP_STORAGE_URI, AIP_HTTP_PORT, AIP_PREDICT_ROUTE, AIP_HEALTH_ROUTE."""
     import os
 
-    import uvicorn
+    from fleetops.serving.server import run_uvicorn
 
     if not os.environ.get("AIP_STORAGE_URI"):
         raise UserError("serve-container needs AIP_STORAGE_URI (Vertex sets it to the model's artifact folder)")
-    uvicorn.run(
-        "fleetops.serving.server:create_app",
-        factory=True,
-        host=args.host,
-        port=int(os.environ.get("AIP_HTTP_PORT", "8080")),
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-    )
+    port = int(os.environ.get("AIP_HTTP_PORT", "8080"))
+    run_uvicorn(args.host, port, 1, args.header_timeout, args.keep_alive_timeout)
     return 0
 
 
@@ -332,6 +334,34 @@ def _template(args: argparse.Namespace) -> Path:
     return compile_all(DEFAULT_BUILD, args.image)[TRAINING]
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
+def _timeout_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection whose request headers are not complete this long after it opened or the "
+        "request began, with a 408 (default 10)",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="close a keep-alive connection idle this long between requests (default 5)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetops", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -381,10 +411,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
     p.add_argument("--max-body-bytes", type=int, default=1_572_864)
+    _timeout_arguments(p)
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("serve-container", help="the Vertex custom serving container (reads AIP_* variables)")
     p.add_argument("--host", default="0.0.0.0", help="inside a container the server must listen on all interfaces")
+    _timeout_arguments(p)
     p.set_defaults(handler=cmd_serve_container)
 
     for name, text in (("promote", "give every canary of a fleet all traffic"), ("rollback", "undeploy every canary")):

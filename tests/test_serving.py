@@ -268,6 +268,34 @@ def test_a_websocket_upgrade_is_refused_and_the_server_keeps_serving(shared_serv
     assert shared_server.request("POST", PATH, {"instances": [GOOD]})[0] == 200
 
 
+def test_connections_that_do_not_finish_their_headers_are_closed(twin, serve):
+    """Before, a connection that sent half a request (or nothing) was held open forever."""
+    import select
+    import socket
+
+    server = serve(twin.home, "--header-timeout", "0.5", "--keep-alive-timeout", "0.5")
+    partial = f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl".encode()
+    response = _raw_exchange(server, partial, timeout=5)  # a socket.timeout here: the server never closed it
+    assert response.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), response
+    assert b"did not arrive within 0.5 s" in response
+    assert _raw_exchange(server, b"", timeout=5) == b""  # connected, sent nothing: closed without a word
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:  # a byte every 0.1 s
+        started = time.monotonic()
+        for byte in partial:
+            if select.select([conn], [], [], 0.1)[0]:  # the server answered
+                break
+            conn.sendall(bytes([byte]))
+        assert conn.recv(65536).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < 3  # the deadline runs from the connection, not from the last byte
+
+    body = json.dumps({"instances": [GOOD]}).encode()
+    request = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    response = _raw_exchange(server, request, timeout=5)  # answered, then closed when idle for 0.5 s
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n") and b'"predictions"' in response
+    assert server.request("GET", "/ready")[0] == 200
+
+
 def test_traffic_split_and_live_reload(twin, serve):
     server = serve(twin.home)
     first = twin.endpoints.get("churn-north").deployed_models[0].deployed_model_id

@@ -18,6 +18,11 @@ queue and go together into the next one. Errors come back in Google's JSON
 error shape with a 4xx for the caller's mistakes; the server keeps serving.
 A WebSocket handshake gets a 403 (uvicorn hands it to the app; left unanswered
 it became a 500).
+
+Connections are timed: uvicorn closes a keep-alive connection idle between
+requests, and `HeaderDeadlineProtocol` (uvicorn has no such timeout) closes one
+whose request headers are not complete in time, so slow or silent clients
+cannot hold connections open.
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fleetops.errors import UserError
 from fleetops.serving.predictor import Predictor
 
 DEFAULT_MAX_BODY_BYTES = 1_572_864  # Vertex's online prediction payload limit (1.5 MB)
 MAX_BATCH_ROWS = 1024
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0  # from connecting (or a request's first byte) to the end of its headers
+DEFAULT_KEEP_ALIVE_SECONDS = 5.0  # uvicorn's default: an idle keep-alive connection is closed after this
 _ROUTE = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/endpoints/([^/:]+):(predict|explain)$")
 _STATUS = {
     400: "INVALID_ARGUMENT",
@@ -413,6 +421,71 @@ class PredictionApp:
                 print(f"fleetops serve: reload failed, keeping the current routes: {exc}", file=sys.stderr)
 
 
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a deadline for each request's headers.
+
+    uvicorn 0.54 times a connection only between requests (`timeout_keep_alive`, armed after
+    a response): one that connects and sends nothing, or half a request line, is held open
+    forever, a file descriptor and a buffer each (slowloris). Here the deadline starts when
+    the connection opens or a request's first byte arrives, and stops when its headers are
+    complete. Missed, the client gets a 408 and the connection is closed (a connection that
+    sent nothing is just closed). Its length is FLEETOPS_SERVE_HEADER_TIMEOUT_SECONDS, read
+    per connection because uvicorn builds the protocol from its own Config.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = float(
+            os.environ.get("FLEETOPS_SERVE_HEADER_TIMEOUT_SECONDS", DEFAULT_HEADER_TIMEOUT_SECONDS)
+        )
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._request_begun = False
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._start_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_deadline()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._request_begun = True
+        if self._header_deadline is None:  # the first request's deadline runs from the connection
+            self._start_header_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_deadline()
+        self._request_begun = False
+        super().on_headers_complete()
+
+    def _start_header_deadline(self) -> None:
+        self._header_deadline = self.loop.call_later(self.header_timeout, self._header_deadline_passed)
+
+    def _stop_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _header_deadline_passed(self) -> None:
+        self._header_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # a pipelined request is late: finish the response in flight, then close
+            return
+        if self._request_begun:
+            message = f"the request's headers did not arrive within {self.header_timeout:g} s"
+            body = orjson.dumps({"error": {"code": 408, "message": message, "status": "DEADLINE_EXCEEDED"}})
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                + b"content-length: %d\r\n\r\n" % len(body)
+                + body
+            )
+        self.transport.close()
+
+
 def create_app() -> PredictionApp:
     """The app as uvicorn workers build it, from FLEETOPS_SERVE_* (or Vertex's AIP_*) environment variables."""
     import tensorflow as tf
@@ -447,15 +520,32 @@ def serve(
     workers: int = 1,
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_SECONDS,
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_SECONDS,
 ) -> None:
-    """Run the server in the foreground (uvicorn with uvloop and httptools)."""
-    import uvicorn
-
+    """Run the local twin's server in the foreground (uvicorn with uvloop and httptools)."""
     if home is not None:
         os.environ["FLEETOPS_SERVE_HOME"] = str(Path(home).resolve())
     os.environ["FLEETOPS_SERVE_MAX_BODY_BYTES"] = str(max_body_bytes)
     if token:
         os.environ["FLEETOPS_SERVE_TOKEN"] = token
+    run_uvicorn(host, port, workers, header_timeout, keep_alive_timeout)
+
+
+def run_uvicorn(
+    host: str,
+    port: int,
+    workers: int = 1,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_SECONDS,
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_SECONDS,
+) -> None:
+    """uvicorn running `create_app` (configured by the environment): the twin's server and the container alike."""
+    import uvicorn
+
+    for name, seconds in (("header_timeout", header_timeout), ("keep_alive_timeout", keep_alive_timeout)):
+        if not seconds > 0:
+            raise UserError(f"{name} must be a positive number of seconds, got {seconds!r}")
+    os.environ["FLEETOPS_SERVE_HEADER_TIMEOUT_SECONDS"] = str(header_timeout)  # for the workers' protocols
     uvicorn.run(
         "fleetops.serving.server:create_app",
         factory=True,
@@ -463,7 +553,8 @@ def serve(
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=HeaderDeadlineProtocol,
+        timeout_keep_alive=keep_alive_timeout,  # typed int, but only ever passed to loop.call_later
         log_level="warning",
         access_log=False,
     )
