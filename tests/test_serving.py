@@ -3,6 +3,7 @@
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,11 +335,25 @@ def test_a_tampered_artifact_is_refused_at_load(twin, serve):
     assert server.request("GET", "/health")[0] == 200
 
 
-def test_bearer_token(twin, serve):
-    server = serve(twin.home, "--token", "s3cret")
+@pytest.mark.parametrize("source", ["--token", "--token-file", "FLEETOPS_SERVE_TOKEN"])
+def test_bearer_token(twin, serve, tmp_path, source):
+    token = "s3cret-Token_42"
+    if source == "--token":
+        server = serve(twin.home, "--token", token)
+    elif source == "--token-file":
+        (tmp_path / "token").write_text(token + "\n")  # as `echo TOKEN > file` writes it
+        server = serve(twin.home, "--token-file", str(tmp_path / "token"))
+    else:
+        server = serve(twin.home, env={"FLEETOPS_SERVE_TOKEN": token})
+    if source != "--token":  # the point of a file or the environment: `ps` does not show the token
+        assert token not in Path(f"/proc/{server.process.pid}/cmdline").read_text()
     assert server.request("POST", PATH, {"instances": [GOOD]})[0] == 401
-    status, _ = server.request("POST", PATH, {"instances": [GOOD]}, {"Authorization": "Bearer s3cret"})
-    assert status == 200
+    for wrong in ("s3cret-Token_43", "s3cret", token + "x", ""):
+        assert server.request("POST", PATH, {"instances": [GOOD]}, {"Authorization": f"Bearer {wrong}"})[0] == 401
+    assert server.request("POST", PATH, {"instances": [GOOD]}, {"Authorization": token})[0] == 401
+    assert server.request("POST", PATH, {"instances": [GOOD]}, {"Authorization": f"Bearer {token}"})[0] == 200
+    assert server.request("POST", PATH, {"instances": [GOOD]}, {"Authorization": f"bearer {token}"})[0] == 200
+    assert server.request("GET", "/health")[0] == 200 and server.request("GET", "/ready")[0] == 200
 
 
 def test_vertex_custom_container_contract(trained_models, serve):
@@ -371,8 +386,79 @@ def test_an_endpoint_without_logging_logs_nothing(twin, serve):
     assert read_request_log(twin.home, "quiet").empty
 
 
-def test_binding_beyond_loopback_needs_allow_remote(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--host", "0.0.0.0"], "--host 0.0.0.0 would accept connections from other machines; add --allow-remote"),
+        (["--host", "::"], "--host :: would accept connections from other machines"),
+        (["--host", "192.0.2.1", "--no-auth"], "--host 192.0.2.1 would accept connections from other machines"),
+        (["--host", "0.0.0.0", "--allow-remote"], "and no token lets anyone who reaches the port call the models"),
+        (["--host", "0.0.0.0", "--allow-remote"], "or add --no-auth to mean it"),
+        (["--token", ""], "--token is empty: an empty token would turn authentication off"),
+        (["--token", "two words"], "--token must be printable ASCII without spaces"),
+        (["--token", "x", "--no-auth"], "--no-auth contradicts the token given"),
+        (["--host", "no-such-host.invalid"], "host 'no-such-host.invalid' does not resolve to an address"),
+    ],
+)
+def test_serve_refuses_to_open_the_server_by_accident(tmp_path, capsys, flags, message):
     from pipelines.cli import main
 
-    assert main(["serve", "--home", str(tmp_path), "--host", "0.0.0.0"]) == 2
-    assert "--host 0.0.0.0 would accept connections from other machines" in capsys.readouterr().err
+    assert main(["serve", "--home", str(tmp_path), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_empty_token_from_a_file_or_the_environment_is_refused(tmp_path, capsys, monkeypatch):
+    from pipelines.cli import main
+
+    (tmp_path / "token").write_text("\n")
+    assert main(["serve", "--home", str(tmp_path), "--token-file", str(tmp_path / "token")]) == 2
+    assert f"--token-file {tmp_path / 'token'} is empty" in capsys.readouterr().err
+    assert main(["serve", "--home", str(tmp_path), "--token-file", str(tmp_path / "missing")]) == 2
+    assert "cannot read it" in capsys.readouterr().err
+    monkeypatch.setenv("FLEETOPS_SERVE_TOKEN", "")
+    assert main(["serve", "--home", str(tmp_path)]) == 2
+    assert "FLEETOPS_SERVE_TOKEN is empty" in capsys.readouterr().err
+    monkeypatch.setenv("FLEETOPS_SERVE_TOKEN", "s3cret")
+    assert main(["serve", "--home", str(tmp_path), "--host", "0.0.0.0", "--allow-remote", "--no-auth"]) == 2
+    assert "--no-auth contradicts the token given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("127.255.255.254", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.1.2.3", False),
+        ("192.0.2.1", False),
+        ("::ffff:10.1.2.3", False),
+        ("fe80::1", False),
+    ],
+)
+def test_what_counts_as_loopback(host, loopback):
+    from fleetops.serving.server import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_no_auth_beyond_loopback_warns_on_stderr(tmp_path):
+    """192.0.2.1 (TEST-NET-1) is no address of this machine: the bind fails after the warning, exposing nothing."""
+    import subprocess
+    import sys
+
+    command = ["serve", "--home", str(tmp_path), "--host", "192.0.2.1", "--allow-remote", "--no-auth", "--port", "9"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert "WARNING: fleetops serve on 192.0.2.1 without authentication (--no-auth)" in done.stderr
+    assert done.returncode != 0 and "192.0.2.1" in done.stderr  # uvicorn could not bind it

@@ -28,9 +28,12 @@ cannot hold connections open.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import os
 import random
 import re
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,8 +269,11 @@ class PredictionApp:
         predict_route: str | None = None,
         health_route: str = "/health",
     ):
+        if token is not None:
+            check_token(token, "the token")
         self.models = models
         self.token = token
+        self._token_bytes = None if token is None else token.encode()
         self.max_body_bytes = max_body_bytes
         self.request_log = request_log
         self.reload_seconds = reload_seconds
@@ -310,9 +316,10 @@ class PredictionApp:
         if path == "/ready":
             problems = self.models.problems()
             return (503, {"ready": False, "problems": problems}) if problems else (200, {"ready": True})
-        if self.token is not None:
-            sent = dict(scope["headers"]).get(b"authorization", b"")
-            if sent != f"Bearer {self.token}".encode():
+        if self._token_bytes is not None:
+            scheme, _, credentials = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            # compare_digest: the time taken does not tell how much of a guessed token was right.
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials, self._token_bytes):
                 raise HttpError(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
         if self.predict_route is not None and path == self.predict_route:
             endpoint_id, verb = "", "predict"
@@ -506,7 +513,7 @@ def create_app() -> PredictionApp:
     home = os.environ["FLEETOPS_SERVE_HOME"]
     return PredictionApp(
         TwinModels(home),
-        token=os.environ.get("FLEETOPS_SERVE_TOKEN") or None,
+        token=os.environ.get("FLEETOPS_SERVE_TOKEN"),  # set but empty is refused, not "no token"
         max_body_bytes=int(os.environ.get("FLEETOPS_SERVE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
         request_log=RequestLogWriter(home),
         reload_seconds=float(os.environ.get("FLEETOPS_SERVE_RELOAD_SECONDS", "1.0")),
@@ -523,12 +530,16 @@ def serve(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_SECONDS,
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_SECONDS,
 ) -> None:
-    """Run the local twin's server in the foreground (uvicorn with uvloop and httptools)."""
+    """Run the local twin's server in the foreground (uvicorn with uvloop and httptools).
+
+    `token` None leaves FLEETOPS_SERVE_TOKEN as it is: a token there still applies.
+    Where to bind is the caller's decision (see `is_loopback`; the CLI asks for flags).
+    """
     if home is not None:
         os.environ["FLEETOPS_SERVE_HOME"] = str(Path(home).resolve())
     os.environ["FLEETOPS_SERVE_MAX_BODY_BYTES"] = str(max_body_bytes)
-    if token:
-        os.environ["FLEETOPS_SERVE_TOKEN"] = token
+    if token is not None:
+        os.environ["FLEETOPS_SERVE_TOKEN"] = check_token(token, "the token")
     run_uvicorn(host, port, workers, header_timeout, keep_alive_timeout)
 
 
@@ -558,6 +569,45 @@ def run_uvicorn(
         log_level="warning",
         access_log=False,
     )
+
+
+def check_token(token: str, source: str) -> str:
+    """The token, if usable as a bearer token; a `UserError` naming `source` otherwise.
+
+    Empty is refused (it would read as "no token", turning authentication off), and so are
+    whitespace and non-ASCII characters, which HTTP clients send differently or not at all.
+    """
+    if not token:
+        raise UserError(f"{source} is empty: an empty token would turn authentication off")
+    if not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise UserError(f"{source} must be printable ASCII without spaces (it is sent in an HTTP header)")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` accepts connections from this machine only.
+
+    An address counts when it is in 127.0.0.0/8 or is ::1 (also IPv4-mapped, ::ffff:127.x);
+    a name such as `localhost` when everything it resolves to does, since the server binds
+    every address of the name. "" (every interface), 0.0.0.0 and :: do not.
+    """
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        if not host:
+            return False
+        try:
+            found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise UserError(f"host {host!r} does not resolve to an address: {exc.strerror}") from None
+        addresses = [ipaddress.ip_address(info[4][0].partition("%")[0]) for info in found]  # drop a zone id
+    return bool(addresses) and all(_loopback_address(a) for a in addresses)
+
+
+def _loopback_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _local_artifact(storage_uri: str) -> Path:
