@@ -218,6 +218,38 @@ def test_attributions_that_overflow_are_refused(altered_models):
         integrated_gradients(predictor, columns)
 
 
+def test_explaining_in_chunks_gives_the_same_explanations(trained_models):
+    """Chunks bound the memory of a large :explain; they must not change a single attribution."""
+    import random
+
+    from fleetops.serving.explain import integrated_gradients
+    from fleetops.serving.predictor import Predictor
+
+    rng = random.Random(5)
+    instances = [
+        dict(
+            GOOD,
+            tenure_months=rng.randint(0, 72),
+            monthly_charges=rng.uniform(10, 120),
+            data_usage_gb=rng.choice([None, rng.uniform(0, 40)]),
+            plan=rng.choice(["basic", "premium", "unseen"]),
+        )
+        for _ in range(53)
+    ]
+    predictor = Predictor.load(trained_models[0])
+    columns = predictor.columns(instances)
+    whole = integrated_gradients(predictor, columns, chunk_instances=len(instances))
+    for chunk_instances in (1, 7, 52):
+        chunked = integrated_gradients(predictor, columns, chunk_instances=chunk_instances)
+        assert len(chunked) == len(whole)
+        for one, other in zip(chunked, whole, strict=True):
+            a, b = one["attributions"][0], other["attributions"][0]
+            assert a["outputIndex"] == b["outputIndex"] and a["outputDisplayName"] == b["outputDisplayName"]
+            for key in ("baselineOutputValue", "instanceOutputValue"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6)
+            assert a["featureAttributions"] == pytest.approx(b["featureAttributions"], rel=1e-4, abs=1e-6)
+
+
 def test_unknown_and_empty_endpoints(shared_server):
     server = shared_server
     status, payload = server.request(

@@ -47,6 +47,9 @@ from fleetops.serving.predictor import Predictor
 
 DEFAULT_MAX_BODY_BYTES = 1_572_864  # Vertex's online prediction payload limit (1.5 MB)
 MAX_BATCH_ROWS = 1024
+# Explanations computed at once, per worker: each holds a chunk's integration path and gradient tape
+# (see explain.py); more share the same cores and multiply the memory (measured: README).
+DEFAULT_CONCURRENT_EXPLAINS = 1
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0  # from connecting (or a request's first byte) to the end of its headers
 DEFAULT_KEEP_ALIVE_SECONDS = 5.0  # uvicorn's default: an idle keep-alive connection is closed after this
 _ROUTE = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/endpoints/([^/:]+):(predict|explain)$")
@@ -268,6 +271,7 @@ class PredictionApp:
         reload_seconds: float = 1.0,
         predict_route: str | None = None,
         health_route: str = "/health",
+        concurrent_explains: int = DEFAULT_CONCURRENT_EXPLAINS,
     ):
         if token is not None:
             check_token(token, "the token")
@@ -280,6 +284,7 @@ class PredictionApp:
         self.predict_route = predict_route
         self.health_route = health_route
         self._reloader: asyncio.Task[None] | None = None
+        self._explain_slots = asyncio.Semaphore(concurrent_explains)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -353,7 +358,8 @@ class PredictionApp:
             from fleetops.serving.explain import integrated_gradients
 
             loop = asyncio.get_running_loop()
-            explanations = await loop.run_in_executor(None, integrated_gradients, served.predictor, columns)
+            async with self._explain_slots:  # the others wait here, holding only their parsed instances
+                explanations = await loop.run_in_executor(None, integrated_gradients, served.predictor, columns)
             payload = self._response(served, served.predictor.format_predictions(outputs))
             payload["explanations"] = explanations
             return 200, payload
@@ -500,6 +506,7 @@ def create_app() -> PredictionApp:
     # Requests are small: one TF thread per worker avoids oversubscribing the cores the workers share.
     tf.config.threading.set_intra_op_parallelism_threads(int(os.environ.get("FLEETOPS_SERVE_TF_THREADS", "1")))
     tf.config.threading.set_inter_op_parallelism_threads(int(os.environ.get("FLEETOPS_SERVE_TF_THREADS", "1")))
+    concurrent_explains = int(os.environ.get("FLEETOPS_SERVE_CONCURRENT_EXPLAINS", DEFAULT_CONCURRENT_EXPLAINS))
     storage_uri = os.environ.get("AIP_STORAGE_URI")
     if storage_uri:
         return PredictionApp(
@@ -507,6 +514,7 @@ def create_app() -> PredictionApp:
             predict_route=os.environ.get("AIP_PREDICT_ROUTE", "/predict"),
             health_route=os.environ.get("AIP_HEALTH_ROUTE", "/health"),
             max_body_bytes=int(os.environ.get("FLEETOPS_SERVE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+            concurrent_explains=concurrent_explains,
         )
     from fleetops.serving.request_log import RequestLogWriter
 
@@ -517,6 +525,7 @@ def create_app() -> PredictionApp:
         max_body_bytes=int(os.environ.get("FLEETOPS_SERVE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
         request_log=RequestLogWriter(home),
         reload_seconds=float(os.environ.get("FLEETOPS_SERVE_RELOAD_SECONDS", "1.0")),
+        concurrent_explains=concurrent_explains,
     )
 
 
