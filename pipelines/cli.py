@@ -25,6 +25,19 @@ if TYPE_CHECKING:
 
 DEFAULT_BUILD = "build/pipelines"
 TRAINING = "fleet_training"
+SERVE_DESCRIPTION = """Serve the local twin's endpoints over Vertex's REST API.
+
+binding:
+  Loopback by default: 127.0.0.0/8, ::1, or a name (localhost) that resolves only to those.
+  Any other address (0.0.0.0, ::, a LAN address) needs --allow-remote and also either a
+  token or --no-auth; --no-auth prints a warning.
+
+token:
+  Requests must send 'Authorization: Bearer TOKEN' when a token is given: by --token-file
+  PATH (surrounding whitespace stripped) or the FLEETOPS_SERVE_TOKEN environment variable,
+  which other local users cannot see in ps, or by --token, which they can (a flag wins over
+  the variable). An empty token is refused. /health and /ready answer without a token.
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,33 +153,77 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from fleetops.serving.server import serve
 
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
-        raise UserError(
-            f"--host {args.host} would accept connections from other machines; add --allow-remote to mean it"
-        )
+    token = _serve_token(args)
+    warning = _check_exposure(args.host, args.allow_remote, token, args.no_auth)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     home = _home(args.home)
     print(f"fleetops serve: endpoints of {home} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    serve(home, args.host, args.port, args.workers, args.token, args.max_body_bytes)
+    serve(
+        home,
+        args.host,
+        args.port,
+        args.workers,
+        token,
+        args.max_body_bytes,
+        args.header_timeout,
+        args.keep_alive_timeout,
+    )
     return 0
+
+
+def _serve_token(args: argparse.Namespace) -> str | None:
+    """The bearer token from --token, --token-file or FLEETOPS_SERVE_TOKEN (in that order); None if none."""
+    import os
+
+    from fleetops.serving.server import check_token
+
+    if args.token is not None:
+        return check_token(args.token, "--token")
+    if args.token_file is not None:
+        try:
+            text = Path(args.token_file).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--token-file {args.token_file}: cannot read it: {exc}") from None
+        return check_token(text.strip(), f"--token-file {args.token_file}")
+    if "FLEETOPS_SERVE_TOKEN" in os.environ:
+        return check_token(os.environ["FLEETOPS_SERVE_TOKEN"], "FLEETOPS_SERVE_TOKEN")
+    return None
+
+
+def _check_exposure(host: str, allow_remote: bool, token: str | None, no_auth: bool) -> str | None:
+    """Refuse to expose the server by accident; the warning to print when it is exposed on purpose."""
+    from fleetops.serving.server import is_loopback
+
+    if no_auth and token is not None:
+        raise UserError("--no-auth contradicts the token given (--token, --token-file or FLEETOPS_SERVE_TOKEN)")
+    if is_loopback(host):
+        return None
+    if not allow_remote:
+        raise UserError(f"--host {host} would accept connections from other machines; add --allow-remote to mean it")
+    if token is None and not no_auth:
+        raise UserError(
+            f"--host {host} with --allow-remote and no token lets anyone who reaches the port call the models: "
+            "give a token (--token-file PATH or FLEETOPS_SERVE_TOKEN) or add --no-auth to mean it"
+        )
+    if token is None:
+        return (
+            f"WARNING: fleetops serve on {host} without authentication (--no-auth): anyone who can reach "
+            "the port can call the models"
+        )
+    return None
 
 
 def cmd_serve_container(args: argparse.Namespace) -> int:
     """The Vertex custom serving container: AIP_STORAGE_URI, AIP_HTTP_PORT, AIP_PREDICT_ROUTE, AIP_HEALTH_ROUTE."""
     import os
 
-    import uvicorn
+    from fleetops.serving.server import run_uvicorn
 
     if not os.environ.get("AIP_STORAGE_URI"):
         raise UserError("serve-container needs AIP_STORAGE_URI (Vertex sets it to the model's artifact folder)")
-    uvicorn.run(
-        "fleetops.serving.server:create_app",
-        factory=True,
-        host=args.host,
-        port=int(os.environ.get("AIP_HTTP_PORT", "8080")),
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-    )
+    port = int(os.environ.get("AIP_HTTP_PORT", "8080"))
+    run_uvicorn(args.host, port, 1, args.header_timeout, args.keep_alive_timeout)
     return 0
 
 
@@ -332,6 +389,36 @@ def _template(args: argparse.Namespace) -> Path:
     return compile_all(DEFAULT_BUILD, args.image)[TRAINING]
 
 
+def _seconds(text: str) -> float:
+    import math
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
+def _timeout_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection whose request headers are not complete this long after it opened or the "
+        "request began, with a 408 (default 10)",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="close a keep-alive connection idle this long between requests (default 5)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetops", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -373,18 +460,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the Vertex request instead of sending it")
     p.set_defaults(handler=cmd_submit)
 
-    p = sub.add_parser("serve", help="serve the local twin's endpoints over Vertex's REST API")
+    p = sub.add_parser(
+        "serve",
+        help="serve the local twin's endpoints over Vertex's REST API",
+        description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--home", default=None)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback unless --allow-remote)")
-    p.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
+    p.add_argument("--host", default="127.0.0.1", help="address or name to bind (default 127.0.0.1)")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
+    p.add_argument(
+        "--no-auth", action="store_true", help="with --allow-remote: serve without a token, on purpose (warns)"
+    )
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
-    p.add_argument("--max-body-bytes", type=int, default=1_572_864)
+    token = p.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file", default=None, metavar="PATH", help="require 'Authorization: Bearer TOKEN', TOKEN read from PATH"
+    )
+    token.add_argument(
+        "--token", default=None, help="require 'Authorization: Bearer TOKEN' (other local users see it in ps)"
+    )
+    p.add_argument("--max-body-bytes", type=int, default=1_572_864, help="larger request bodies get a 413")
+    _timeout_arguments(p)
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("serve-container", help="the Vertex custom serving container (reads AIP_* variables)")
     p.add_argument("--host", default="0.0.0.0", help="inside a container the server must listen on all interfaces")
+    _timeout_arguments(p)
     p.set_defaults(handler=cmd_serve_container)
 
     for name, text in (("promote", "give every canary of a fleet all traffic"), ("rollback", "undeploy every canary")):

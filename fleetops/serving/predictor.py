@@ -2,21 +2,23 @@
 
 `columns` validates a request's instances (each an object of feature values)
 and returns them column-wise; every mistake is a `UserError` naming the
-instance, the feature and the value. `Predictor.predict_columns` scores
-column-wise input straight into the model's named inputs (no DataFrame on the
-hot path) and `format_predictions` shapes the output as Vertex tabular models
-do: `{"classes": [...], "scores": [...]}` or `{"value": v}`.
+instance, the feature and the value. A number the model's float32 inputs
+cannot hold is such a mistake: cast, it would become inf and the scores NaN.
+`Predictor.predict_columns` scores column-wise input straight into the model's
+named inputs (no DataFrame on the hot path), `check_finite` refuses outputs
+that are not finite (no response carries a NaN, a JSON null, as a score) and
+`format_predictions` shapes the output as Vertex tabular models do:
+`{"classes": [...], "scores": [...]}` or `{"value": v}`.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fleetops.errors import UserError
+from fleetops.errors import FleetopsError, UserError
 from fleetops.fingerprints import directory_sha256
 from fleetops.training.artifact import ModelArtifact, load_artifact, shape_outputs
 
@@ -33,6 +35,10 @@ def bucket_size(n: int) -> int:
 
 class ArtifactIntegrityError(UserError):
     """A stored artifact's bytes no longer match the sha256 the registry recorded."""
+
+
+class ModelOutputError(FleetopsError, RuntimeError):
+    """The model's output is not finite where the input is not to blame: a fault of the model (a 500)."""
 
 
 class Predictor:
@@ -75,10 +81,15 @@ class Predictor:
         columns = {name: [instance[name] for instance in instances] for name in self.features}
         for name in self.numeric:
             for index, value in enumerate(columns[name]):
-                if value is not None and (
-                    type(value) not in (int, float) or (type(value) is float and math.isinf(value))
-                ):
+                if value is None:
+                    continue
+                if type(value) not in (int, float):
                     raise UserError(f"instance {index} feature {name!r} must be a number or null, got {value!r:.80}")
+                if not -FLOAT32_MAX <= value <= FLOAT32_MAX:  # also inf and NaN, which plain JSON cannot carry
+                    raise UserError(
+                        f"instance {index} feature {name!r} is {value!r:.80}, outside the range the model takes: "
+                        f"{-FLOAT32_MAX!r} to {FLOAT32_MAX!r} (float32)"
+                    )
         for name in self.categorical:
             for index, value in enumerate(columns[name]):
                 if value is not None and type(value) is not str:
@@ -116,6 +127,31 @@ class Predictor:
         a handful of shapes instead of one per batch size.
         """
         return shape_outputs(self.task, np.asarray(self.artifact.model.predict_on_batch(inputs)))
+
+    def check_finite(self, outputs: np.ndarray, columns: dict[str, list[Any]]) -> None:
+        """Refuse outputs that are not finite: as JSON they would be null scores in a 200.
+
+        In-range numbers can still overflow inside the network (a huge value times a weight).
+        The first such instance is scored again with its numeric features left out (the model
+        imputes them): finite then, its numbers are to blame, a `UserError` naming the instance
+        and its values; still not finite, the model is faulty, a `ModelOutputError`.
+        """
+        rows = outputs.reshape(len(outputs), -1)
+        not_finite = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        if not not_finite.size:
+            return
+        index = int(not_finite[0])
+        numbers = {name: columns[name][index] for name in self.numeric}
+        probe = {name: [None] if name in numbers else [columns[name][index]] for name in self.features}
+        if np.isfinite(self.predict_columns(probe)).all():
+            raise UserError(
+                f"instance {index}: the model's output is not a finite number for its numeric values {numbers}: "
+                "they are too large for the model's float32 arithmetic (left out, the instance scores)"
+            )
+        raise ModelOutputError(
+            f"the model's output is not a finite number for instance {index}, even with its numeric features "
+            "left out: the model itself is faulty (its weights or its preprocessing)"
+        )
 
     def format_predictions(self, outputs: np.ndarray) -> list[dict[str, Any]]:
         if self.task == "regression":
