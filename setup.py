@@ -35,6 +35,8 @@ INSTALL_REQUIRES = [
     "uvloop==0.23.0",
     # Fast JSON for prediction requests and responses.
     "orjson==3.13.0",
+    # The prediction server's /metrics (per-model requests, errors, latency; model cache) in Prometheus' format.
+    "prometheus-client==0.26.0",
     # Local hyperparameter tuning: TPE, random and grid samplers, studies kept in SQLite (resumable).
     "optuna==5.0.0",
     # How a trainer reports its metric to a Vertex hyperparameter tuning trial.
