@@ -129,6 +129,25 @@ def read_request_log(home: str | Path, endpoint_id: str | None = None, since: st
     return pd.concat([meta, features], axis=1)
 
 
+def most_requested(home: str | Path, recent_rows: int = 1_000_000) -> list[tuple[str, str, int]]:
+    """(endpoint_id, deployed_model_id, rows) in the last `recent_rows` logged rows, most logged first.
+
+    A row is one instance of a logged request, so a model's count is its instances, as
+    sampled by its endpoint's logging rate. Only the most recent rows are read (by id,
+    the table's key), so a large log costs the same as a recent one.
+    """
+    path = Path(home) / LOG_FILE
+    if not path.is_file():
+        return []
+    with closing(_connect(path)) as conn:
+        return conn.execute(
+            "SELECT endpoint_id, deployed_model_id, COUNT(*) AS n FROM prediction_log "
+            "WHERE id > (SELECT COALESCE(MAX(id), 0) FROM prediction_log) - ? "
+            "GROUP BY endpoint_id, deployed_model_id ORDER BY n DESC, endpoint_id, deployed_model_id",
+            (recent_rows,),
+        ).fetchall()
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
