@@ -36,7 +36,16 @@ token:
   Requests must send 'Authorization: Bearer TOKEN' when a token is given: by --token-file
   PATH (surrounding whitespace stripped) or the FLEETOPS_SERVE_TOKEN environment variable,
   which other local users cannot see in ps, or by --token, which they can (a flag wins over
-  the variable). An empty token is refused. /health and /ready answer without a token.
+  the variable). An empty token is refused. /health and /ready answer without a token;
+  /metrics needs it.
+
+many models:
+  A deployed model loads on its first request, or at start when --prewarm names it:
+  top:N (the N deployed models most requested in the request log), all, or endpoint ids,
+  comma-separated. Loaded models are kept within --cache-models N and --cache-memory SIZE
+  (e.g. 2GB), least recently used first out; without them, every model requested stays.
+  /ready is 200 once the prewarmed models are loaded. /metrics has per-model requests,
+  errors and latency, load times, cache hits, misses and evictions (Prometheus format).
 """
 
 
@@ -151,8 +160,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from fleetops.serving.server import serve
+    from fleetops.serving.server import check_cache_limits, serve
 
+    check_cache_limits(args.cache_models, args.cache_memory, args.prewarm or "")
     token = _serve_token(args)
     warning = _check_exposure(args.host, args.allow_remote, token, args.no_auth)
     if warning:
@@ -168,6 +178,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.max_body_bytes,
         args.header_timeout,
         args.keep_alive_timeout,
+        prewarm=args.prewarm or "",
+        cache_models=args.cache_models,
+        cache_memory=args.cache_memory,
     )
     return 0
 
@@ -482,6 +495,22 @@ def _parser() -> argparse.ArgumentParser:
         "--token", default=None, help="require 'Authorization: Bearer TOKEN' (other local users see it in ps)"
     )
     p.add_argument("--max-body-bytes", type=int, default=1_572_864, help="larger request bodies get a 413")
+    p.add_argument(
+        "--prewarm",
+        default=None,
+        metavar="WHICH",
+        help="load these models at start (the others on their first request): top:N, the N deployed models most "
+        "requested in the request log; all; or endpoint ids; comma-separated",
+    )
+    p.add_argument(
+        "--cache-models", type=int, default=None, metavar="N", help="keep at most N models loaded per worker"
+    )
+    p.add_argument(
+        "--cache-memory",
+        default=None,
+        metavar="SIZE",
+        help="keep the loaded models' measured memory under SIZE per worker (e.g. 2GB, 512MB, 1.5GiB)",
+    )
     _timeout_arguments(p)
     p.set_defaults(handler=cmd_serve)
 

@@ -4,20 +4,28 @@ One ASGI app, two sources of models:
 
 - `TwinModels(home)`: every endpoint of the local twin, routed by its traffic
   split. It polls the endpoints' revision and picks up deploys, undeploys and
-  split changes without a restart.
+  split changes without a restart. Models load on their first request (or at
+  start, those `prewarm` names) into a `ModelCache` bounded by count and by
+  memory, least recently used first out (see `fleetops.serving.model_cache`),
+  so one server serves a fleet of thousands of endpoints.
 - `ContainerModels(storage_uri)`: the Vertex custom-container contract, one
   model from `AIP_STORAGE_URI` at `AIP_PREDICT_ROUTE` on `AIP_HTTP_PORT`.
 
 Routes: `POST /v1/projects/{p}/locations/{l}/endpoints/{e}:predict` and
 `:explain` (the Vertex REST paths: the official PredictionServiceClient works
 against them; the twin answers only for its own project and location, so a
-client aimed at the wrong resource learns it), the health route, and
-`GET /ready` (503 until every deployed model is loaded). Requests for one
-deployed model are micro-batched: while the model scores a batch, new requests
-queue and go together into the next one. Errors come back in Google's JSON
-error shape with a 4xx for the caller's mistakes; the server keeps serving.
-A WebSocket handshake gets a 403 (uvicorn hands it to the app; left unanswered
-it became a 500).
+client aimed at the wrong resource learns it), the health route, `GET /ready`
+and `GET /metrics` (Prometheus, see `fleetops.serving.metrics`; it needs the
+token when one is set, as scrapers can send one). `/ready` is 200 once the
+server is up and its prewarmed models are loaded, 503 while they load or if
+one failed; either way it lists the models that failed to load. A model that
+cannot be loaded (missing, corrupt, its sha256 changed, too large for the
+cache) is a 503 naming it and the reason, remembered until the endpoints
+change. Requests for one deployed model are micro-batched: while the model
+scores a batch, new requests queue and go together into the next one. Errors
+come back in Google's JSON error shape with a 4xx for the caller's mistakes;
+the server keeps serving. A WebSocket handshake gets a 403 (uvicorn hands it
+to the app; left unanswered it became a 500).
 
 Connections are timed: uvicorn closes a keep-alive connection idle between
 requests, and `HeaderDeadlineProtocol` (uvicorn has no such timeout) closes one
@@ -28,6 +36,7 @@ cannot hold connections open.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import ipaddress
 import os
@@ -35,6 +44,8 @@ import random
 import re
 import socket
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +54,15 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fleetops.errors import UserError
+from fleetops.serving.metrics import ServingMetrics
+from fleetops.serving.model_cache import (
+    ModelCache,
+    ModelTooLarge,
+    ModelUnavailable,
+    directory_bytes,
+    format_bytes,
+    parse_size,
+)
 from fleetops.serving.predictor import Predictor
 
 DEFAULT_MAX_BODY_BYTES = 1_572_864  # Vertex's online prediction payload limit (1.5 MB)
@@ -73,16 +93,32 @@ class HttpError(Exception):
 
 @dataclass
 class Served:
-    """A deployed model as the server holds it: its registry identity and its predictor (or why it has none)."""
+    """A deployed model as a route holds it: its registry identity; its `key` is what the model cache loads."""
 
     deployed_model_id: str
     model_id: str
     version_id: str
     model_resource_name: str
     display_name: str
-    predictor: Predictor | None = None
-    error: str | None = None
-    batcher: Batcher | None = None
+    key: tuple[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = (self.model_id, self.version_id)
+
+    def unavailable(self, reason: str) -> HttpError:
+        return HttpError(
+            503,
+            f"deployed model {self.deployed_model_id} ({self.model_id}@{self.version_id}) is not being served: "
+            f"{reason}",
+        )
+
+
+@dataclass
+class Loaded:
+    """A loaded model: its predictor and the batcher its requests go through."""
+
+    predictor: Predictor
+    batcher: Batcher
 
 
 @dataclass
@@ -92,6 +128,10 @@ class Route:
     ids: list[str] = field(default_factory=list)
     weights: list[int] = field(default_factory=list)
     logging_rate: float = 0.0
+
+
+class StartupError(UserError):
+    """The server cannot start as configured (the app tells uvicorn its startup failed)."""
 
 
 class Batcher:
@@ -139,9 +179,22 @@ class Batcher:
 
 
 class TwinModels:
-    """The local twin's endpoints and their models, reloaded when the endpoints change."""
+    """The local twin's endpoints, reloaded when they change, and their models, loaded when first needed.
 
-    def __init__(self, home: str | Path):
+    `cache_models` and `cache_bytes` limit the models kept loaded (None: no limit); `prewarm`
+    names the models loaded at start (`parse_prewarm`). Routes are rebuilt in a thread
+    (`refresh`); everything that touches the cache runs on the event loop.
+    """
+
+    def __init__(
+        self,
+        home: str | Path,
+        *,
+        cache_models: int | None = None,
+        cache_bytes: int | None = None,
+        prewarm: str = "",
+        metrics: ServingMetrics | None = None,
+    ):
         from fleetops.platform import connect, local_uri
         from fleetops.platform.local.registry import LOCATION, PROJECT
 
@@ -150,16 +203,25 @@ class TwinModels:
         self.platform = connect(local_uri(self.home))
         self.routes: dict[str, Route] = {}
         self._revision: int | None = None
-        self._predictors: dict[tuple[str, str], Served] = {}
+        self.metrics = metrics or ServingMetrics()
+        self.cache = ModelCache(cache_models, cache_bytes, self.metrics)
+        self.prewarm_items = parse_prewarm(prewarm)
+        self.prewarm_keys: list[tuple[str, str]] = []
+        self._prewarming: asyncio.Task[None] | None = None
 
     def refresh(self) -> bool:
-        """Reload routes if the endpoints changed; returns whether anything changed."""
+        """Rebuild the routes if the endpoints changed; returns whether anything changed. Loads nothing."""
         revision = self.platform.endpoints.revision()
         if revision == self._revision:
             return False
         routes = {}
         for endpoint in self.platform.endpoints.list():
-            models = {m.deployed_model_id: self._served(m) for m in endpoint.deployed_models}
+            models = {
+                m.deployed_model_id: Served(
+                    m.deployed_model_id, m.model_id, m.version_id, m.model_resource_name, m.display_name
+                )
+                for m in endpoint.deployed_models
+            }
             live = [(i, p) for i, p in endpoint.traffic_split.items() if p > 0]
             routes[endpoint.endpoint_id] = Route(
                 endpoint.endpoint_id, models, [i for i, _ in live], [p for _, p in live], endpoint.request_logging_rate
@@ -167,6 +229,15 @@ class TwinModels:
         self.routes = routes
         self._revision = revision
         return True
+
+    def refreshed(self) -> None:
+        """On the event loop, after `refresh` changed the routes: drop what is no longer deployed, retry failures."""
+        deployed = {s.key for r in self.routes.values() for s in r.models.values()}
+        failed_prewarm = [k for k in self.prewarm_keys if k in self.cache.failed and k in deployed]
+        self.cache.retain(deployed)
+        self.metrics.retain({(r.endpoint_id, i) for r in self.routes.values() for i in r.models})
+        if failed_prewarm and (self._prewarming is None or self._prewarming.done()):
+            self._prewarming = asyncio.get_running_loop().create_task(self._prewarm(failed_prewarm))
 
     def route(self, endpoint_id: str) -> Served:
         route = self.routes.get(endpoint_id)
@@ -181,49 +252,149 @@ class TwinModels:
         chosen = route.ids[0] if len(route.ids) == 1 else random.choices(route.ids, route.weights)[0]
         return route.models[chosen]
 
+    def loaded(self, served: Served) -> Loaded | None:
+        """The served model if it is loaded (a cache hit), else None: then `await load(served)`."""
+        entry = self.cache.get(served.key)
+        if entry is None:
+            self.metrics.cache_misses.inc()
+            return None
+        self.metrics.cache_hits.inc()
+        return entry.value
+
+    async def load(self, served: Served) -> Loaded:
+        """Load the served model (once, however many requests wait for it); a 503 naming it if it cannot be."""
+        try:
+            return (await self.cache.load(served.key, self._loader(served.key))).value
+        except ModelUnavailable as exc:
+            raise served.unavailable(exc.reason) from None
+
     def logging_rate(self, endpoint_id: str) -> float:
         route = self.routes.get(endpoint_id)
         return route.logging_rate if route else 0.0
 
     def problems(self) -> list[str]:
+        """The deployed models that failed to load, and why."""
+        failed = self.cache.failed
         return [
-            f"{r.endpoint_id}/{s.deployed_model_id} ({s.model_id}@{s.version_id}): {s.error}"
+            f"{r.endpoint_id}/{s.deployed_model_id} ({s.model_id}@{s.version_id}): {failed[s.key]}"
             for r in self.routes.values()
             for s in r.models.values()
-            if s.error
+            if s.key in failed
         ]
 
-    def _served(self, deployed: Any) -> Served:
-        key = (deployed.model_id, deployed.version_id)
-        cached = self._predictors.get(key)
-        if cached is None:
-            cached = Served(
-                deployed.deployed_model_id,
-                deployed.model_id,
-                deployed.version_id,
-                deployed.model_resource_name,
-                deployed.display_name,
-            )
+    def readiness(self) -> dict[str, Any]:
+        """Ready: started, the prewarmed models loaded (none failed). With the models loaded and failed."""
+        prewarming = self._prewarming is not None and not self._prewarming.done()
+        failed = [k for k in self.prewarm_keys if k in self.cache.failed]
+        return {
+            "ready": not prewarming and not failed,
+            "prewarm": {
+                "models": len(self.prewarm_keys),
+                "loaded": sum(k in self.cache for k in self.prewarm_keys),
+                "failed": len(failed),
+                "done": not prewarming,
+            },
+            "models_loaded": len(self.cache),
+        }
+
+    async def start(self) -> None:
+        """At start, after the first `refresh`: load one model, then prewarm the rest in the background.
+
+        The first model (the first to prewarm, or the first deployed with traffic) loads before the
+        server answers: it imports its runtime, so no request pays for that, and its measured memory
+        checks the cache's limit up front (`StartupError` if one model does not fit).
+        """
+        loop = asyncio.get_running_loop()
+        self.prewarm_keys = await loop.run_in_executor(None, self._resolve_prewarm)
+        candidates = list(self.prewarm_keys or self._deployed_keys())
+        for key in candidates[:3]:  # a model that fails to load is listed by /ready; the next one is tried
             try:
-                version = self.platform.registry.get_version(deployed.model_id, deployed.version_id)
-                cached.predictor = Predictor.load(
-                    self.platform.registry.artifact_path(version), version.artifact_sha256
+                await self.cache.load(key, self._loader(key))
+                break
+            except ModelTooLarge as exc:
+                raise StartupError(
+                    f"--cache-memory {format_bytes(exc.limit)} is smaller than one model: {'@'.join(key)} takes "
+                    f"{format_bytes(exc.size)} once loaded; give a larger limit"
+                ) from None
+            except ModelUnavailable:
+                continue
+        # The runtime is set up: what is allocated from now on is models and requests. Frozen, the runtime's
+        # objects (TensorFlow's: ~400k) are left out of every later full collection, which frees evicted Keras
+        # models (they hold reference cycles) and holds the GIL: 133 ms more each without this (measured).
+        gc.collect()
+        gc.freeze()
+        self._prewarming = loop.create_task(self._prewarm(self.prewarm_keys))
+
+    async def stop(self) -> None:
+        if self._prewarming is not None:
+            self._prewarming.cancel()
+        self.cache.close()
+
+    async def _prewarm(self, keys: list[tuple[str, str]]) -> None:
+        started = time.perf_counter()
+        for index, key in enumerate(keys):
+            if key in self.cache:
+                continue
+            if self.cache.full():
+                print(
+                    f"fleetops serve: prewarm stopped after {index} of {len(keys)} models: the cache is full "
+                    "(--cache-models, --cache-memory); the others load on their first request",
+                    file=sys.stderr,
+                    flush=True,
                 )
-                cached.batcher = Batcher(cached.predictor)
-            except Exception as exc:
-                cached.error = str(exc)
-                print(f"fleetops serve: refusing {deployed.model_id}@{deployed.version_id}: {exc}", file=sys.stderr)
-            self._predictors[key] = cached
-        return Served(
-            deployed.deployed_model_id,
-            cached.model_id,
-            cached.version_id,
-            cached.model_resource_name,
-            deployed.display_name,
-            cached.predictor,
-            cached.error,
-            cached.batcher,
+                break
+            try:
+                await self.cache.load(key, self._loader(key))
+            except ModelUnavailable:
+                pass  # remembered by the cache; /ready lists it
+        print(
+            f"fleetops serve: worker {os.getpid()} ready: {len(self.cache)} model(s) loaded, "
+            f"{sum(k in self.cache.failed for k in keys)} failed, prewarm took {time.perf_counter() - started:.1f} s",
+            file=sys.stderr,
+            flush=True,
         )
+
+    def _loader(self, key: tuple[str, str]) -> Any:
+        return lambda: self._load_model(*key)
+
+    def _load_model(self, model_id: str, version_id: str) -> tuple[Loaded, int]:
+        """In the cache's thread: the model's predictor (its sha256 checked) warmed up; its size on disk."""
+        version = self.platform.registry.get_version(model_id, version_id)
+        path = self.platform.registry.artifact_path(version)
+        predictor = Predictor.load(path, version.artifact_sha256)
+        # One prediction here, not on the event loop: the runtime builds its kernels (Keras traces
+        # its graph, ~50 ms) on the first call, and that memory is the model's too.
+        predictor.predict_columns(predictor.columns([dict.fromkeys(predictor.features)]))
+        return Loaded(predictor, Batcher(predictor)), directory_bytes(path)
+
+    def _deployed_keys(self) -> list[tuple[str, str]]:
+        """Models deployed with traffic, by endpoint, each once."""
+        keys = [r.models[i].key for r in self.routes.values() for i in r.ids]
+        return list(dict.fromkeys(keys))
+
+    def _resolve_prewarm(self) -> list[tuple[str, str]]:
+        """The models `prewarm` names, in order, each once (in a thread: it may read the request log)."""
+        from fleetops.serving.request_log import most_requested
+
+        keys: list[tuple[str, str]] = []
+        for kind, value in self.prewarm_items:
+            if kind == "all":
+                keys += self._deployed_keys()
+            elif kind == "top":
+                ranked = []
+                for endpoint_id, deployed_model_id, _ in most_requested(self.home):
+                    route = self.routes.get(endpoint_id)
+                    if route is not None and deployed_model_id in route.ids:  # still deployed, with traffic
+                        ranked.append(route.models[deployed_model_id].key)
+                keys += list(dict.fromkeys(ranked))[:value]
+            else:
+                route = self.routes.get(value)
+                if route is None:
+                    known = sorted(self.routes)[:20]
+                    raise StartupError(f"--prewarm names endpoint {value!r}, which does not exist; endpoints: {known}")
+                by_traffic = sorted(zip(route.weights, route.ids, strict=True), key=lambda pair: -pair[0])
+                keys += [route.models[i].key for _, i in by_traffic]
+        return list(dict.fromkeys(keys))
 
 
 class ContainerModels:
@@ -231,31 +402,56 @@ class ContainerModels:
 
     resource_prefix = None  # Vertex routes to the container by its own endpoint; any path prefix is this model
 
-    def __init__(self, storage_uri: str):
+    def __init__(self, storage_uri: str, metrics: ServingMetrics | None = None):
         path = _local_artifact(storage_uri)
         predictor = Predictor.load(path)
+        self.metrics = metrics or ServingMetrics()
         self.served = Served(
             os.environ.get("AIP_DEPLOYED_MODEL_ID", "0"),
             predictor.artifact.metadata.get("fleet", "model"),
             os.environ.get("AIP_MODEL_VERSION_ID", ""),
             os.environ.get("AIP_MODEL_NAME", ""),
             os.environ.get("AIP_DEPLOYED_MODEL_ID", "model"),
-            predictor,
-            None,
-            Batcher(predictor),
         )
+        self._loaded = Loaded(predictor, Batcher(predictor))
 
     def refresh(self) -> bool:
         return False
 
+    def refreshed(self) -> None:
+        pass
+
     def route(self, endpoint_id: str) -> Served:
         return self.served
+
+    def loaded(self, served: Served) -> Loaded:
+        return self._loaded
+
+    async def load(self, served: Served) -> Loaded:
+        return self._loaded
 
     def logging_rate(self, endpoint_id: str) -> float:
         return 0.0  # on Vertex, the endpoint's request-response logging does this
 
     def problems(self) -> list[str]:
         return []
+
+    def readiness(self) -> dict[str, Any]:
+        return {"ready": True, "models_loaded": 1}
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+@dataclass
+class Raw:
+    """A response body that is not JSON."""
+
+    body: bytes
+    content_type: str
 
 
 class PredictionApp:
@@ -276,6 +472,7 @@ class PredictionApp:
         if token is not None:
             check_token(token, "the token")
         self.models = models
+        self.metrics = models.metrics
         self.token = token
         self._token_bytes = None if token is None else token.encode()
         self.max_body_bytes = max_body_bytes
@@ -295,8 +492,10 @@ class PredictionApp:
             return
         if scope["type"] != "http":
             raise ValueError(f"unsupported ASGI scope type {scope['type']!r}")  # what the ASGI spec asks for
+        started = time.perf_counter()
+        routed: list[tuple[str, Served]] = []  # the deployed model the request reached, for its metrics
         try:
-            status, payload = await self._handle(scope, receive)
+            status, payload = await self._handle(scope, receive, routed)
         except HttpError as exc:
             status, payload = exc.code, {"error": {"code": exc.code, "message": str(exc), "status": exc.status}}
         except UserError as exc:
@@ -304,28 +503,44 @@ class PredictionApp:
         except Exception as exc:  # the server stays up; the caller learns what failed
             status = 500
             payload = {"error": {"code": 500, "message": f"{type(exc).__name__}: {exc}", "status": "INTERNAL"}}
-        body = orjson.dumps(payload)
+        if isinstance(payload, Raw):
+            body, content_type = payload.body, payload.content_type.encode()
+        else:
+            body, content_type = orjson.dumps(payload), b"application/json"
+        if routed:
+            endpoint_id, served = routed[0]
+            self.metrics.model(endpoint_id, served.deployed_model_id).record(status, time.perf_counter() - started)
+        else:
+            self.metrics.unrouted.labels(str(status)).inc()
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
             }
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _handle(self, scope: dict[str, Any], receive: Any) -> tuple[int, Any]:
+    async def _handle(self, scope: dict[str, Any], receive: Any, routed: list[tuple[str, Served]]) -> tuple[int, Any]:
         path, method = scope["path"], scope["method"]
         if path == self.health_route:
             return 200, {"status": "ok"}
         if path == "/ready":
-            problems = self.models.problems()
-            return (503, {"ready": False, "problems": problems}) if problems else (200, {"ready": True})
+            readiness = self.models.readiness()
+            readiness["problems"] = self.models.problems()
+            return (200 if readiness["ready"] else 503), readiness
         if self._token_bytes is not None:
             scheme, _, credentials = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
             # compare_digest: the time taken does not tell how much of a guessed token was right.
             if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials, self._token_bytes):
                 raise HttpError(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+        if path == "/metrics":
+            if method != "GET":
+                raise HttpError(405, f"{path} takes GET, not {method}")
+            accept = dict(scope["headers"]).get(b"accept", b"").decode("latin-1")
+            # In a thread: with thousands of models the exposition takes a while, and warm requests go on meanwhile.
+            body, content_type = await asyncio.get_running_loop().run_in_executor(None, self.metrics.render, accept)
+            return 200, Raw(body, content_type)
         if self.predict_route is not None and path == self.predict_route:
             endpoint_id, verb = "", "predict"
         elif match := _ROUTE.match(path):
@@ -344,26 +559,23 @@ class PredictionApp:
         request = await self._json_body(receive, scope)
         instances = request.get("instances")
         served = self.models.route(endpoint_id)
-        if served.predictor is None:
-            raise HttpError(
-                503,
-                f"deployed model {served.deployed_model_id} ({served.model_id}@{served.version_id}) "
-                f"is not being served: {served.error}",
-            )
-        columns = served.predictor.columns(instances)
+        routed.append((endpoint_id, served))
+        loaded = self.models.loaded(served) or await self.models.load(served)
+        predictor = loaded.predictor
+        columns = predictor.columns(instances)
         n = len(instances)
-        outputs = await served.batcher.predict(columns, n)
-        served.predictor.check_finite(outputs, columns)
+        outputs = await loaded.batcher.predict(columns, n)
+        predictor.check_finite(outputs, columns)
         if verb == "explain":
             from fleetops.serving.explain import integrated_gradients
 
             loop = asyncio.get_running_loop()
             async with self._explain_slots:  # the others wait here, holding only their parsed instances
-                explanations = await loop.run_in_executor(None, integrated_gradients, served.predictor, columns)
-            payload = self._response(served, served.predictor.format_predictions(outputs))
+                explanations = await loop.run_in_executor(None, integrated_gradients, predictor, columns)
+            payload = self._response(served, predictor.format_predictions(outputs))
             payload["explanations"] = explanations
             return 200, payload
-        predictions = served.predictor.format_predictions(outputs)
+        predictions = predictor.format_predictions(outputs)
         rate = self.models.logging_rate(endpoint_id)
         if self.request_log is not None and rate > 0 and (rate >= 1.0 or random.random() < rate):
             self.request_log.log(endpoint_id, served, instances, predictions)
@@ -413,12 +625,22 @@ class PredictionApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await asyncio.get_running_loop().run_in_executor(None, self.models.refresh)
-                self._reloader = asyncio.get_running_loop().create_task(self._reload_forever())
+                loop = asyncio.get_running_loop()
+                try:
+                    await loop.run_in_executor(None, self.models.refresh)
+                    self.models.refreshed()
+                    await self.models.start()
+                except Exception as exc:  # uvicorn stops (every worker), naming the reason
+                    reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+                    _report_startup_failure(reason)
+                    await send({"type": "lifespan.startup.failed", "message": f"fleetops serve: {reason}"})
+                    return
+                self._reloader = loop.create_task(self._reload_forever())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._reloader:
                     self._reloader.cancel()
+                await self.models.stop()
                 if self.request_log is not None:
                     self.request_log.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -429,7 +651,8 @@ class PredictionApp:
         while True:
             await asyncio.sleep(self.reload_seconds)
             try:
-                await loop.run_in_executor(None, self.models.refresh)
+                if await loop.run_in_executor(None, self.models.refresh):
+                    self.models.refreshed()
             except Exception as exc:  # a bad reload keeps the last good routes
                 print(f"fleetops serve: reload failed, keeping the current routes: {exc}", file=sys.stderr)
 
@@ -501,11 +724,10 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
 def create_app() -> PredictionApp:
     """The app as uvicorn workers build it, from FLEETOPS_SERVE_* (or Vertex's AIP_*) environment variables."""
-    import tensorflow as tf
-
-    # Requests are small: one TF thread per worker avoids oversubscribing the cores the workers share.
-    tf.config.threading.set_intra_op_parallelism_threads(int(os.environ.get("FLEETOPS_SERVE_TF_THREADS", "1")))
-    tf.config.threading.set_inter_op_parallelism_threads(int(os.environ.get("FLEETOPS_SERVE_TF_THREADS", "1")))
+    # Requests are small: one TF thread per worker avoids oversubscribing the cores the workers share. Set
+    # for TensorFlow to read when a Keras model first loads: a server of LiteRT models never imports it.
+    threads = os.environ.get("FLEETOPS_SERVE_TF_THREADS", "1")
+    os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = threads
     concurrent_explains = int(os.environ.get("FLEETOPS_SERVE_CONCURRENT_EXPLAINS", DEFAULT_CONCURRENT_EXPLAINS))
     storage_uri = os.environ.get("AIP_STORAGE_URI")
     if storage_uri:
@@ -519,8 +741,15 @@ def create_app() -> PredictionApp:
     from fleetops.serving.request_log import RequestLogWriter
 
     home = os.environ["FLEETOPS_SERVE_HOME"]
+    cache_models = os.environ.get("FLEETOPS_SERVE_CACHE_MODELS")
+    cache_bytes = os.environ.get("FLEETOPS_SERVE_CACHE_MEMORY_BYTES")
     return PredictionApp(
-        TwinModels(home),
+        TwinModels(
+            home,
+            cache_models=int(cache_models) if cache_models else None,
+            cache_bytes=int(cache_bytes) if cache_bytes else None,
+            prewarm=os.environ.get("FLEETOPS_SERVE_PREWARM", ""),
+        ),
         token=os.environ.get("FLEETOPS_SERVE_TOKEN"),  # set but empty is refused, not "no token"
         max_body_bytes=int(os.environ.get("FLEETOPS_SERVE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
         request_log=RequestLogWriter(home),
@@ -538,18 +767,62 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_SECONDS,
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_SECONDS,
+    *,
+    prewarm: str = "",
+    cache_models: int | None = None,
+    cache_memory: str | int | None = None,
 ) -> None:
     """Run the local twin's server in the foreground (uvicorn with uvloop and httptools).
 
     `token` None leaves FLEETOPS_SERVE_TOKEN as it is: a token there still applies.
     Where to bind is the caller's decision (see `is_loopback`; the CLI asks for flags).
+    `prewarm` (see `parse_prewarm`), `cache_models` and `cache_memory` ('2GB' or bytes) are
+    checked here; a limit smaller than the first model loaded stops the server at start
+    with a `UserError` saying so.
     """
+    check_cache_limits(cache_models, cache_memory, prewarm)
     if home is not None:
         os.environ["FLEETOPS_SERVE_HOME"] = str(Path(home).resolve())
     os.environ["FLEETOPS_SERVE_MAX_BODY_BYTES"] = str(max_body_bytes)
     if token is not None:
         os.environ["FLEETOPS_SERVE_TOKEN"] = check_token(token, "the token")
+    os.environ["FLEETOPS_SERVE_PREWARM"] = prewarm
+    os.environ["FLEETOPS_SERVE_CACHE_MODELS"] = "" if cache_models is None else str(cache_models)
+    memory = cache_memory if cache_memory is None or isinstance(cache_memory, int) else parse_size(cache_memory)
+    os.environ["FLEETOPS_SERVE_CACHE_MEMORY_BYTES"] = "" if memory is None else str(memory)
     run_uvicorn(host, port, workers, header_timeout, keep_alive_timeout)
+
+
+def check_cache_limits(cache_models: int | None, cache_memory: str | int | None, prewarm: str) -> None:
+    """Refuse, before starting anything, limits no model fits in and a prewarm the cache cannot hold."""
+    if cache_models is not None and cache_models < 1:
+        raise UserError(f"--cache-models {cache_models}: the cache must hold at least 1 model")
+    if cache_memory is not None:
+        memory = cache_memory if isinstance(cache_memory, int) else parse_size(cache_memory)
+        ModelCache(max_bytes=memory).close()  # its minimum, checked once
+    for kind, value in parse_prewarm(prewarm):
+        if kind == "top" and cache_models is not None and value > cache_models:
+            raise UserError(f"--prewarm top:{value} is more models than --cache-models {cache_models} keeps")
+
+
+def parse_prewarm(text: str) -> list[tuple[str, Any]]:
+    """`--prewarm`: comma-separated 'all', 'top:N' (the N deployed models most requested in the request log) or
+    endpoint ids (the models with traffic there), as (kind, value) pairs: ('all', None), ('top', N), ('endpoint', id).
+    """
+    items: list[tuple[str, Any]] = []
+    for item in (part.strip() for part in (text or "").split(",")):
+        if not item:
+            continue
+        if item == "all":
+            items.append(("all", None))
+        elif item.startswith("top:"):
+            count = item.removeprefix("top:")
+            if not count.isdigit() or int(count) < 1:
+                raise UserError(f"--prewarm {item!r}: after 'top:' give a number of models, at least 1 (e.g. top:50)")
+            items.append(("top", int(count)))
+        else:
+            items.append(("endpoint", item))
+    return items
 
 
 def run_uvicorn(
@@ -559,25 +832,45 @@ def run_uvicorn(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT_SECONDS,
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_SECONDS,
 ) -> None:
-    """uvicorn running `create_app` (configured by the environment): the twin's server and the container alike."""
+    """uvicorn running `create_app` (configured by the environment): the twin's server and the container alike.
+
+    A worker whose startup fails writes why to a file named by FLEETOPS_SERVE_STARTUP_ERROR_FILE
+    (uvicorn exits, or with several workers stops them, without saying why); that is raised here
+    as a `UserError`.
+    """
     import uvicorn
 
     for name, seconds in (("header_timeout", header_timeout), ("keep_alive_timeout", keep_alive_timeout)):
         if not seconds > 0:
             raise UserError(f"{name} must be a positive number of seconds, got {seconds!r}")
     os.environ["FLEETOPS_SERVE_HEADER_TIMEOUT_SECONDS"] = str(header_timeout)  # for the workers' protocols
-    uvicorn.run(
-        "fleetops.serving.server:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http=HeaderDeadlineProtocol,
-        timeout_keep_alive=keep_alive_timeout,  # typed int, but only ever passed to loop.call_later
-        log_level="warning",
-        access_log=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="fleetops-serve-") as scratch:
+        failure = Path(scratch) / "startup-error"
+        os.environ["FLEETOPS_SERVE_STARTUP_ERROR_FILE"] = str(failure)
+        try:
+            uvicorn.run(
+                "fleetops.serving.server:create_app",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                loop="uvloop",
+                http=HeaderDeadlineProtocol,
+                timeout_keep_alive=keep_alive_timeout,  # typed int, but only ever passed to loop.call_later
+                log_level="warning",
+                access_log=False,
+            )
+        except SystemExit:
+            if not failure.is_file():
+                raise
+        if failure.is_file():
+            raise UserError(failure.read_text())
+
+
+def _report_startup_failure(reason: str) -> None:
+    path = os.environ.get("FLEETOPS_SERVE_STARTUP_ERROR_FILE")
+    if path:
+        Path(path).write_text(reason)
 
 
 def check_token(token: str, source: str) -> str:
