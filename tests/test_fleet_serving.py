@@ -92,6 +92,8 @@ def test_models_load_on_first_request_and_the_least_recently_used_go_first(fleet
     assert value(metrics, "fleetops_serve_cache_evictions_total") == FLEET - 2
     assert value(metrics, "fleetops_serve_cache_hits_total") == 1  # f0
     assert value(metrics, "fleetops_serve_cache_misses_total") == FLEET - 1
+    assert value(metrics, "fleetops_serve_cold_request_seconds_count") == FLEET - 1
+    assert value(metrics, "fleetops_serve_worker", pid=str(server.process.pid)) == 1  # one worker: the CLI's process
     for i in range(FLEET):
         labels = {"endpoint_id": f"f{i}", "deployed_model_id": str(i + 1)}
         assert value(metrics, "fleetops_serve_requests_total", **labels) == 1

@@ -10,6 +10,8 @@ endpoints that do not exist; a model's series go when it is undeployed):
     fleetops_serve_requests_total           requests that reached the deployed model
     fleetops_serve_errors_total{code}       those answered with a 4xx or 5xx (e.g. 400 bad input, 503 not loadable)
     fleetops_serve_request_seconds          histogram: from the request's start to its response
+    fleetops_serve_cold_request_seconds     histogram, all models: the requests among those that waited for a
+                                            load (warm latency = the per-model buckets summed, minus these)
 
 The model cache (see `fleetops.serving.model_cache`):
 
@@ -25,12 +27,13 @@ The model cache (see `fleetops.serving.model_cache`):
 
 And the process: `process_resident_memory_bytes` and the other `process_*` series of
 prometheus_client's process collector, `fleetops_serve_resident_memory_peak_bytes`,
-and `fleetops_serve_unrouted_responses_total{code}` for responses that reached no
-model (health, readiness, metrics, unknown endpoints, missing tokens).
+`fleetops_serve_unrouted_responses_total{code}` for responses that reached no
+model (health, readiness, metrics, unknown endpoints, missing tokens), and
+`fleetops_serve_worker{pid}` (1), which worker answered the scrape.
 
 With uvicorn `--workers N`, each worker process keeps its own metrics and a scrape is
-answered by whichever worker accepts the connection: a scrape shows one worker. The
-series do not say which; `process_start_time_seconds` changes between workers. This
+answered by whichever worker accepts the connection: a scrape shows one worker, which
+`fleetops_serve_worker{pid}` names. This
 was chosen over prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR):
 that mode needs the directory wiped before every start and each dead worker marked
 (uvicorn restarts workers without telling the app), the per-process gauges (resident
@@ -42,6 +45,7 @@ exact totals, or sum per-worker scrapes of one worker per port.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import sys
 from typing import Any
@@ -78,6 +82,7 @@ class ModelMetrics:
         self.codes: set[str] = set()
 
     def record(self, status: int, seconds: float) -> None:
+        """One request's outcome; `seconds` from its start to its response."""
         self.requests.inc()
         self.latency.observe(seconds)
         if status >= 400:
@@ -102,6 +107,12 @@ class ServingMetrics:
             "fleetops_serve_request_seconds",
             "Time from a request's start to its response, per deployed model.",
             _MODEL,
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.cold_latency = Histogram(
+            "fleetops_serve_cold_request_seconds",
+            "Time from the start to the response of requests that waited for their model to load.",
             buckets=REQUEST_BUCKETS,
             registry=registry,
         )
@@ -150,6 +161,9 @@ class ServingMetrics:
             registry=registry,
         )
         peak.set_function(_peak_resident_bytes)
+        Gauge("fleetops_serve_worker", "The server process that answered.", ("pid",), registry=registry).labels(
+            str(os.getpid())
+        ).set(1)
         ProcessCollector(registry=registry)
         self._models: dict[tuple[str, str], ModelMetrics] = {}
 

@@ -446,6 +446,15 @@ class ContainerModels:
         pass
 
 
+class _Seen:
+    __slots__ = ("cold", "endpoint_id", "served")
+
+    def __init__(self) -> None:
+        self.endpoint_id = ""
+        self.served: Served | None = None
+        self.cold = False
+
+
 @dataclass
 class Raw:
     """A response body that is not JSON."""
@@ -493,9 +502,9 @@ class PredictionApp:
         if scope["type"] != "http":
             raise ValueError(f"unsupported ASGI scope type {scope['type']!r}")  # what the ASGI spec asks for
         started = time.perf_counter()
-        routed: list[tuple[str, Served]] = []  # the deployed model the request reached, for its metrics
+        seen = _Seen()  # what the request reached, for the metrics
         try:
-            status, payload = await self._handle(scope, receive, routed)
+            status, payload = await self._handle(scope, receive, seen)
         except HttpError as exc:
             status, payload = exc.code, {"error": {"code": exc.code, "message": str(exc), "status": exc.status}}
         except UserError as exc:
@@ -507,9 +516,11 @@ class PredictionApp:
             body, content_type = payload.body, payload.content_type.encode()
         else:
             body, content_type = orjson.dumps(payload), b"application/json"
-        if routed:
-            endpoint_id, served = routed[0]
-            self.metrics.model(endpoint_id, served.deployed_model_id).record(status, time.perf_counter() - started)
+        if seen.served is not None:
+            seconds = time.perf_counter() - started
+            self.metrics.model(seen.endpoint_id, seen.served.deployed_model_id).record(status, seconds)
+            if seen.cold:
+                self.metrics.cold_latency.observe(seconds)
         else:
             self.metrics.unrouted.labels(str(status)).inc()
         await send(
@@ -521,7 +532,7 @@ class PredictionApp:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _handle(self, scope: dict[str, Any], receive: Any, routed: list[tuple[str, Served]]) -> tuple[int, Any]:
+    async def _handle(self, scope: dict[str, Any], receive: Any, seen: _Seen) -> tuple[int, Any]:
         path, method = scope["path"], scope["method"]
         if path == self.health_route:
             return 200, {"status": "ok"}
@@ -558,9 +569,12 @@ class PredictionApp:
             raise HttpError(405, f"{path} takes POST, not {method}")
         request = await self._json_body(receive, scope)
         instances = request.get("instances")
-        served = self.models.route(endpoint_id)
-        routed.append((endpoint_id, served))
-        loaded = self.models.loaded(served) or await self.models.load(served)
+        served = seen.served = self.models.route(endpoint_id)
+        seen.endpoint_id = endpoint_id
+        loaded = self.models.loaded(served)
+        if loaded is None:
+            seen.cold = True
+            loaded = await self.models.load(served)
         predictor = loaded.predictor
         columns = predictor.columns(instances)
         n = len(instances)
