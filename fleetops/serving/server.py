@@ -67,6 +67,10 @@ from fleetops.serving.predictor import Predictor
 
 DEFAULT_MAX_BODY_BYTES = 1_572_864  # Vertex's online prediction payload limit (1.5 MB)
 MAX_BATCH_ROWS = 1024
+# Batch shapes a model is scored at once as it loads (`TwinModels._load_model`): the micro-batches
+# a fleet's traffic forms are mostly this small; the buckets above are traced when first needed.
+WARM_UP_ROWS = (2, 4, 8)
+WARM_UP_SLOW_SECONDS = 0.005
 # Explanations computed at once, per worker: each holds a chunk's integration path and gradient tape
 # (see explain.py); more share the same cores and multiply the memory (measured: README).
 DEFAULT_CONCURRENT_EXPLAINS = 1
@@ -362,9 +366,14 @@ class TwinModels:
         version = self.platform.registry.get_version(model_id, version_id)
         path = self.platform.registry.artifact_path(version)
         predictor = Predictor.load(path, version.artifact_sha256)
-        # One prediction here, not on the event loop: the runtime builds its kernels (Keras traces
-        # its graph, ~50 ms) on the first call, and that memory is the model's too.
+        # Predictions here, not on the event loop: a runtime may build its kernels on the first call for a
+        # batch shape (Keras traces a graph per shape, ~50 ms: measured, it put 50 ms stalls in the warm p99
+        # of a fleet), and that memory is the model's too. When the first call is fast, the runtime does not.
+        started = time.perf_counter()
         predictor.predict_columns(predictor.columns([dict.fromkeys(predictor.features)]))
+        if time.perf_counter() - started > WARM_UP_SLOW_SECONDS:
+            for rows in WARM_UP_ROWS:
+                predictor.predict_columns(predictor.columns([dict.fromkeys(predictor.features)] * rows))
         return Loaded(predictor, Batcher(predictor)), directory_bytes(path)
 
     def _deployed_keys(self) -> list[tuple[str, str]]:
