@@ -294,10 +294,11 @@ def test_memory_stays_within_the_limit_over_sweeps_of_every_model(tmp_path, trai
     assert 1 <= value(metrics, "fleetops_serve_models_loaded") < size
     assert value(metrics, "fleetops_serve_cache_evictions_total") >= 2 * size
     # Each sweep loads every model again. The cache's measure stays within the limit (above); the process
-    # grows by what Keras and TensorFlow keep of an evicted model until Python's cyclic collector runs, and
-    # by TensorFlow's kernel cache for good (model_cache's docstring, measured: 0.2-1.8 MB per load), not by
-    # the models themselves piling up.
-    assert resident[2] - resident[0] < 2 * size * 3_000_000, resident
+    # grows by what an evicted Keras model leaves until Python's cyclic collector runs (measured: up to
+    # ~3.3 MB a load), and by TensorFlow's kernel cache for good (~0.5 MB a load; model_cache's docstring).
+    # A server holding on to evicted models would grow by more, and for good.
+    loads = 2 * size
+    assert resident[2] - resident[0] < loads * 4_000_000, resident
 
 
 def test_metrics_per_model_and_behind_the_token(fleet, serve):

@@ -25,8 +25,9 @@ its own, give or take what requests served meanwhile hold at the two instants.
 
 Not the process's resident memory (RSS) around the load, which was measured
 and is wrong twice: the first load of a runtime adds its one-time setup
-(+28 MB RSS for the first Keras churn model, +1.7 MB for each next one; the heap
-measure gives 6.4 and 1.2 MB), and once models have been evicted, a load reuses
+(+28 MB RSS for the first Keras churn model, +1.7 MB for each next one, both
+scored at one batch shape; the heap measure gives 6.4 and 1.2 MB), and once
+models have been evicted, a load reuses
 pages freed by them, so its RSS delta reads close to 0 and a memory limit
 summed from such deltas would let the cache hold ever more models. The heap's
 bytes in use go down when a model is freed and up when one is loaded,
@@ -44,9 +45,11 @@ hold reference cycles, freed by Python's cyclic collector, not at eviction (the
 server freezes the runtime's objects at start, `gc.freeze`, so that those
 collections scan only models and requests). And TensorFlow keeps every model's
 kernels in its eager kernel cache for good: measured with the churn models,
-evicting and loading Keras models over and over grows the heap by ~0.22 MB per
-load (~0.44 MB before the cycles are collected), while the cache's measured
-memory stays within its limit. Clearing TensorFlow's kernel cache stops that
+evicting and loading Keras models over and over grows the process by ~0.5 MB
+per load for good (~0.2 MB with one batch shape traced; the server traces
+four, see `TwinModels._load_model`), and by up to ~3 MB per load until
+Python's collector runs, while the cache's measured memory stays within its
+limit. Clearing TensorFlow's kernel cache stops that
 growth, but also drops the kernels every loaded model and the runtime share:
 each loaded model's next request rebuilds them (~35 ms), and the next load
 measures them as its own; it is not done. A server that evicts Keras models
