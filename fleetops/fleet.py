@@ -43,7 +43,7 @@ from fleetops.names import (
 )
 from fleetops.platform import Platform
 from fleetops.platform.registry import EvaluationInput, UploadRequest
-from fleetops.spec import FleetSpec, ShardingSpec, Task
+from fleetops.spec import PREBUILT_TF_IMAGE, FleetSpec, ShardingSpec, Task, is_prebuilt_tf_image
 from fleetops.training.trainer import SEGMENT_COLUMN
 
 # Vertex collects at most 100 artifacts from one ParallelFor.
@@ -222,7 +222,18 @@ def register_shard(
     `ModelRegistry.upload_versions`), and a rerun finds what was registered by identity.
     A model whose identity is already registered (a rerun on identical data) adds no
     version: its row says `created: False` and names the existing version.
+
+    With `serving.cohosting: pool` the models are registered for Vertex's prebuilt TensorFlow
+    container, the only kind Vertex co-hosts: each artifact first gets its SavedModel export
+    (`fleetops.training.savedmodel`, about 0.4 s a model, so only then), and a custom
+    `serving_image` is refused before anything is exported or registered.
     """
+    serving_image = _serving_image(spec, serving_image)
+    if spec.serving_pool:
+        from fleetops.training.savedmodel import export_savedmodel
+
+        for evaluation in evaluations:
+            export_savedmodel(Path(model_dir) / segment_slug(evaluation["segment"]))
     requests = [
         _upload_request(spec, model_dir, evaluation, model_uri, pipeline_job, serving_image)
         for evaluation in evaluations
@@ -257,6 +268,20 @@ def register_shard(
             }
         )
     return results
+
+
+def _serving_image(spec: FleetSpec, serving_image: str | None) -> str | None:
+    """The serving container to register with: the argument, else the spec's; Vertex's TensorFlow one for a pool."""
+    image = serving_image or spec.registry.serving_image
+    if not spec.serving_pool:
+        return image
+    if image and not is_prebuilt_tf_image(image):
+        raise UserError(
+            f"serving_image {image!r} is a custom container, and the fleet's spec says serving.cohosting: pool: "
+            "Vertex co-hosts only models served by its prebuilt TensorFlow container; pass no serving_image "
+            f"(fleetops then registers with {PREBUILT_TF_IMAGE}) or another prebuilt tf2-cpu image"
+        )
+    return image or PREBUILT_TF_IMAGE
 
 
 def _upload_request(
@@ -310,7 +335,7 @@ def _upload_request(
         aliases=[CHAMPION_ALIAS] if promote else [],
         is_default_version=promote,
         lineage=lineage,
-        serving_image=serving_image or spec.registry.serving_image,
+        serving_image=serving_image,
         evaluation=EvaluationInput(
             metrics_schema_uri=schema_uri,
             metrics=_finite(evaluation["metrics"]),

@@ -2,7 +2,9 @@
 
 The real google-cloud-aiplatform SDK (REST transport) is pointed at it, so tests
 check the exact requests fleetops sends. It keeps models in memory and applies
-Vertex's version and alias bookkeeping; it records every request.
+Vertex's version and alias bookkeeping; it records every request. A model
+lists SHARED_RESOURCES among its deployment resource types (it can be
+co-hosted) only when a prebuilt TensorFlow or PyTorch container serves it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ _JOB_RESULTS: dict[str, dict[str, Any]] = {
 _ENDPOINTS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints$")
 _ENDPOINT = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints/([^/:]+)(:\w+)?$")
 _MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models/([^/@:]+)(?:@([^/:]+))?(.*)$")
+# Vertex co-hosts the models of its prebuilt TensorFlow (GA) and PyTorch (preview) containers only.
+_COHOSTABLE_IMAGE = re.compile(r"^(us|europe|asia)-docker\.pkg\.dev/vertex-ai/prediction/(tf2|pytorch)-")
 
 
 class FakeVertex(LoopbackJsonServer):
@@ -178,8 +182,10 @@ class FakeVertex(LoopbackJsonServer):
             aliases.append("default")
         for other in entry["versions"].values():
             other["versionAliases"] = [a for a in other["versionAliases"] if a not in aliases]
+        image = model.get("containerSpec", {}).get("imageUri", "")
         model |= {
-            "supportedDeploymentResourcesTypes": ["DEDICATED_RESOURCES"],
+            "supportedDeploymentResourcesTypes": ["DEDICATED_RESOURCES"]
+            + (["SHARED_RESOURCES"] if _COHOSTABLE_IMAGE.match(image) else []),
             "name": f"{parent}/models/{model_id}",
             "versionId": version_id,
             "versionAliases": aliases,
