@@ -345,10 +345,11 @@ def _version_listing(version: ModelVersion) -> str:
 def _endpoint_listing(home: Path) -> str:
     from fleetops.platform import connect, local_uri
 
-    lines = ["endpoints (deployed model: version, traffic %):"]
+    lines = ["endpoints (deployed model: version, traffic %, deployment resource pool when co-hosted):"]
     for endpoint in connect(local_uri(home)).endpoints.list():
         shown = ", ".join(
             f"{m.deployed_model_id}: v{m.version_id} {endpoint.traffic_split.get(m.deployed_model_id, 0)}%"
+            + (f" in pool {m.settings.deployment_resource_pool}" if m.settings.deployment_resource_pool else "")
             for m in endpoint.deployed_models
         )
         lines.append(f"  {endpoint.endpoint_id:<24} {shown or 'nothing deployed'}")

@@ -13,6 +13,7 @@ from google.auth.credentials import AnonymousCredentials
 from fleetops import fleet
 from fleetops.errors import RegistryRuleError, SpecError, UserError
 from fleetops.platform import connect
+from fleetops.platform.endpoints import DeployedModel, DeploymentSettings, check_explainable
 from fleetops.spec import PREBUILT_TF_IMAGE, parse_spec
 from fleetops.training.artifact import load_artifact
 from fleetops.training.savedmodel import export_savedmodel, has_savedmodel
@@ -138,3 +139,13 @@ def test_the_tensorflow_container_needs_a_savedmodel_on_both_platforms(platform,
                 "churn-north", artifact_dirs[0], artifact_uri="gs://b/m", serving_image=PREBUILT_TF_IMAGE
             )
         assert fake.requests == []
+
+
+def test_explanations_of_a_co_hosted_model_are_refused_with_the_reason():
+    settings = DeploymentSettings(deployment_resource_pool="churn-pool")
+    deployed = DeployedModel("7", "churn-north", "2", "projects/p/locations/l/models/churn-north", "d", settings)
+    with pytest.raises(UserError, match=r"co-hosted in deployment resource pool 'churn-pool', and Vertex serves no"):
+        check_explainable("churn-north", deployed)
+    check_explainable("churn-north", DeployedModel("8", "churn-north", "2", "n", "d"))  # own nodes: explainable
+    with pytest.raises(UserError, match="deployment_resource_pool 'Pool' is invalid"):
+        DeploymentSettings(deployment_resource_pool="Pool")
