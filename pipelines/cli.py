@@ -588,14 +588,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=None, help="local twin home: registry, request log and runs/")
     p.add_argument("--prices", default=None, metavar="FILE", help="price table (default: the shipped one)")
     p.add_argument("--region", default="us-central1", help="region of the price table (default us-central1)")
-    p.add_argument("--models", type=_positive_int, default=None, help="fleet size (default: the spec's data)")
-    p.add_argument("--rps", type=_non_negative, default=None, help="requests/s (default: the request log)")
+    p.add_argument(
+        "--models", type=_positive_int, default=None, metavar="N", help="fleet size (default: the spec's data)"
+    )
+    p.add_argument(
+        "--rps", type=_non_negative, default=None, metavar="RPS", help="requests/s (default: the request log)"
+    )
     p.add_argument("--memory-per-model", type=_positive, default=None, metavar="MB", help="memory of a loaded model")
-    p.add_argument("--server-memory", type=_non_negative, default=None, metavar="MB", help="a serving process's own")
-    p.add_argument("--rps-per-node", type=_positive, default=None, help="requests/s one node serves at the CPU target")
-    p.add_argument("--working-set", type=_positive_int, default=None, help="models the fleet endpoint keeps loaded")
+    p.add_argument(
+        "--server-memory", type=_non_negative, default=None, metavar="MB", help="a serving process before its models"
+    )
+    p.add_argument(
+        "--rps-per-node",
+        type=_positive,
+        default=None,
+        metavar="RPS",
+        help="requests/s one node serves at the CPU target",
+    )
+    p.add_argument(
+        "--working-set", type=_positive_int, default=None, metavar="N", help="models the fleet endpoint keeps loaded"
+    )
     p.add_argument("--run", default=None, metavar="DIR", help="the run to price (default: the fleet's latest)")
-    p.add_argument("--training-machine", default=None, help="machine type of the train tasks (default: their limits)")
+    p.add_argument(
+        "--training-machine",
+        default=None,
+        metavar="TYPE",
+        help="machine type of the train tasks (default: their limits)",
+    )
     p.add_argument("--output", default=None, metavar="PATH", help="JSON report (default: <run>/cost.json)")
     p.set_defaults(handler=cmd_cost)
 

@@ -243,6 +243,21 @@ def test_requests_per_second_from_a_real_request_log(tmp_path):
 # --- training ---------------------------------------------------------------------------------------
 
 
+def test_task_durations_pair_kfp_local_log_lines_across_midnight(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text(
+        "23:59:58.500 - INFO - Executing task \x1b[96m'train'\x1b[0m\n"
+        "23:59:59.000 - INFO - Executing task \x1b[96m'train'\x1b[0m\n"
+        "some executor output without a clock\n"
+        "00:00:01.500 - INFO - Task \x1b[96m'train'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n"
+        "00:00:04.000 - INFO - Task \x1b[96m'train'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m\n"
+    )
+    assert cost.task_durations(log) == [
+        cost.TaskTime("train", "SUCCESS", 3.0),
+        cost.TaskTime("train", "FAILURE", 5.0),
+    ]
+
+
 def test_train_limits_map_to_the_cheapest_machine_with_as_much():
     prices = cost.load_prices()
     assert cost.memory_gib("16G") == pytest.approx(14.90, abs=0.01)
