@@ -68,7 +68,7 @@ setup(
     description="Kubeflow Pipelines components and pipelines for MLOps on Vertex AI, for fleets of models.",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["fleetops", "fleetops.*", "components", "pipelines"]),
-    package_data={"fleetops": ["py.typed"]},
+    package_data={"fleetops": ["py.typed", "prices/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["fleetops=pipelines.cli:main"]},
