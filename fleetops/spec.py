@@ -261,6 +261,16 @@ class ServingSpec(_Strict):
     max_replica_count: int = Field(1, ge=1)
     autoscaling_target_cpu: int | None = Field(None, ge=1, le=100)
     request_logging_rate: float = Field(1.0, ge=0, le=1, description="Share of requests logged for monitoring.")
+    runtime: str = Field(
+        "litert",
+        pattern="^(keras|litert|litert_quantized)$",
+        description="keras: serve the Keras model; litert: its float32 LiteRT flatbuffer where that agrees with it "
+        "(else Keras); litert_quantized: also the int8 flatbuffer where its validation metric drops by at most "
+        "quantized_max_metric_drop. `:explain` always uses the Keras model.",
+    )
+    quantized_max_metric_drop: float = Field(
+        0.002, ge=0, description="How much worse the primary metric may be on validation for int8 to be served."
+    )
 
     @model_validator(mode="after")
     def _replicas(self) -> ServingSpec:
