@@ -211,8 +211,8 @@ def evaluate_shard(
     return results
 
 
-# Single-instance predictions timed per runtime (after one untimed call: Keras traces on its first).
-LATENCY_REPEATS = {"keras": 15, "litert": 50}
+# Single-instance predictions timed per runtime after the first (timed apart: Keras traces on it).
+LATENCY_REPEATS = {"keras": 9, "litert": 25}
 
 
 def runtime_tradeoff(
@@ -226,8 +226,9 @@ def runtime_tradeoff(
     """What each runtime of a model costs and changes, measured in this process.
 
     Per runtime (`keras` and each LiteRT variant the artifact holds): file bytes, load ms (Keras:
-    `load_artifact`; LiteRT: read and build the interpreter), p50 ms of one instance through
-    `Predictor.predict_columns` (what the server runs per request); for the LiteRT variants also
+    `load_artifact`; LiteRT: read and build the interpreter), the first and the p50 ms of one
+    instance through `Predictor.predict_columns` (what the server runs per request; Keras traces
+    its graph on the first); for the LiteRT variants also
     the largest score difference from Keras on the test rows and the change of the primary metric
     there (`metric_delta`, variant minus Keras). `serving` is what `Predictor.load` will serve;
     `skipped` says why a variant was not exported. An artifact without flatbuffers has only `keras`.
@@ -251,7 +252,7 @@ def runtime_tradeoff(
         "keras": {
             "bytes": (artifact.path / MODEL_FILE).stat().st_size,
             "load_ms": round(keras_load_ms, 3),
-            "p50_ms": _p50_ms(keras, one, LATENCY_REPEATS["keras"]),
+            **_latency_ms(keras, one, LATENCY_REPEATS["keras"]),
         }
     }
     metric = spec.primary_metric
@@ -266,7 +267,7 @@ def runtime_tradeoff(
         entry: dict[str, Any] = {
             "bytes": path.stat().st_size,
             "load_ms": round(load_ms, 3),
-            "p50_ms": _p50_ms(Predictor(artifact, lite, variant), one, LATENCY_REPEATS["litert"]),
+            **_latency_ms(Predictor(artifact, lite, variant), one, LATENCY_REPEATS["litert"]),
         }
         if y is not None and keras_scores is not None:
             scores = shape_outputs(artifact.task, lite.predict(arrays))
@@ -278,14 +279,14 @@ def runtime_tradeoff(
     return {"serving": choose_runtime(artifact.metadata), "metric": metric, "variants": variants, "skipped": skipped}
 
 
-def _p50_ms(predictor: Any, one: dict[str, list[Any]], repeats: int) -> float:
-    predictor.predict_columns(one)
+def _latency_ms(predictor: Any, one: dict[str, list[Any]], repeats: int) -> dict[str, float]:
+    """The first single-instance prediction (Keras traces its graph then) and the p50 of the next ones."""
     times = []
-    for _ in range(repeats):
+    for _ in range(1 + repeats):
         started = time.perf_counter()
         predictor.predict_columns(one)
         times.append(time.perf_counter() - started)
-    return round(float(np.median(times)) * 1000, 4)
+    return {"first_ms": round(times[0] * 1000, 4), "p50_ms": round(float(np.median(times[1:])) * 1000, 4)}
 
 
 def register_shard(
@@ -455,12 +456,17 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
         runtimes = e.get("runtimes")
         if runtimes:
             lines += [f"**Runtimes** (serving: {runtimes['serving']})", ""]
-            lines += [f"| runtime | bytes | load ms | p50 ms | max score delta | {runtimes['metric']} delta |"]
-            lines += ["|---|---|---|---|---|---|"]
+            lines += [
+                f"| runtime | bytes | load ms | first ms | p50 ms | max score delta | {runtimes['metric']} delta |"
+            ]
+            lines += ["|---|---|---|---|---|---|---|"]
             for name, r in runtimes["variants"].items():
                 delta = "" if r.get("max_delta") is None else f"{r['max_delta']:.1e}"
                 change = "" if name == "keras" else _fmt(r.get("metric_delta"))
-                lines.append(f"| {name} | {r['bytes']} | {r['load_ms']:.2f} | {r['p50_ms']:.3f} | {delta} | {change} |")
+                lines.append(
+                    f"| {name} | {r['bytes']} | {r['load_ms']:.2f} | {r['first_ms']:.3f} | {r['p50_ms']:.3f} "
+                    f"| {delta} | {change} |"
+                )
             lines += ["", *[f"- no {name}: {why}" for name, why in sorted(runtimes.get("skipped", {}).items())]]
             lines.append("")
         tuning = e.get("tuning") or {}

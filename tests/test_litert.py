@@ -178,7 +178,7 @@ def test_the_quantized_variant_records_its_metric_change_and_is_served_only_with
     runtimes = evaluation["runtimes"]
     assert set(runtimes["variants"]) == {"keras", "float32", "int8"} and runtimes["serving"] == "float32"
     for name, figures in runtimes["variants"].items():
-        assert figures["bytes"] > 0 and figures["load_ms"] > 0 and figures["p50_ms"] > 0, name
+        assert min(figures[k] for k in ("bytes", "load_ms", "first_ms", "p50_ms")) > 0, name
     test_auc = evaluation["metrics"]["auRoc"]
     assert runtimes["variants"]["int8"]["metric_delta"] is not None
     assert abs(runtimes["variants"]["int8"]["metric_delta"]) < 0.05 and test_auc > 0.5
