@@ -299,6 +299,16 @@ class ServingSpec(_Strict):
         pattern=RESOURCE_ID_PATTERN,
         description="The deployment resource pool's id with cohosting: pool (default: '<fleet>-pool').",
     )
+    runtime: str = Field(
+        "litert",
+        pattern="^(keras|litert|litert_quantized)$",
+        description="keras: serve the Keras model; litert: its float32 LiteRT flatbuffer where that agrees with it "
+        "(else Keras); litert_quantized: also the int8 flatbuffer where its validation metric drops by at most "
+        "quantized_max_metric_drop. `:explain` always uses the Keras model.",
+    )
+    quantized_max_metric_drop: float = Field(
+        0.002, ge=0, description="How much worse the primary metric may be on validation for int8 to be served."
+    )
 
     @model_validator(mode="after")
     def _replicas(self) -> ServingSpec:
