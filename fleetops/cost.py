@@ -49,6 +49,9 @@ PRICES_FILE = Path(__file__).resolve().parent / "prices" / "vertex_prices.yaml"
 # loaded with `Predictor.load`, each then scored at the 7 batch shapes the server pads to (1 to 64
 # rows), took the process from 685 to 748 MB RSS: 3.3 MB a model (1.9 MB scored at one shape only).
 DEFAULT_MODEL_MB = 3.3
+# Per loaded model by the runtime that serves it: a LiteRT float32 or int8 interpreter of the sample
+# models took 0.15-0.18 MB RSS each (200 loaded in a fresh process, this machine).
+MODEL_MB_BY_RUNTIME = {"keras": DEFAULT_MODEL_MB, "float32": 0.17, "int8": 0.17}
 # A serving process (`fleetops.serving.server` and TensorFlow imported) with one such model loaded
 # and traced at those shapes: 687 MB RSS, measured the same way; a dedicated node holds one of these.
 DEFAULT_SERVER_MB = 690.0
@@ -462,55 +465,30 @@ class Runtime:
     load_ms: float | None = None
 
 
-def runtime_figures(metrics: Any) -> dict[str, float]:
-    """Memory (MB), p50 latency (ms) and load time (ms) in an evaluation's metrics, wherever they are nested.
+def runtime_figures(record: Any) -> dict[str, float]:
+    """Memory (MB), p50 latency (ms) and load time (ms) of the runtime a version is served with.
 
-    Read defensively, by key: a key with `memory` or `rss` is memory (in MB unless it says bytes, KB or
-    GB), one with `p50` a median latency, one with `load` and a time unit a load time (in ms unless it
-    says seconds or microseconds). Anything else, or a value that is not a positive number, is ignored.
+    `record` is the `runtimes` entry of a version's lineage, as evaluation measured it: `serving` names
+    the runtime (`keras`, `float32`, `int8`) and `variants` holds each one's `load_ms` and `p50_ms`.
+    Memory per loaded model is not measurable per version inside a shared process, so it is the
+    figure measured here for that runtime (`MODEL_MB_BY_RUNTIME`). Anything missing is left out.
     """
-    found: dict[str, float] = {}
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{path}.{key}".lower())
-            return
-        if not _number(node) or node <= 0:
-            return
-        key = path.rsplit(".", 1)[-1]
-        if ("memory" in key or "rss" in key) and "model_mb" not in found:
-            found["model_mb"] = _to_mb(key, float(node))
-        elif "p50" in key and "p50_ms" not in found:
-            found["p50_ms"] = _to_ms(key, float(node))
-        elif "load" in key and re.search(r"(ms|_s|sec|seconds|us)$", key) and "load_ms" not in found:
-            found["load_ms"] = _to_ms(key, float(node))
-
-    walk(metrics, "")
+    if not isinstance(record, dict) or not isinstance(record.get("variants"), dict):
+        return {}
+    serving = record.get("serving")
+    variant = record["variants"].get(serving)
+    if not isinstance(variant, dict):
+        return {}
+    found = {"model_mb": MODEL_MB_BY_RUNTIME.get(serving, DEFAULT_MODEL_MB)}
+    for key in ("p50_ms", "load_ms"):
+        if _number(variant.get(key)) and variant[key] > 0:
+            found[key] = float(variant[key])
     return found
 
 
-def _to_mb(key: str, value: float) -> float:
-    if "bytes" in key or key.endswith("_b"):
-        return value / 2**20
-    if re.search(r"(kb|kib)$", key):
-        return value / 1024
-    if re.search(r"(gb|gib)$", key):
-        return value * 1024
-    return value
-
-
-def _to_ms(key: str, value: float) -> float:
-    if re.search(r"(_us|micro\w*)$", key):
-        return value / 1000
-    if re.search(r"(_s|_sec|seconds)$", key):
-        return value * 1000
-    return value
-
-
 def runtime_measurements(registry: Any, model_ids: list[str], limit: int = MAX_SAMPLED_MODELS) -> Runtime:
-    """Mean runtime figures over an even sample of the models: each model's serving version's newest evaluation
-    that has any (`champion`, else the default version)."""
+    """Mean runtime figures over an even sample of the models, from each one's serving version's lineage
+    (`champion`, else the default version): what evaluation measured before registering it."""
     from fleetops.errors import NotFoundError
     from fleetops.names import CHAMPION_ALIAS
 
@@ -526,14 +504,11 @@ def runtime_measurements(registry: Any, model_ids: list[str], limit: int = MAX_S
                 version = registry.get_version(model)
             except NotFoundError:
                 continue
-        evaluations = sorted(registry.list_evaluations(model, version.version_id), key=lambda e: e.create_time)
-        for evaluation in reversed(evaluations):
-            found = runtime_figures(evaluation.metrics)
-            if found:
-                measured += 1
-                for key, value in found.items():
-                    figures[key].append(value)
-                break
+        found = runtime_figures((version.lineage or {}).get("runtimes"))
+        if found:
+            measured += 1
+            for key, value in found.items():
+                figures[key].append(value)
     means = {k: (sum(v) / len(v) if v else None) for k, v in figures.items()}
     return Runtime(len(sample), measured, means["model_mb"], means["p50_ms"], means["load_ms"])
 
@@ -663,7 +638,7 @@ def serving_inputs(
         raise UserError(f"the fleet has no models ({size.source}); give --models N")
 
     runtime = runtime_measurements(platform.registry, fleet_models) if fleet_models else None
-    measured = f"of {runtime.measured} of {runtime.sampled} models' evaluations" if runtime else ""
+    measured = f"of {runtime.measured} of {runtime.sampled} models' evaluated runtimes" if runtime else ""
     if model_mb is not None:
         memory = Figure(model_mb, "--memory-per-model")
     elif runtime and runtime.model_mb is not None:
@@ -678,7 +653,8 @@ def serving_inputs(
     target = spec.serving.autoscaling_target_cpu or VERTEX_DEFAULT_TARGET_CPU
     if rps_per_node is not None:
         per_vcpu = Figure(rps_per_node / machine.vcpus / (target / 100), "from --rps-per-node")
-    elif runtime and runtime.p50_ms is not None:
+    elif runtime and runtime.p50_ms is not None and 1000 / runtime.p50_ms < DEFAULT_RPS_PER_VCPU:
+        # A model slower than the server's HTTP work bounds a core at one request per p50.
         per_vcpu = Figure(1000 / runtime.p50_ms, f"1000 / p50 {runtime.p50_ms:.2f} ms, {measured}: one at a time")
     else:
         per_vcpu = Figure(DEFAULT_RPS_PER_VCPU, "default: bench_serving here")

@@ -16,10 +16,8 @@ import yaml
 from fleetops import cost
 from fleetops.data.sample import SAMPLE_SPEC
 from fleetops.errors import UserError
-from fleetops.evaluation.metrics import CLASSIFICATION_SCHEMA
 from fleetops.platform import connect, local_uri
 from fleetops.platform.endpoints import DeployedModel
-from fleetops.platform.registry import EvaluationInput
 from fleetops.serving.request_log import RequestLogWriter
 from fleetops.spec import parse_spec
 from pipelines.cli import main
@@ -204,11 +202,17 @@ def test_the_spec_choice_reads_serving_cohosting_when_the_spec_has_it():
         assert cost.choice(SimpleNamespace(serving=SimpleNamespace(cohosting=value)))[0] == option
 
 
-def test_runtime_figures_are_read_from_evaluation_metrics_by_key():
-    metrics = {"auRoc": 0.8, "runtime": {"litert": {"rss_bytes": 3 * 2**20, "p50_ms": 0.4, "load_seconds": 0.02}}}
-    assert cost.runtime_figures(metrics) == {"model_mb": 3.0, "p50_ms": 0.4, "load_ms": 20.0}
-    assert cost.runtime_figures({"memory_mb": 12.5, "latency_p50_us": 900}) == {"model_mb": 12.5, "p50_ms": 0.9}
-    assert cost.runtime_figures({"auRoc": 0.8, "memory_mb": None, "p50_ms": True}) == {}
+def test_runtime_figures_are_the_serving_runtime_s_from_the_lineage_record():
+    record = {
+        "serving": "float32",
+        "metric": "auRoc",
+        "variants": {"keras": {"load_ms": 70.0, "p50_ms": 0.8}, "float32": {"load_ms": 0.5, "p50_ms": 0.02}},
+    }
+    assert cost.runtime_figures(record) == {"model_mb": 0.17, "p50_ms": 0.02, "load_ms": 0.5}
+    keras = record | {"serving": "keras"}
+    assert cost.runtime_figures(keras) == {"model_mb": cost.DEFAULT_MODEL_MB, "p50_ms": 0.8, "load_ms": 70.0}
+    assert cost.runtime_figures(record | {"serving": "int8"}) == {}  # no such variant measured
+    assert cost.runtime_figures(None) == {} and cost.runtime_figures({"serving": "keras"}) == {}
 
 
 # --- traffic from the request log -------------------------------------------------------------------
@@ -302,7 +306,8 @@ def test_the_cli_prices_a_trained_fleet_and_writes_next_to_its_run(trained, caps
     assert f"wrote {run / 'cost.json'}" in out
 
     assert report["inputs"]["models"] == {"value": 2, "source": "the spec's data: 2 values of region"}
-    assert report["inputs"]["model_mb"]["value"] == cost.DEFAULT_MODEL_MB  # no runtime measurements yet
+    # Evaluation measured each champion's runtime; the sample models are served by their float32 flatbuffers.
+    assert report["inputs"]["model_mb"] == {"value": 0.17, "source": "mean of 2 of 2 models' evaluated runtimes"}
     options = by_name_json(report)
     price = cost.load_prices().prediction_price("us-central1", "n1-standard-2")
     assert options["dedicated"]["monthly_usd"] == round(2 * price * 730, 2)
@@ -336,13 +341,13 @@ def test_the_cli_reads_traffic_and_runtime_measurements_from_the_twin(trained, c
         for second in range(1, 121):
             writer.log(endpoint.endpoint_id, deployed, [{"x": 1}], [0.5], at=now - timedelta(seconds=second))
     writer.close()
-    # Runtime figures another step records with each version's evaluation.
+    # What evaluation measured for each champion, as the run registered it.
+    served = []
     for endpoint in endpoints:
         deployed = endpoint.deployed_models[0]
-        metrics = {"runtime": {"memory_mb": 12.5, "p50_ms": 2.0}}
-        platform.registry.import_evaluation(
-            deployed.model_id, deployed.version_id, EvaluationInput(CLASSIFICATION_SCHEMA, metrics, "runtime")
-        )
+        record = platform.registry.get_version(deployed.model_id, deployed.version_id).lineage["runtimes"]
+        served.append(cost.runtime_figures(record))
+    assert all(figures["p50_ms"] > 0 for figures in served)
     output = tmp_path / "cost.json"
     capsys.readouterr()
     assert main(["cost", str(spec), "--home", str(home), "--output", str(output)]) == 0
@@ -351,9 +356,11 @@ def test_the_cli_reads_traffic_and_runtime_measurements_from_the_twin(trained, c
     assert inputs["rps"]["value"] == pytest.approx(240 / 120, rel=0.05)  # 2 endpoints x 1 req/s
     assert inputs["rps"]["source"].startswith("request log: 240 requests")
     assert inputs["working_set"]["value"] == 2
-    assert inputs["model_mb"] == {"value": 12.5, "source": "mean of 2 of 2 models' evaluations"}
-    assert inputs["rps_per_vcpu"]["value"] == 500.0  # 1000 / p50 2 ms
-    assert re.search(r"memory per model +12\.5 MB +mean of 2 of 2 models' evaluations", out)
+    mean_mb = sum(f["model_mb"] for f in served) / 2
+    assert inputs["model_mb"] == {"value": mean_mb, "source": "mean of 2 of 2 models' evaluated runtimes"}
+    p50 = sum(f["p50_ms"] for f in served) / 2
+    assert inputs["rps_per_vcpu"]["value"] == pytest.approx(min(cost.DEFAULT_RPS_PER_VCPU, 1000 / p50))
+    assert re.search(r"memory per model .+ mean of 2 of 2 models' evaluated runtimes", out)
 
 
 def by_name_json(report: dict) -> dict[str, dict]:
