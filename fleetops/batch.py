@@ -225,15 +225,19 @@ def _unparsed_rows(frame: pd.DataFrame, bad_lines: Sequence[BadLine]) -> pd.Data
 
 
 def _input_tensors(predictor: Predictor, rows: pd.DataFrame) -> dict[str, Any]:
-    """The model's named inputs for rows whose numeric features are already parsed."""
-    import tensorflow as tf
+    """The model's named inputs for rows whose numeric features are already parsed.
 
-    inputs = {name: tf.constant(rows[name].to_numpy("float32").reshape(-1, 1)) for name in predictor.numeric}
+    Numpy arrays for a LiteRT predictor (its interpreter takes them as they are), tensors for Keras.
+    """
+    inputs = {name: rows[name].to_numpy("float32").reshape(-1, 1) for name in predictor.numeric}
     for name in predictor.categorical:
         column = rows[name]
-        values = column.where(column.notna(), "").astype(str).to_numpy(dtype=object)
-        inputs[name] = tf.constant(values.reshape(-1, 1))
-    return inputs
+        inputs[name] = column.where(column.notna(), "").astype(str).to_numpy(dtype=object).reshape(-1, 1)
+    if predictor.lite is not None:
+        return inputs
+    import tensorflow as tf
+
+    return {name: tf.constant(values) for name, values in inputs.items()}
 
 
 def _empty_predictions(predictor: Predictor, frame: pd.DataFrame) -> pa.Table:
@@ -244,12 +248,12 @@ def _empty_predictions(predictor: Predictor, frame: pd.DataFrame) -> pa.Table:
 
 
 def _score(predictor: Predictor, inputs: dict[str, Any]) -> np.ndarray:
-    """Score a chunk, padded to a bucket size so the model is traced for few shapes (chunks are few)."""
-    import tensorflow as tf
-
+    """Score a chunk; for Keras padded to a bucket size so the model is traced for few shapes (chunks are few)."""
     n = int(next(iter(inputs.values())).shape[0])
-    size = bucket_size(n)
+    size = n if predictor.lite is not None else bucket_size(n)  # LiteRT traces nothing: no padding
     if size != n:
+        import tensorflow as tf
+
         inputs = {k: tf.concat([t, tf.repeat(t[:1], size - n, axis=0)], axis=0) for k, t in inputs.items()}
     scores = predictor.score_tensors(inputs)[:n]
     return scores.reshape(-1, 1) if predictor.task == "regression" else scores

@@ -13,6 +13,14 @@ and deploy steps (the aliases were committed, the deploy never happened, and
 later runs, which do not promote an unchanged champion again, would never
 deploy it). So `champion` must only ever name a model that may serve: that is
 why a rollback moves it back.
+
+With `serving.cohosting: pool` each deploy goes into the fleet's deployment
+resource pool (`FleetSpec.serving_pool`, created by the first deploy, sized by
+the spec's machine type and replicas) instead of onto nodes of its own. The
+endpoints stay one per segment, so all of the above, canary, promote and
+rollback, is unchanged: a pool changes where a model runs, not how traffic
+reaches it. Deploys stay one at a time per task (Vertex takes at most 20
+concurrent deploy requests into a pool).
 """
 
 from __future__ import annotations
@@ -38,14 +46,16 @@ def deploy_champions(spec: FleetSpec, platform: Platform, registrations: list[di
 
     Returns:
         One release per deploy: endpoint, deployed model id, version, the split before and
-        after, whether it is a canary, and `reconcile`: True when the version was not
-        promoted by this run (a champion an earlier run registered but never deployed).
+        after, whether it is a canary, `reconcile`: True when the version was not
+        promoted by this run (a champion an earlier run registered but never deployed),
+        and the deployment resource pool it went into (None without co-hosting).
     """
     settings = DeploymentSettings(
         machine_type=spec.serving.machine_type,
         min_replica_count=spec.serving.min_replica_count,
         max_replica_count=spec.serving.max_replica_count,
         autoscaling_target_cpu=spec.serving.autoscaling_target_cpu,
+        deployment_resource_pool=spec.serving_pool,
     )
     releases: list[dict[str, Any]] = []
     if not spec.serving.deploy:
@@ -76,6 +86,7 @@ def deploy_champions(spec: FleetSpec, platform: Platform, registrations: list[di
                 "split": endpoint.traffic_split,
                 "canary": bool(previous),
                 "reconcile": not promoted_now,
+                "deployment_resource_pool": settings.deployment_resource_pool,
             }
         )
     return releases

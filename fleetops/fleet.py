@@ -9,6 +9,7 @@ result; everything here runs (and is tested) without KFP.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from fleetops.names import (
 )
 from fleetops.platform import Platform
 from fleetops.platform.registry import EvaluationInput, UploadRequest
-from fleetops.spec import FleetSpec, ShardingSpec, Task
+from fleetops.spec import PREBUILT_TF_IMAGE, FleetSpec, ShardingSpec, Task, is_prebuilt_tf_image
 from fleetops.training.trainer import SEGMENT_COLUMN
 
 # Vertex collects at most 100 artifacts from one ParallelFor.
@@ -171,7 +172,9 @@ def evaluate_shard(
     for segment in everything:
         rows = by_segment.get(segment, frame.iloc[:0])
         test = rows[rows[SPLIT_COLUMN] == TEST]
+        started = time.perf_counter()
         challenger = load_artifact(Path(model_dir) / segment_slug(segment))
+        keras_load_ms = (time.perf_counter() - started) * 1000
         if test.empty:
             metrics, scores, y = {}, None, None
             why = f"segment {segment!r} has no test rows ({len(rows)} row(s) in all)"
@@ -195,6 +198,8 @@ def evaluate_shard(
             "tuning": challenger.metadata.get("tuning"),
             "fallback": challenger.metadata.get("fallback"),
             "transfer": challenger.metadata.get("transfer"),
+            # Keras against its LiteRT flatbuffers, measured here: what serving each one costs and changes.
+            "runtimes": runtime_tradeoff(spec, challenger, keras_load_ms, test, y, scores),
             # Test labels and scores, so the run summary can pool the metric over the whole fleet.
             "predictions": None
             if y is None
@@ -204,6 +209,84 @@ def evaluate_shard(
         result |= _champion(spec, platform, test, result["model_id"], metrics, undefined, validation)
         results.append(result)
     return results
+
+
+# Single-instance predictions timed per runtime after the first (timed apart: Keras traces on it).
+LATENCY_REPEATS = {"keras": 9, "litert": 25}
+
+
+def runtime_tradeoff(
+    spec: FleetSpec,
+    artifact: Any,
+    keras_load_ms: float,
+    test: pd.DataFrame,
+    y: np.ndarray | None,
+    keras_scores: np.ndarray | None,
+) -> dict[str, Any]:
+    """What each runtime of a model costs and changes, measured in this process.
+
+    Per runtime (`keras` and each LiteRT variant the artifact holds): file bytes, load ms (Keras:
+    `load_artifact`; LiteRT: read and build the interpreter), the first and the p50 ms of one
+    instance through `Predictor.predict_columns` (what the server runs per request; Keras traces
+    its graph on the first); for the LiteRT variants also
+    the largest score difference from Keras on the test rows and the change of the primary metric
+    there (`metric_delta`, variant minus Keras). `serving` is what `Predictor.load` will serve;
+    `skipped` says why a variant was not exported. An artifact without flatbuffers has only `keras`.
+    """
+    from fleetops.data.validation import coerce_features
+    from fleetops.names import MODEL_FILE
+    from fleetops.serving.lite import LiteModel
+    from fleetops.serving.predictor import Predictor, choose_runtime
+    from fleetops.training.artifact import shape_outputs
+    from fleetops.training.litert import FILES, max_difference
+
+    features = artifact.features
+    typed = coerce_features(test, features["numeric"], features["categorical"])
+    one = {c: [None] for c in features["numeric"]} | {c: [""] for c in features["categorical"]}
+    if len(typed):
+        first = typed.iloc[0]
+        one = {c: [None if pd.isna(first[c]) else float(first[c])] for c in features["numeric"]}
+        one |= {c: [str(first[c])] for c in features["categorical"]}
+    keras = Predictor(artifact)
+    variants: dict[str, dict[str, Any]] = {
+        "keras": {
+            "bytes": (artifact.path / MODEL_FILE).stat().st_size,
+            "load_ms": round(keras_load_ms, 3),
+            **_latency_ms(keras, one, LATENCY_REPEATS["keras"]),
+        }
+    }
+    metric = spec.primary_metric
+    keras_value = _metrics(spec.task, y, keras_scores, artifact.classes).get(metric) if y is not None else None
+    arrays = {c: typed[c].to_numpy(dtype="float32").reshape(-1, 1) for c in features["numeric"]}
+    arrays |= {c: typed[c].astype(str).to_numpy(dtype=object).reshape(-1, 1) for c in features["categorical"]}
+    for variant in (artifact.metadata.get("litert") or {}).get("variants") or {}:
+        path = artifact.path / FILES[variant]
+        started = time.perf_counter()
+        lite = LiteModel.load(path)
+        load_ms = (time.perf_counter() - started) * 1000
+        entry: dict[str, Any] = {
+            "bytes": path.stat().st_size,
+            "load_ms": round(load_ms, 3),
+            **_latency_ms(Predictor(artifact, lite, variant), one, LATENCY_REPEATS["litert"]),
+        }
+        if y is not None and keras_scores is not None:
+            scores = shape_outputs(artifact.task, lite.predict(arrays))
+            value = _metrics(spec.task, y, scores, artifact.classes).get(metric)
+            entry["max_delta"] = max_difference(scores, keras_scores)
+            entry["metric_delta"] = None if value is None or keras_value is None else value - keras_value
+        variants[variant] = entry
+    skipped = (artifact.metadata.get("litert") or {}).get("skipped") or {}
+    return {"serving": choose_runtime(artifact.metadata), "metric": metric, "variants": variants, "skipped": skipped}
+
+
+def _latency_ms(predictor: Any, one: dict[str, list[Any]], repeats: int) -> dict[str, float]:
+    """The first single-instance prediction (Keras traces its graph then) and the p50 of the next ones."""
+    times = []
+    for _ in range(1 + repeats):
+        started = time.perf_counter()
+        predictor.predict_columns(one)
+        times.append(time.perf_counter() - started)
+    return {"first_ms": round(times[0] * 1000, 4), "p50_ms": round(float(np.median(times[1:])) * 1000, 4)}
 
 
 def register_shard(
@@ -222,7 +305,18 @@ def register_shard(
     `ModelRegistry.upload_versions`), and a rerun finds what was registered by identity.
     A model whose identity is already registered (a rerun on identical data) adds no
     version: its row says `created: False` and names the existing version.
+
+    With `serving.cohosting: pool` the models are registered for Vertex's prebuilt TensorFlow
+    container, the only kind Vertex co-hosts: each artifact first gets its SavedModel export
+    (`fleetops.training.savedmodel`, about 0.4 s a model, so only then), and a custom
+    `serving_image` is refused before anything is exported or registered.
     """
+    serving_image = _serving_image(spec, serving_image)
+    if spec.serving_pool:
+        from fleetops.training.savedmodel import export_savedmodel
+
+        for evaluation in evaluations:
+            export_savedmodel(Path(model_dir) / segment_slug(evaluation["segment"]))
     requests = [
         _upload_request(spec, model_dir, evaluation, model_uri, pipeline_job, serving_image)
         for evaluation in evaluations
@@ -257,6 +351,20 @@ def register_shard(
             }
         )
     return results
+
+
+def _serving_image(spec: FleetSpec, serving_image: str | None) -> str | None:
+    """The serving container to register with: the argument, else the spec's; Vertex's TensorFlow one for a pool."""
+    image = serving_image or spec.registry.serving_image
+    if not spec.serving_pool:
+        return image
+    if image and not is_prebuilt_tf_image(image):
+        raise UserError(
+            f"serving_image {image!r} is a custom container, and the fleet's spec says serving.cohosting: pool: "
+            "Vertex co-hosts only models served by its prebuilt TensorFlow container; pass no serving_image "
+            f"(fleetops then registers with {PREBUILT_TF_IMAGE}) or another prebuilt tf2-cpu image"
+        )
+    return image or PREBUILT_TF_IMAGE
 
 
 def _upload_request(
@@ -298,6 +406,11 @@ def _upload_request(
         "trainer": metadata.get("trainer"),
         "transfer": metadata.get("transfer"),
         "fallback": metadata.get("fallback"),
+        # Keras against LiteRT (bytes, load ms, p50 ms, metric change), for cost estimates; why a
+        # variant is missing stays in the evaluation and the artifact (the lineage is kept short).
+        "runtimes": {k: v for k, v in evaluation["runtimes"].items() if k != "skipped"}
+        if evaluation.get("runtimes")
+        else None,
     }
     schema_uri = CLASSIFICATION_SCHEMA if spec.task.is_classification else REGRESSION_SCHEMA
     return UploadRequest(
@@ -310,7 +423,7 @@ def _upload_request(
         aliases=[CHAMPION_ALIAS] if promote else [],
         is_default_version=promote,
         lineage=lineage,
-        serving_image=serving_image or spec.registry.serving_image,
+        serving_image=serving_image,
         evaluation=EvaluationInput(
             metrics_schema_uri=schema_uri,
             metrics=_finite(evaluation["metrics"]),
@@ -364,6 +477,22 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
             notes = [s["undefined"][e["metric"]] for s in e["slices"] if e["metric"] in s.get("undefined", {})]
             if notes:
                 lines += ["", *[f"- {note}" for note in notes]]
+            lines.append("")
+        runtimes = e.get("runtimes")
+        if runtimes:
+            lines += [f"**Runtimes** (serving: {runtimes['serving']})", ""]
+            lines += [
+                f"| runtime | bytes | load ms | first ms | p50 ms | max score delta | {runtimes['metric']} delta |"
+            ]
+            lines += ["|---|---|---|---|---|---|---|"]
+            for name, r in runtimes["variants"].items():
+                delta = "" if r.get("max_delta") is None else f"{r['max_delta']:.1e}"
+                change = "" if name == "keras" else _fmt(r.get("metric_delta"))
+                lines.append(
+                    f"| {name} | {r['bytes']} | {r['load_ms']:.2f} | {r['first_ms']:.3f} | {r['p50_ms']:.3f} "
+                    f"| {delta} | {change} |"
+                )
+            lines += ["", *[f"- no {name}: {why}" for name, why in sorted(runtimes.get("skipped", {}).items())]]
             lines.append("")
         tuning = e.get("tuning") or {}
         if tuning.get("trials"):

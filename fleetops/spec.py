@@ -23,6 +23,15 @@ FLEET_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
 # Vertex label values: at most 64 lowercase letters, digits, '_' and '-'.
 LABEL_PATTERN = r"^[a-z0-9_-]{0,64}$"
 LABEL_KEY_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
+# Vertex resource ids we choose (endpoints, deployment resource pools): up to 63 of [a-z0-9-], from a letter.
+RESOURCE_ID_PATTERN = r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+# Vertex co-hosts (deployment resource pools) only models served by its prebuilt TensorFlow (GA) or
+# PyTorch (preview) containers. fleetops exports a SavedModel for the TensorFlow one: the newest
+# CPU image that Vertex lists and that the google-cloud-aiplatform 2.7 SDK knows is 2.15.
+PREBUILT_TF_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+PREBUILT_TF_IMAGE_PATTERN = r"^(us|europe|asia)-docker\.pkg\.dev/vertex-ai/prediction/tf2-cpu\.2-\d+:latest$"
+# Machine families whose machines come with GPUs attached (the pool's TensorFlow image is the CPU one).
+ACCELERATOR_MACHINE_PREFIXES = ("a2-", "a3-", "a4-", "g2-", "g4-")
 
 
 class Task(StrEnum):
@@ -253,6 +262,26 @@ class RegistrySpec(_Strict):
         return v
 
 
+def is_prebuilt_tf_image(image: str | None) -> bool:
+    """Whether `image` is one of Vertex's prebuilt TensorFlow CPU prediction images (the ones a pool co-hosts)."""
+    return bool(image) and re.match(PREBUILT_TF_IMAGE_PATTERN, image) is not None
+
+
+class Cohosting(StrEnum):
+    """Where a fleet's deployed models run.
+
+    none: each deployed model gets its own nodes (machine type, replicas), as Vertex does by default.
+    pool: the fleet's models share one set of nodes, a Vertex deployment resource pool sized by the
+        machine type and replicas below; each segment keeps its own endpoint, so canary, promote and
+        rollback stay per segment. Vertex co-hosts only models served by its prebuilt TensorFlow
+        container, so the models are registered with that container and a SavedModel export, and
+        Vertex serves no explanations for them.
+    """
+
+    NONE = "none"
+    POOL = "pool"
+
+
 class ServingSpec(_Strict):
     deploy: bool = Field(True, description="Deploy each new champion to its endpoint at the end of training.")
     canary_percent: int = Field(10, ge=1, le=100, description="Traffic a new champion gets next to the old one.")
@@ -261,12 +290,39 @@ class ServingSpec(_Strict):
     max_replica_count: int = Field(1, ge=1)
     autoscaling_target_cpu: int | None = Field(None, ge=1, le=100)
     request_logging_rate: float = Field(1.0, ge=0, le=1, description="Share of requests logged for monitoring.")
+    cohosting: Cohosting = Field(
+        Cohosting.NONE,
+        description="pool: the fleet's models share the nodes above (a Vertex deployment resource pool).",
+    )
+    pool_id: str | None = Field(
+        None,
+        pattern=RESOURCE_ID_PATTERN,
+        description="The deployment resource pool's id with cohosting: pool (default: '<fleet>-pool').",
+    )
+    runtime: str = Field(
+        "litert",
+        pattern="^(keras|litert|litert_quantized)$",
+        description="keras: serve the Keras model; litert: its float32 LiteRT flatbuffer where that agrees with it "
+        "(else Keras); litert_quantized: also the int8 flatbuffer where its validation metric drops by at most "
+        "quantized_max_metric_drop. `:explain` always uses the Keras model.",
+    )
+    quantized_max_metric_drop: float = Field(
+        0.002, ge=0, description="How much worse the primary metric may be on validation for int8 to be served."
+    )
 
     @model_validator(mode="after")
     def _replicas(self) -> ServingSpec:
         if self.max_replica_count < self.min_replica_count:
             raise ValueError(
                 f"max_replica_count {self.max_replica_count} is below min_replica_count {self.min_replica_count}"
+            )
+        if self.pool_id is not None and self.cohosting is not Cohosting.POOL:
+            raise ValueError(f"pool_id {self.pool_id!r} is set but cohosting is {self.cohosting.value!r}, not 'pool'")
+        if self.cohosting is Cohosting.POOL and self.machine_type.startswith(ACCELERATOR_MACHINE_PREFIXES):
+            raise ValueError(
+                f"machine_type {self.machine_type!r} comes with GPUs, but cohosting: pool serves the models with "
+                f"Vertex's CPU TensorFlow container ({PREBUILT_TF_IMAGE}); choose a machine type without "
+                "accelerators (e.g. n1-standard-4) or cohosting: none"
             )
         return self
 
@@ -363,6 +419,14 @@ class FleetSpec(_Strict):
         unknown_slices = [c for c in self.evaluation.slice_columns if c not in self.features.categorical]
         if unknown_slices:
             problems.append(f"evaluation.slice_columns {unknown_slices} must be categorical features")
+        image = self.registry.serving_image
+        if self.serving.cohosting is Cohosting.POOL and image and not is_prebuilt_tf_image(image):
+            problems.append(
+                f"registry.serving_image {image!r} is a custom container, and Vertex co-hosts "
+                "(serving.cohosting: pool) only models served by its prebuilt TensorFlow container: leave "
+                f"registry.serving_image unset (fleetops then uses {PREBUILT_TF_IMAGE}), name another prebuilt "
+                "tf2-cpu image, or set serving.cohosting: none"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -378,6 +442,13 @@ class FleetSpec(_Strict):
     @property
     def tuning_metric(self) -> str:
         return self.tuning.metric or self.primary_metric
+
+    @property
+    def serving_pool(self) -> str | None:
+        """The id of the deployment resource pool the fleet's models share (cohosting: pool), else None."""
+        if self.serving.cohosting is not Cohosting.POOL:
+            return None
+        return self.serving.pool_id or f"{self.name}-pool"
 
     def fingerprint(self) -> str:
         """A short stable hash of the spec, recorded in every model's lineage."""

@@ -7,6 +7,7 @@ fleetops run fleet.yaml               run the training pipeline locally (kfp.loc
 fleetops submit fleet.yaml --platform vertex://PROJECT/REGION?staging_bucket=gs://b
 fleetops submit fleet.yaml --kfp-host http://kfp.example:8080
 fleetops models                       what the local registry holds
+fleetops cost fleet.yaml              monthly serving cost per hosting option, and a training run's cost
 """
 
 from __future__ import annotations
@@ -297,6 +298,44 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0 if all(outcomes) else 1
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    """Monthly serving cost of the fleet for each hosting option, and the latest run's training cost."""
+    from fleetops import cost
+    from fleetops.platform import connect, local_uri
+    from fleetops.spec import load_spec
+
+    spec = load_spec(args.spec)
+    home = _home(args.home)
+    prices = cost.load_prices(args.prices)
+    prices.prediction_price(args.region, prices.machine(spec.serving.machine_type, "serving.machine_type").name)
+    inputs = cost.serving_inputs(
+        spec,
+        prices,
+        home,
+        connect(local_uri(home)) if home.is_dir() else None,  # no home: nothing registered, logged or run
+        models=args.models,
+        rps=args.rps,
+        model_mb=args.memory_per_model,
+        server_mb=args.server_memory,
+        rps_per_node=args.rps_per_node,
+        working_set=args.working_set,
+    )
+    run_dir = Path(args.run).resolve() if args.run else cost.latest_run(home, spec.name)
+    if run_dir is not None and not (run_dir / "run.log").is_file():
+        raise UserError(f"--run {run_dir}: no run.log there (a run folder under <home>/runs/)")
+    training = cost.training_cost(run_dir, prices, args.region, args.training_machine) if run_dir else None
+    report = cost.build_report(spec, inputs, prices, args.region, training)
+    print(cost.render(report), end="")
+    output = Path(args.output) if args.output else (run_dir / "cost.json" if run_dir else None)
+    if output is None:
+        print("\nno run to write cost.json next to: give --output PATH to keep the JSON")
+        return 0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {output}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     print(_registry_listing(_home(args.home)))
     print(_endpoint_listing(_home(args.home)))
@@ -358,10 +397,11 @@ def _version_listing(version: ModelVersion) -> str:
 def _endpoint_listing(home: Path) -> str:
     from fleetops.platform import connect, local_uri
 
-    lines = ["endpoints (deployed model: version, traffic %):"]
+    lines = ["endpoints (deployed model: version, traffic %, deployment resource pool when co-hosted):"]
     for endpoint in connect(local_uri(home)).endpoints.list():
         shown = ", ".join(
             f"{m.deployed_model_id}: v{m.version_id} {endpoint.traffic_split.get(m.deployed_model_id, 0)}%"
+            + (f" in pool {m.settings.deployment_resource_pool}" if m.settings.deployment_resource_pool else "")
             for m in endpoint.deployed_models
         )
         lines.append(f"  {endpoint.endpoint_id:<24} {shown or 'nothing deployed'}")
@@ -412,6 +452,30 @@ def _seconds(text: str) -> float:
     if not 0 < seconds < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return seconds
+
+
+def _number_at_least(text: str, low: float, strict: bool, kind: type = float) -> float:
+    import math
+
+    try:
+        value = kind(text)
+    except ValueError:
+        value = math.nan
+    if not (value > low if strict else value >= low) or value == math.inf or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'positive' if strict else 'non-negative'} number")
+    return value
+
+
+def _positive(text: str) -> float:
+    return _number_at_least(text, 0, True)
+
+
+def _non_negative(text: str) -> float:
+    return _number_at_least(text, 0, False)
+
+
+def _positive_int(text: str) -> int:
+    return int(_number_at_least(text, 0, True, int))
 
 
 def _timeout_arguments(p: argparse.ArgumentParser) -> None:
@@ -546,6 +610,43 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--serving-image", default="")
     p.add_argument("--dry-run", action="store_true", help="Vertex: print the request instead of sending it")
     p.set_defaults(handler=cmd_schedule)
+
+    p = sub.add_parser(
+        "cost", help="monthly serving cost for each hosting option, and a training run's cost (Vertex AI prices)"
+    )
+    p.add_argument("spec", help="fleet spec YAML")
+    p.add_argument("--home", default=None, help="local twin home: registry, request log and runs/")
+    p.add_argument("--prices", default=None, metavar="FILE", help="price table (default: the shipped one)")
+    p.add_argument("--region", default="us-central1", help="region of the price table (default us-central1)")
+    p.add_argument(
+        "--models", type=_positive_int, default=None, metavar="N", help="fleet size (default: the spec's data)"
+    )
+    p.add_argument(
+        "--rps", type=_non_negative, default=None, metavar="RPS", help="requests/s (default: the request log)"
+    )
+    p.add_argument("--memory-per-model", type=_positive, default=None, metavar="MB", help="memory of a loaded model")
+    p.add_argument(
+        "--server-memory", type=_non_negative, default=None, metavar="MB", help="a serving process before its models"
+    )
+    p.add_argument(
+        "--rps-per-node",
+        type=_positive,
+        default=None,
+        metavar="RPS",
+        help="requests/s one node serves at the CPU target",
+    )
+    p.add_argument(
+        "--working-set", type=_positive_int, default=None, metavar="N", help="models the fleet endpoint keeps loaded"
+    )
+    p.add_argument("--run", default=None, metavar="DIR", help="the run to price (default: the fleet's latest)")
+    p.add_argument(
+        "--training-machine",
+        default=None,
+        metavar="TYPE",
+        help="machine type of the train tasks (default: their limits)",
+    )
+    p.add_argument("--output", default=None, metavar="PATH", help="JSON report (default: <run>/cost.json)")
+    p.set_defaults(handler=cmd_cost)
 
     p = sub.add_parser("models", help="list the local registry")
     p.add_argument("--home", default=None)

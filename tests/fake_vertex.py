@@ -3,6 +3,15 @@
 The real google-cloud-aiplatform SDK (REST transport) is pointed at it, so tests
 check the exact requests fleetops sends. It keeps models in memory and applies
 Vertex's version and alias bookkeeping; it records every request.
+
+Deployment resource pools (co-hosting) as Vertex has them: a pool id is
+created once (a second create is a 409); a model lists SHARED_RESOURCES among
+its deployment resource types only when a prebuilt TensorFlow or PyTorch
+container serves it; a deploy into a pool names it in `sharedResources`, with
+no `dedicatedResources`, and is refused for a model without SHARED_RESOURCES
+or a pool that does not exist. `throttle_deploys = n` answers the next n
+deploys with 429 RESOURCE_EXHAUSTED; `race_pool_creation` has another client
+create a pool right after a read found it missing.
 """
 
 from __future__ import annotations
@@ -36,6 +45,9 @@ _JOB_RESULTS: dict[str, dict[str, Any]] = {
 _ENDPOINTS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints$")
 _ENDPOINT = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints/([^/:]+)(:\w+)?$")
 _MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models/([^/@:]+)(?:@([^/:]+))?(.*)$")
+_POOLS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/deploymentResourcePools(?:/([^/:]+))?$")
+# Vertex co-hosts the models of its prebuilt TensorFlow (GA) and PyTorch (preview) containers only.
+_COHOSTABLE_IMAGE = re.compile(r"^(us|europe|asia)-docker\.pkg\.dev/vertex-ai/prediction/(tf2|pytorch)-")
 
 
 class FakeVertex(LoopbackJsonServer):
@@ -45,8 +57,12 @@ class FakeVertex(LoopbackJsonServer):
         self.evaluations: dict[str, list[dict[str, Any]]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pools: dict[str, dict[str, Any]] = {}
         self._next_deployed_id = 1000
         self.fail_evaluation_import = False
+        self.throttle_deploys = 0
+        # A pool's dedicatedResources: another client creates that pool just after the next read of a missing one.
+        self.race_pool_creation: dict[str, Any] | None = None
 
     def calls(self, method: str, suffix: str = "") -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method and r["path"].endswith(suffix)]
@@ -59,6 +75,8 @@ class FakeVertex(LoopbackJsonServer):
         if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/schedules$", path):
             schedule = dict(body) | {"name": f"{match.group(1)}/schedules/{len(self.requests)}", "state": "ACTIVE"}
             return 200, schedule
+        if match := _POOLS.match(path):
+            return self._pools(method, *match.groups(), body)
         if match := _ENDPOINTS.match(path):
             return self._endpoints(method, match.group(1), query, body)
         if match := _ENDPOINT.match(path):
@@ -103,6 +121,27 @@ class FakeVertex(LoopbackJsonServer):
             self.jobs[(kind, job_id)] = dict(body) | {"name": f"{parent}/{kind}/{job_id}"} | _JOB_RESULTS[kind]
         return 200, self.jobs[(kind, job_id)]
 
+    def _pools(self, method: str, parent: str, pool_id: str | None, body: dict[str, Any]) -> tuple[int, dict]:
+        if method == "GET" and pool_id is not None:
+            if pool_id not in self.pools:
+                if self.race_pool_creation is not None:  # another client creates it just after this read
+                    name = f"{parent}/deploymentResourcePools/{pool_id}"
+                    self.pools[pool_id] = {"name": name, "dedicatedResources": self.race_pool_creation}
+                    self.race_pool_creation = None
+                return _error(404, f"DeploymentResourcePool {parent}/deploymentResourcePools/{pool_id} not found")
+            return 200, self.pools[pool_id]
+        if method == "POST" and pool_id is None:
+            pool_id = body["deploymentResourcePoolId"]
+            if pool_id in self.pools:
+                return _error(409, f"DeploymentResourcePool {pool_id} already exists")
+            pool = dict(body["deploymentResourcePool"]) | {"name": f"{parent}/deploymentResourcePools/{pool_id}"}
+            self.pools[pool_id] = pool
+            return 200, _done(
+                f"{parent}/deploymentResourcePools/{pool_id}/operations/create",
+                {"@type": "type.googleapis.com/google.cloud.aiplatform.v1.DeploymentResourcePool", **pool},
+            )
+        return _error(404, f"unsupported {method} deploymentResourcePools/{pool_id or ''}")
+
     def _endpoints(self, method: str, parent: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if method == "GET":
             return 200, {"endpoints": [self.endpoints[e] for e in sorted(self.endpoints)]}
@@ -135,10 +174,15 @@ class FakeVertex(LoopbackJsonServer):
                 endpoint["trafficSplit"] = body["trafficSplit"]
             return 200, endpoint
         if method == "POST" and verb == ":deployModel":
+            if self.throttle_deploys > 0:
+                self.throttle_deploys -= 1
+                return _error(429, "too many concurrent deploy requests")
             deployed = dict(body["deployedModel"]) | {"id": str(self._next_deployed_id)}
-            self._next_deployed_id += 1
             if "@" in deployed["model"]:
                 deployed["model"], deployed["modelVersionId"] = deployed["model"].split("@")
+            if refusal := self._refuse_shared(deployed):
+                return refusal
+            self._next_deployed_id += 1
             endpoint["deployedModels"].append(deployed)
             split = body.get("trafficSplit", {})
             endpoint["trafficSplit"] = {(deployed["id"] if k == "0" else k): v for k, v in split.items()}
@@ -159,6 +203,21 @@ class FakeVertex(LoopbackJsonServer):
             )
         return _error(404, f"unsupported {method} endpoints/{endpoint_id}{verb or ''}")
 
+    def _refuse_shared(self, deployed: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        """Vertex's checks of a deploy into a pool: one kind of resources, a pool that exists, a co-hostable model."""
+        pool = deployed.get("sharedResources")
+        if not pool:
+            return None
+        if "dedicatedResources" in deployed or "automaticResources" in deployed:
+            return _error(400, "prediction_resources is a oneof: sharedResources with dedicatedResources")
+        if pool.rsplit("/", 1)[-1] not in self.pools:
+            return _error(404, f"DeploymentResourcePool {pool} not found")
+        model_id = deployed["model"].rsplit("/", 1)[-1]
+        version = self.models[model_id]["versions"][deployed["modelVersionId"]]
+        if "SHARED_RESOURCES" not in version["supportedDeploymentResourcesTypes"]:
+            return _error(400, f"Model {deployed['model']} does not support SHARED_RESOURCES")
+        return None
+
     def _upload(self, parent: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         model = dict(body["model"])
         if body.get("parentModel"):
@@ -178,8 +237,10 @@ class FakeVertex(LoopbackJsonServer):
             aliases.append("default")
         for other in entry["versions"].values():
             other["versionAliases"] = [a for a in other["versionAliases"] if a not in aliases]
+        image = model.get("containerSpec", {}).get("imageUri", "")
         model |= {
-            "supportedDeploymentResourcesTypes": ["DEDICATED_RESOURCES"],
+            "supportedDeploymentResourcesTypes": ["DEDICATED_RESOURCES"]
+            + (["SHARED_RESOURCES"] if _COHOSTABLE_IMAGE.match(image) else []),
             "name": f"{parent}/models/{model_id}",
             "versionId": version_id,
             "versionAliases": aliases,
@@ -236,5 +297,11 @@ def _done(name: str, response: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error(code: int, message: str) -> tuple[int, dict[str, Any]]:
-    status = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ALREADY_EXISTS", 500: "INTERNAL"}[code]
+    status = {
+        400: "INVALID_ARGUMENT",
+        404: "NOT_FOUND",
+        409: "ALREADY_EXISTS",
+        429: "RESOURCE_EXHAUSTED",
+        500: "INTERNAL",
+    }[code]
     return code, {"error": {"code": code, "message": message, "status": status}}

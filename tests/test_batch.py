@@ -140,7 +140,8 @@ def test_numbers_beyond_float32_are_errors_not_nan_scores(trained_models, tmp_pa
 def test_a_row_the_model_scores_as_nan_goes_to_errors(trained_models, tmp_path):
     # Weights this large overflow float32 for extreme (yet in-range) inputs: +inf from one feature
     # meets -inf from another and the score is NaN. Ordinary rows still get finite scores.
-    predictor = Predictor.load(trained_models[0])
+    # The Keras model is altered in memory, so it is the runtime (the LiteRT flatbuffer keeps its weights).
+    predictor = Predictor.load(trained_models[0], runtime="keras")
     layer = predictor.artifact.model.get_layer("probability")
     kernel, bias = layer.get_weights()
     kernel[: len(predictor.numeric)] = 1e20

@@ -1,11 +1,14 @@
 """Vertex endpoints through the real google-cloud-aiplatform SDK against the loopback Vertex stand-in."""
 
+import dataclasses
+
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
 from fleetops.errors import NotFoundError, UserError
 from fleetops.platform import connect
 from fleetops.platform.endpoints import DeploymentSettings
+from fleetops.spec import PREBUILT_TF_IMAGE
 from tests.fake_vertex import FakeVertex
 
 SA = "runner@proj-1.iam.gserviceaccount.com"
@@ -99,3 +102,114 @@ def test_a_missing_endpoint_is_not_found_as_on_the_twin(vertex):
     # The SDK reads an endpoint lazily; `deploy_champions` creates an endpoint on this error.
     with pytest.raises(NotFoundError, match="endpoint 'churn-west' does not exist in proj-1/us-central1"):
         vertex.endpoints.get("churn-west")
+
+
+# -- co-hosting: a deployment resource pool shared by a fleet's endpoints ---------------------------
+
+POOL = "projects/proj-1/locations/us-central1/deploymentResourcePools/churn-pool"
+POOLED = DeploymentSettings(
+    machine_type="n1-standard-4",
+    min_replica_count=1,
+    max_replica_count=3,
+    autoscaling_target_cpu=70,
+    deployment_resource_pool="churn-pool",
+)
+
+
+@pytest.fixture
+def pooled(vertex, artifact_dirs):
+    """churn-north (already there, custom container) and churn-south: two versions each for the TF container."""
+    for artifact in artifact_dirs[:2]:
+        (artifact / "savedmodel").mkdir()
+        (artifact / "savedmodel" / "saved_model.pb").write_bytes(b"graph")
+    for model in ("churn-tf", "churn-south"):
+        for i, artifact in enumerate(artifact_dirs[:2]):
+            vertex.registry.upload_version(
+                model, artifact, artifact_uri=f"gs://b/{model}/m{i}", serving_image=PREBUILT_TF_IMAGE
+            )
+        vertex.endpoints.create(model)
+    return vertex
+
+
+def test_deploys_into_a_pool_created_once_and_shared(pooled):
+    fake = pooled.fake
+    endpoint, first = pooled.endpoints.deploy("churn-tf", "churn-tf", "1", settings=POOLED)
+    [create] = fake.calls("POST", "/deploymentResourcePools")
+    assert create["body"]["deploymentResourcePoolId"] == "churn-pool"
+    resources = create["body"]["deploymentResourcePool"]["dedicatedResources"]
+    assert resources["machineSpec"] == {"machineType": "n1-standard-4"}
+    assert (resources["minReplicaCount"], resources["maxReplicaCount"]) == (1, 3)
+    assert resources["autoscalingMetricSpecs"][0]["target"] == 70
+    deployed = fake.calls("POST", ":deployModel")[0]["body"]["deployedModel"]
+    assert deployed["sharedResources"] == POOL
+    assert "dedicatedResources" not in deployed and "automaticResources" not in deployed
+    assert deployed["serviceAccount"] == SA
+    # Read back with the pool's resources.
+    assert endpoint.deployed(first).settings == dataclasses.replace(POOLED, service_account=SA)
+
+    # The second segment reuses the pool: read, not created again.
+    endpoint, south = pooled.endpoints.deploy("churn-south", "churn-south", "1", settings=POOLED)
+    assert len(fake.calls("POST", "/deploymentResourcePools")) == 1
+    assert fake.calls("POST", ":deployModel")[1]["body"]["deployedModel"]["sharedResources"] == POOL
+    assert endpoint.traffic_split == {south: 100}
+
+    # A canary in the pool next to the serving model, on the segment's own endpoint.
+    endpoint, canary = pooled.endpoints.deploy("churn-tf", "churn-tf", "2", traffic_percentage=10, settings=POOLED)
+    assert endpoint.traffic_split == {first: 90, canary: 10}
+    assert endpoint.deployed(canary).settings.deployment_resource_pool == "churn-pool"
+    listed = {e.endpoint_id: e for e in pooled.endpoints.list()}
+    assert {m.settings.deployment_resource_pool for m in listed["churn-south"].deployed_models} == {"churn-pool"}
+
+
+def test_a_pool_created_meanwhile_by_another_deploy_is_used(pooled):
+    # A shard deploying in parallel creates the pool between this deploy's read and its create.
+    pooled.fake.race_pool_creation = {
+        "machineSpec": {"machineType": "n1-standard-4"},
+        "minReplicaCount": 1,
+        "maxReplicaCount": 3,
+        "autoscalingMetricSpecs": [
+            {"metricName": "aiplatform.googleapis.com/prediction/online/cpu/utilization", "target": 70}
+        ],
+    }
+    _, first = pooled.endpoints.deploy("churn-tf", "churn-tf", "1", settings=POOLED)
+    [refused_create] = pooled.fake.calls("POST", "/deploymentResourcePools")  # a 409: it exists now
+    assert refused_create["body"]["deploymentResourcePoolId"] == "churn-pool"
+    assert pooled.endpoints.get("churn-tf").deployed(first).settings.deployment_resource_pool == "churn-pool"
+
+
+def test_pool_refusals_send_no_deploy(pooled):
+    fake = pooled.fake
+    pooled.endpoints.create("churn-north")
+    # The custom container cannot be co-hosted: refused before a pool is made.
+    with pytest.raises(UserError, match=r"version 1 of model 'churn-north' cannot be deployed into deployment "):
+        pooled.endpoints.deploy("churn-north", "churn-north", "1", settings=POOLED)
+    assert fake.calls("POST", "/deploymentResourcePools") == [] and fake.calls("POST", ":deployModel") == []
+
+    pooled.endpoints.deploy("churn-tf", "churn-tf", "1", settings=POOLED)
+    bigger = DeploymentSettings(
+        machine_type="n1-standard-8", max_replica_count=3, deployment_resource_pool="churn-pool"
+    )
+    sent = len(fake.calls("POST", ":deployModel"))
+    with pytest.raises(UserError) as refused:
+        pooled.endpoints.deploy("churn-south", "churn-south", "1", settings=bigger)
+    message = str(refused.value)
+    assert "pool 'churn-pool' exists with other resources than asked for: machine_type 'n1-standard-8'" in message
+    assert "(the pool has 'n1-standard-4')" in message and "serving.pool_id" in message
+    assert "max_replica_count" not in message  # the same count is no difference
+    assert len(fake.calls("POST", ":deployModel")) == sent
+
+
+def test_a_deploy_refused_with_429_is_retried_with_back_off(pooled):
+    waits = []
+    pooled.endpoints.sleep = waits.append
+    pooled.fake.throttle_deploys = 2  # e.g. more than 20 concurrent deploy requests into the pool
+    endpoint, first = pooled.endpoints.deploy("churn-tf", "churn-tf", "1", settings=POOLED)
+    assert waits == [5.0, 10.0]
+    assert len(pooled.fake.calls("POST", ":deployModel")) == 3
+    assert endpoint.traffic_split == {first: 100}
+
+    pooled.fake.throttle_deploys = 10
+    with pytest.raises(Exception, match="429"):
+        pooled.endpoints.deploy("churn-south", "churn-south", "1", settings=POOLED)
+    assert waits[2:] == [5.0, 10.0, 20.0, 40.0, 80.0]
+    assert pooled.endpoints.get("churn-south").deployed_models == ()

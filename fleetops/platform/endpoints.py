@@ -3,6 +3,17 @@
 The local twin (SQLite, beside the registry) and Vertex (google-cloud-aiplatform)
 implement `Endpoints`; the traffic arithmetic is `fleetops.serving.traffic`,
 which is the SDK's own, so both sides compute the same splits.
+
+Co-hosting: `DeploymentSettings.deployment_resource_pool` names a deployment
+resource pool (a fleet's shared nodes, `serving.cohosting: pool`). The model
+is then deployed into the pool instead of on nodes of its own, still on its
+own endpoint: an endpoint's traffic split, and so canary, promote and rollback,
+work the same with or without a pool. On Vertex the pool is created on first
+use with the settings' machine type, replicas and autoscaling target; the twin
+records it (its one local server already serves every endpoint). Both refuse,
+with the same message, a version Vertex cannot co-host (not served by its
+prebuilt TensorFlow container), and explanations of a co-hosted model, which
+Vertex does not serve.
 """
 
 from __future__ import annotations
@@ -12,9 +23,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from fleetops.errors import UserError
+from fleetops.spec import PREBUILT_TF_IMAGE, RESOURCE_ID_PATTERN, is_prebuilt_tf_image
 
-# Vertex: a user-chosen endpoint id starting with a letter is up to 63 of [a-z0-9-], ending alphanumeric.
-ENDPOINT_ID_PATTERN = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# Vertex: a user-chosen endpoint (or deployment resource pool) id starting with a letter is up to 63 of
+# [a-z0-9-], ending alphanumeric.
+ENDPOINT_ID_PATTERN = re.compile(RESOURCE_ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,9 @@ class DeploymentSettings:
     max_replica_count: int = 1
     autoscaling_target_cpu: int | None = None
     service_account: str | None = None
+    # A deployment resource pool id: the model shares the pool's nodes, which the fields above size
+    # (when the pool is created), instead of getting its own.
+    deployment_resource_pool: str | None = None
 
     def __post_init__(self) -> None:
         if self.min_replica_count < 1:
@@ -36,6 +52,12 @@ class DeploymentSettings:
             )
         if self.autoscaling_target_cpu is not None and not 1 <= self.autoscaling_target_cpu <= 100:
             raise UserError(f"autoscaling_target_cpu {self.autoscaling_target_cpu} must be a percentage from 1 to 100")
+        pool = self.deployment_resource_pool
+        if pool is not None and not ENDPOINT_ID_PATTERN.match(pool):
+            raise UserError(
+                f"deployment_resource_pool {pool!r} is invalid: up to 63 of [a-z0-9-], starting with a letter "
+                "and ending with a letter or digit"
+            )
 
 
 @dataclass(frozen=True)
@@ -119,6 +141,29 @@ def check_endpoint_id(endpoint_id: str) -> None:
         raise UserError(
             f"endpoint id {endpoint_id!r} is invalid: up to 63 of [a-z0-9-], starting with a letter "
             "and ending with a letter or digit"
+        )
+
+
+def check_poolable(model_id: str, version_id: str, serving_image: str | None, pool: str) -> None:
+    """Vertex co-hosts only models served by its prebuilt TensorFlow container (here; PyTorch too, in preview)."""
+    if not is_prebuilt_tf_image(serving_image):
+        raise UserError(
+            f"version {version_id} of model {model_id!r} cannot be deployed into deployment resource pool {pool!r}: "
+            f"it is served by {serving_image or 'no Vertex serving container'}, and Vertex co-hosts only models "
+            f"served by its prebuilt TensorFlow container ({PREBUILT_TF_IMAGE}, with a SavedModel); a fleet "
+            "registers its models that way with serving.cohosting: pool, so train and register again with it"
+        )
+
+
+def check_explainable(endpoint_id: str, deployed: DeployedModel) -> None:
+    """Vertex serves no explanations for a model in a deployment resource pool: say so rather than fail later."""
+    pool = deployed.settings.deployment_resource_pool
+    if pool:
+        raise UserError(
+            f"deployed model {deployed.deployed_model_id} on endpoint {endpoint_id!r} ({deployed.model_id}@"
+            f"{deployed.version_id}) is co-hosted in deployment resource pool {pool!r}, and Vertex serves no "
+            "explanations (Explainable AI) for co-hosted models; use :predict, or serving.cohosting: none "
+            "for a fleet that needs explanations"
         )
 
 

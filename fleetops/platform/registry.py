@@ -280,8 +280,22 @@ def check_upload_request(request: UploadRequest) -> None:
             check_identity(request.identity)
         if request.evaluation is not None:
             check_evaluation(request.evaluation)
+        check_serving_format(request.artifact_path, request.serving_image)
     except RegistryRuleError as exc:
         raise RegistryRuleError(f"upload of model {request.model_id!r}: {exc}") from None
+
+
+def check_serving_format(artifact_path: str | Path, serving_image: str | None) -> None:
+    """Vertex's prebuilt TensorFlow container serves a SavedModel: an artifact named for it must carry one."""
+    from fleetops.spec import is_prebuilt_tf_image
+    from fleetops.training.savedmodel import SAVEDMODEL_DIR, has_savedmodel
+
+    if is_prebuilt_tf_image(serving_image) and not has_savedmodel(artifact_path):
+        raise RegistryRuleError(
+            f"serving image {serving_image} is Vertex's prebuilt TensorFlow container, which serves a SavedModel, "
+            f"and artifact {str(artifact_path)!r} has no {SAVEDMODEL_DIR}/saved_model.pb "
+            "(fleetops.training.savedmodel.export_savedmodel writes it)"
+        )
 
 
 def upload_aliases(aliases: list[str] | tuple[str, ...], is_default_version: bool) -> list[str]:

@@ -9,10 +9,15 @@ named inputs (no DataFrame on the hot path), `check_finite` refuses outputs
 that are not finite (no response carries a NaN, a JSON null, as a score) and
 `format_predictions` shapes the output as Vertex tabular models do:
 `{"classes": [...], "scores": [...]}` or `{"value": v}`.
+
+A predictor scores through the model's LiteRT flatbuffer when the artifact has
+one and its metadata allows it (`choose_runtime`), else through the Keras model;
+the Keras model is then loaded only if `:explain` needs it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +46,55 @@ class ModelOutputError(FleetopsError, RuntimeError):
     """The model's output is not finite where the input is not to blame: a fault of the model (a 500)."""
 
 
-class Predictor:
-    def __init__(self, artifact: ModelArtifact):
-        import tensorflow as tf
+KERAS = "keras"
+RUNTIMES = ("keras", "litert", "litert_quantized")
+# Overrides every artifact's recorded `serving.runtime` in this process (e.g. keras, to rule LiteRT out).
+RUNTIME_VARIABLE = "FLEETOPS_SERVING_RUNTIME"
 
+
+def choose_runtime(metadata: dict[str, Any], runtime: str | None = None) -> str:
+    """What serves a model: `keras`, or the LiteRT variant (`float32`, `int8`) its metadata vouches for.
+
+    The runtime asked for is `runtime`, else `$FLEETOPS_SERVING_RUNTIME`, else the spec's
+    `serving.runtime` recorded at training (`litert` for artifacts that predate it):
+
+    - `keras`: the Keras model.
+    - `litert`: the float32 flatbuffer, if its scores were within `AGREEMENT_TOLERANCE` of the
+      Keras model's on the validation and probe rows; else the Keras model.
+    - `litert_quantized`: the int8 flatbuffer if there is one and its validation metric dropped by
+      at most `serving.quantized_max_metric_drop`; else as `litert`.
+
+    An artifact without flatbuffers (trained before them, or not exportable) is served with Keras,
+    and so is one whose flatbuffers were checked against another model than the one it holds (its
+    identity differs: a model saved again with other weights under copied metadata).
+    """
+    from fleetops.names import METADATA_IDENTITY
+    from fleetops.training.litert import AGREEMENT_TOLERANCE, FLOAT32, INT8
+
+    policy = metadata.get("serving") or {}
+    runtime = runtime or os.environ.get(RUNTIME_VARIABLE) or policy.get("runtime") or "litert"
+    if runtime not in RUNTIMES:
+        raise UserError(f"serving runtime {runtime!r} is not one of {list(RUNTIMES)}")
+    lite = metadata.get("litert") or {}
+    if lite.get("identity_sha256") is None or lite["identity_sha256"] != metadata.get(METADATA_IDENTITY):
+        return KERAS
+    variants = lite.get("variants") or {}
+    if runtime == "litert_quantized" and INT8 in variants:
+        drop = variants[INT8].get("metric_drop")
+        if drop is not None and drop <= float(policy.get("quantized_max_metric_drop", 0.0)):
+            return INT8
+    if runtime != KERAS and FLOAT32 in variants and variants[FLOAT32]["max_delta"] <= AGREEMENT_TOLERANCE:
+        return FLOAT32
+    return KERAS
+
+
+class Predictor:
+    """Scores column-wise instances with a model artifact, through LiteRT (`lite`) or its Keras model.
+
+    `runtime` names what scores: `keras`, or the LiteRT variant (`float32`, `int8`).
+    """
+
+    def __init__(self, artifact: ModelArtifact, lite: Any = None, runtime: str = KERAS):
         self.artifact = artifact
         self.numeric = list(artifact.features["numeric"])
         self.categorical = list(artifact.features["categorical"])
@@ -52,11 +102,17 @@ class Predictor:
         self._feature_set = frozenset(self.features)
         self.classes = list(artifact.classes)
         self.task = artifact.task
-        self._tf = tf
+        self.lite = lite
+        self.runtime = runtime if lite is not None else KERAS
 
     @classmethod
-    def load(cls, path: str | Path, expected_sha256: str | None = None) -> Predictor:
-        """Load an artifact; refuse it when its bytes do not match `expected_sha256`."""
+    def load(cls, path: str | Path, expected_sha256: str | None = None, runtime: str | None = None) -> Predictor:
+        """Load an artifact; refuse it when its bytes do not match `expected_sha256`.
+
+        `runtime` (`keras`, `litert`, `litert_quantized`) overrides what the artifact records (see
+        `choose_runtime`). Served through LiteRT, the Keras model is not loaded until something asks
+        for it (`:explain`).
+        """
         if expected_sha256 is not None:
             actual = directory_sha256(path)
             if actual != expected_sha256:
@@ -64,7 +120,18 @@ class Predictor:
                     f"model artifact {str(path)!r} has sha256 {actual[:16]}..., but the registry recorded "
                     f"{expected_sha256[:16]}...: the files changed after registration; refusing to serve them"
                 )
-        return cls(load_artifact(path))
+        from fleetops.training.litert import FILES
+
+        artifact = load_artifact(path, keras_model=False)
+        variant = choose_runtime(artifact.metadata, runtime)
+        if variant != KERAS and not (Path(path) / FILES[variant]).is_file():
+            variant = KERAS  # recorded but not there (a copy without it): the Keras model still serves
+        if variant == KERAS:
+            artifact.model  # noqa: B018  loaded now: a broken Keras model fails the load, not the first request
+            return cls(artifact)
+        from fleetops.serving.lite import LiteModel
+
+        return cls(artifact, LiteModel.load(Path(path) / FILES[variant]), variant)
 
     def columns(self, instances: Any) -> dict[str, list[Any]]:
         """Validate instances and return them as one list per feature."""
@@ -99,14 +166,19 @@ class Predictor:
     def predict_columns(self, columns: dict[str, list[Any]]) -> np.ndarray:
         """Raw model outputs for column-wise input: (n, k) probabilities or (n,) values."""
         n = len(columns[self.features[0]])
+        if self.lite is not None:  # no tracing, so no padding to a few shapes
+            from fleetops.serving.lite import input_arrays
+
+            return shape_outputs(self.task, self.lite.predict(input_arrays(self.numeric, self.categorical, columns)))
         return self.score_tensors(self.tensors(columns, pad_to=bucket_size(n)))[:n]
 
     def tensors(self, columns: dict[str, list[Any]], pad_to: int | None = None) -> dict[str, Any]:
-        """The model's named input tensors; padded (repeating the first row) to `pad_to` rows.
+        """The Keras model's named input tensors; padded (repeating the first row) to `pad_to` rows.
 
         Padding is done on the Python lists: as tensor ops it costs several times the request.
         """
-        tf = self._tf
+        import tensorflow as tf
+
         n = len(columns[self.features[0]])
         extra = (pad_to or n) - n
         inputs = {}
@@ -121,11 +193,15 @@ class Predictor:
         return inputs
 
     def score_tensors(self, inputs: dict[str, Any]) -> np.ndarray:
-        """Model outputs for named input tensors: (n, k) probabilities or (n,) values.
+        """Model outputs for named input tensors (or numpy arrays): (n, k) probabilities or (n,) values.
 
         Keras traces a graph per input shape, so callers pad batches to `bucket_size`:
         a handful of shapes instead of one per batch size.
         """
+        if self.lite is not None:
+            from fleetops.serving.lite import as_arrays
+
+            return shape_outputs(self.task, self.lite.predict(as_arrays(inputs)))
         return shape_outputs(self.task, np.asarray(self.artifact.model.predict_on_batch(inputs)))
 
     def check_finite(self, outputs: np.ndarray, columns: dict[str, list[Any]]) -> None:

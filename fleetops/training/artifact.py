@@ -1,13 +1,17 @@
 """A model artifact directory: the Keras model, its metadata and its training statistics.
 
 The same directory is what the registry stores, what evaluation loads, and
-what the serving container will load from `AIP_STORAGE_URI`.
+what the serving container will load from `AIP_STORAGE_URI`. Artifacts trained
+since the light runtime also hold the model's LiteRT flatbuffers
+(`fleetops.training.litert`: `model.tflite`, `model_int8.tflite` when it is
+quantized at all), recorded under `litert` in the metadata; older ones do not,
+and are served with Keras.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +28,31 @@ FORMAT = "fleetops-keras/1"
 _PREDICT_CHUNK = 8192
 
 
-@dataclass
 class ModelArtifact:
-    """A loaded model with what is needed to score a DataFrame."""
+    """A model artifact with what is needed to score a DataFrame; the Keras model is loaded when first used.
 
-    model: Any
-    metadata: dict[str, Any]
-    path: Path
+    A server that serves an artifact's LiteRT flatbuffer never needs its Keras model unless it is
+    asked to `:explain`; loading it then (once, under a lock: explanations run in worker threads)
+    spares the hundreds of milliseconds and megabytes a Keras model costs.
+    """
+
+    def __init__(self, model: Any, metadata: dict[str, Any], path: str | Path):
+        self._model = model
+        self.metadata = metadata
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = _load_keras(self.path)
+        return self._model
+
+    @property
+    def keras_loaded(self) -> bool:
+        return self._model is not None
 
     @property
     def task(self) -> str:
@@ -97,11 +119,16 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def load_artifact(directory: str | Path) -> ModelArtifact:
+def load_artifact(directory: str | Path, keras_model: bool = True) -> ModelArtifact:
+    """The artifact in `directory`; with `keras_model=False` its Keras model is loaded only when first used."""
+    metadata = read_metadata(directory)
+    model = _load_keras(Path(directory)) if keras_model else None
+    return ModelArtifact(model=model, metadata=metadata, path=Path(directory))
+
+
+def _load_keras(directory: Path) -> Any:
     import keras
 
     import fleetops.training.model  # noqa: F401  registers the custom layers
 
-    metadata = read_metadata(directory)
-    model = keras.models.load_model(Path(directory) / MODEL_FILE)
-    return ModelArtifact(model=model, metadata=metadata, path=Path(directory))
+    return keras.models.load_model(directory / MODEL_FILE)

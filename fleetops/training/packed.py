@@ -24,7 +24,9 @@ Afterwards each segment is exported as a standalone Keras model
 (`fleetops.training.model.build_model` with that segment's statistics and
 weights), the same artifact that the one-at-a-time trainer writes; the
 registry, serving, `:explain`, batch prediction and monitoring see no
-difference.
+difference. Its LiteRT flatbuffers come from one converter call per
+architecture (`fleetops.training.litert.Template`), each segment's constants
+written into a copy: microseconds a segment instead of ~0.3 s.
 """
 
 from __future__ import annotations
@@ -686,7 +688,8 @@ def _choose_and_export(
     from fleetops.data.validation import statistics
     from fleetops.names import segment_slug
     from fleetops.training.artifact import save_artifact
-    from fleetops.training.trainer import SEGMENT_COLUMN, TrainResult, beats, segment_metadata
+    from fleetops.training.litert import LiteExporter
+    from fleetops.training.trainer import SEGMENT_COLUMN, TrainResult, beats, export_litert, segment_metadata
 
     data = variants[0].data
     n_segments = len(data.segments)
@@ -696,6 +699,7 @@ def _choose_and_export(
 
     started = time.perf_counter()
     exporters: dict[str, SegmentExporter] = {}
+    lite = LiteExporter()  # one LiteRT template per layout: each variant's segments share theirs
     raw = {str(name): frame for name, frame in rows.groupby(SEGMENT_COLUMN, sort=True)}
     results = []
     for s, segment in enumerate(data.segments):
@@ -715,6 +719,7 @@ def _choose_and_export(
             continue
         typed = data.rows[segment]
         train = typed[typed[SPLIT_COLUMN] == TRAIN]
+        validation_rows = typed[typed[SPLIT_COLUMN] == VALIDATION]
         stats = statistics(train, spec)
         written: dict[str, dict[str, Any]] = {}
         for v in variants if every_variant else [chosen]:
@@ -732,7 +737,9 @@ def _choose_and_export(
             if v.name not in exporters:
                 exporters[v.name] = SegmentExporter(v.fit, v.data, spec, params)
             where = output_dir / (v.architecture.value if every_variant else segment_slug(segment))
-            save_artifact(exporters[v.name].model_of(s), metadata, stats, where)
+            model = exporters[v.name].model_of(s)
+            metadata["litert"] = export_litert(lite, model, where, spec, validation_rows, classes, metadata, stats)
+            save_artifact(model, metadata, stats, where)
             written[v.name] = metadata
         directory = output_dir / (chosen.architecture.value if every_variant else segment_slug(segment))
         metadata = written[chosen.name]  # as `train_segment` returns it: what was saved, before the identity

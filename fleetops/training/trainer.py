@@ -271,8 +271,12 @@ def train_segment(
     architectures: list[Architecture] | None = None,
     tuning: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train each architecture on the segment's train split, keep the best on validation, save it."""
+    """Train each architecture on the segment's train split, keep the best on validation, save it.
+
+    The artifact holds the Keras model and its LiteRT flatbuffers (`fleetops.training.litert`).
+    """
     from fleetops.training.artifact import save_artifact
+    from fleetops.training.litert import LiteExporter
 
     params = params or spec.training
     architectures = architectures or list(spec.architectures)
@@ -297,8 +301,43 @@ def train_segment(
     model, architecture, value, details = best
     details["trainer"] = {"kind": "one_at_a_time"}
     metadata = segment_metadata(spec, segment, rows, typed, classes, architecture, params, tuning, details)
-    directory = save_artifact(model, metadata, statistics(train, spec), output_dir)
+    stats = statistics(train, spec)
+    metadata["litert"] = export_litert(LiteExporter(), model, output_dir, spec, validation, classes, metadata, stats)
+    directory = save_artifact(model, metadata, stats, output_dir)
     return TrainResult(segment, directory, architecture, spec.primary_metric, value, candidates, metadata)
+
+
+def export_litert(
+    exporter: Any,
+    model: Any,
+    directory: str | Path,
+    spec: FleetSpec,
+    validation: pd.DataFrame,
+    classes: list[str],
+    metadata: dict[str, Any],
+    stats: dict[str, Any],
+) -> dict[str, Any]:
+    """Write `model`'s LiteRT flatbuffers into its artifact directory; what its metadata records of them.
+
+    `validation` are the segment's typed validation rows: the flatbuffers are checked against `model` there.
+    The record names the identity of the model they were checked against (`metadata` and `stats` are what
+    `save_artifact` will save): a model saved with other weights under this metadata has another
+    identity, and its stale record is not trusted.
+    """
+    from fleetops.fingerprints import model_identity_sha256
+
+    record = exporter.export(
+        model,
+        directory,
+        spec.task.value,
+        {"numeric": spec.features.numeric, "categorical": spec.features.categorical},
+        validation,
+        encode_labels(validation[spec.label], classes),
+        classes,
+        spec.primary_metric,
+        spec.metric_goal,
+    )
+    return record | {"identity_sha256": model_identity_sha256(model, metadata, stats)}
 
 
 def segment_metadata(
@@ -329,6 +368,11 @@ def segment_metadata(
         },
         "data_sha256": frame_sha256(rows.drop(columns=[SPLIT_COLUMN], errors="ignore")),
         "spec_sha256": spec.fingerprint(),
+        # Which runtime the server may use for this model (`Predictor.load` reads it; the server has no spec).
+        "serving": {
+            "runtime": spec.serving.runtime,
+            "quantized_max_metric_drop": spec.serving.quantized_max_metric_drop,
+        },
         "tuning": tuning,
         **details,
     }

@@ -5,6 +5,11 @@ deploy resolves the version (id or alias) and writes the deployed model and
 the new split in one transaction with the registry, so it never points at a
 version that is not there. Every change bumps `endpoint_changes.revision`;
 a running prediction server polls it and reloads without a restart.
+
+A deployment resource pool (co-hosting) is recorded with the deployed model's
+settings: the twin's one server already serves every endpoint from shared
+resources. The deploy is refused, as on Vertex, when the version is not
+registered for Vertex's prebuilt TensorFlow container.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from fleetops.platform.endpoints import (
     Endpoints,
     check_endpoint_id,
     check_logging_rate,
+    check_poolable,
 )
 from fleetops.platform.local.registry import LOCATION, PROJECT, LocalModelRegistry
 from fleetops.platform.registry import check_labels
@@ -87,6 +93,12 @@ class LocalEndpoints(Endpoints):
         with self.registry.transaction() as conn:
             endpoint = self._endpoint(conn, endpoint_id)
             version_id = self.registry.resolve_version(conn, model_id, version)
+            settings = settings or DeploymentSettings()
+            if settings.deployment_resource_pool:
+                (image,) = conn.execute(
+                    "SELECT serving_image FROM versions WHERE model_id = ? AND version_id = ?", (model_id, version_id)
+                ).fetchone()
+                check_poolable(model_id, str(version_id), image, settings.deployment_resource_pool)
             cursor = conn.execute(
                 "INSERT INTO deployed_models "
                 "(endpoint_id, model_id, version_id, display_name, settings, traffic, create_time) "
@@ -96,7 +108,7 @@ class LocalEndpoints(Endpoints):
                     model_id,
                     version_id,
                     display_name or f"{model_id}@{version_id}",
-                    _settings_json(settings or DeploymentSettings()),
+                    _settings_json(settings),
                     _now(),
                 ),
             )

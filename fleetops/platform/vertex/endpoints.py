@@ -3,10 +3,34 @@
 Every rule is checked with the same functions as the local twin before a
 request is sent (so a refusal reads the same in both places); the SDK then
 computes and sends the traffic split itself, with the same arithmetic.
+
+Co-hosting (`DeploymentSettings.deployment_resource_pool`, a fleet's
+`serving.cohosting: pool`): the model is deployed with
+`Model.deploy(deployment_resource_pool=...)` on its own endpoint, so each
+segment keeps its traffic split, canary and rollback, while the nodes are the
+pool's, shared by the fleet. Why a pool and not one fleet endpoint whose custom
+container (our server) routes each instance to its segment's model: Vertex
+co-hosts only its prebuilt TensorFlow/PyTorch containers, and one endpoint for
+the fleet would put every segment under one traffic split, so a canary or a
+rollback could no longer be per segment. The pool is created on first use
+(`aiplatform.DeploymentResourcePool.create`, sized by the settings) and reused
+after; a pool created meanwhile by another deploy task (shards deploy in
+parallel) is read instead. A pool whose resources differ from the settings is
+refused rather than used silently: the SDK cannot resize one, and a new pool
+id moves the fleet to a new pool canary by canary. A deployed model in a pool
+is read back with the pool's resources.
+
+Vertex accepts at most 20 concurrent deploy requests into a pool. Each deploy
+task deploys one model at a time (the SDK waits for the operation), so the
+deploys in flight are at most the shards deploying at once; a deploy refused
+with 429 (quota) is retried with back-off, after checking that it did not
+happen.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from fleetops.errors import NotFoundError, UserError
@@ -18,10 +42,15 @@ from fleetops.platform.endpoints import (
     Endpoints,
     check_endpoint_id,
     check_logging_rate,
+    check_poolable,
 )
 from fleetops.platform.registry import check_labels
 from fleetops.platform.vertex.registry import VertexModelRegistry
 from fleetops.serving.traffic import check_split, deploy_split, undeploy_split
+
+# A deploy refused with 429 is tried again after 5, 10, 20, 40, 80 s (at most 155 s in all).
+DEPLOY_ATTEMPTS = 6
+FIRST_BACKOFF_SECONDS = 5.0
 
 
 class VertexEndpoints(Endpoints):
@@ -29,9 +58,13 @@ class VertexEndpoints(Endpoints):
         self.settings = settings
         self.credentials = credentials
         self.registry = registry
+        self.sleep: Callable[[float], None] = time.sleep  # the back-off's wait (tests pass a recorder)
 
     def name(self, endpoint_id: str) -> str:
         return f"projects/{self.settings.project}/locations/{self.settings.region}/endpoints/{endpoint_id}"
+
+    def pool_name(self, pool_id: str) -> str:
+        return f"projects/{self.settings.project}/locations/{self.settings.region}/deploymentResourcePools/{pool_id}"
 
     def create(
         self,
@@ -63,17 +96,18 @@ class VertexEndpoints(Endpoints):
             location=self.settings.region,
             credentials=self.credentials,
         )
-        return _from_gca(endpoint.gca_resource)
+        return _from_gca(endpoint.gca_resource, self._pool_reader())
 
     def get(self, endpoint_id: str) -> Endpoint:
-        return _from_gca(self._endpoint(endpoint_id).gca_resource)
+        return _from_gca(self._endpoint(endpoint_id).gca_resource, self._pool_reader())
 
     def list(self, labels: dict[str, str] | None = None) -> list[Endpoint]:
         from google.cloud import aiplatform
 
         query = " AND ".join(f"labels.{k}={v}" for k, v in sorted((labels or {}).items())) or None
         found = aiplatform.Endpoint.list(filter=query, credentials=self.credentials)
-        return sorted((_from_gca(e.gca_resource) for e in found), key=lambda e: e.endpoint_id)
+        pools = self._pool_reader()  # one read per pool for the whole listing
+        return sorted((_from_gca(e.gca_resource, pools) for e in found), key=lambda e: e.endpoint_id)
 
     def delete(self, endpoint_id: str) -> None:
         endpoint = self._endpoint(endpoint_id)
@@ -104,17 +138,30 @@ class VertexEndpoints(Endpoints):
         resolved = self.registry.get_version(model_id, version)
         before = {m.id for m in endpoint.gca_resource.deployed_models}
         model = aiplatform.Model(resolved.versioned_name, credentials=self.credentials)
-        model.deploy(
-            endpoint=endpoint,
-            deployed_model_display_name=display_name or f"{model_id}@{resolved.version_id}",
-            traffic_percentage=traffic_percentage or 0,
-            traffic_split=traffic_split,
-            machine_type=settings.machine_type,
-            min_replica_count=settings.min_replica_count,
-            max_replica_count=settings.max_replica_count,
-            autoscaling_target_cpu_utilization=settings.autoscaling_target_cpu,
-            service_account=settings.service_account or self.settings.service_account,
-            encryption_spec_key_name=self.settings.encryption_key,
+        resources: dict[str, Any]
+        if pool_id := settings.deployment_resource_pool:
+            # The machine, replicas and autoscaling are the pool's: the SDK refuses them next to a pool.
+            pool = self._pool_for(model, model_id, resolved.version_id, pool_id, settings)
+            resources = {"deployment_resource_pool": pool}
+        else:
+            resources = {
+                "machine_type": settings.machine_type,
+                "min_replica_count": settings.min_replica_count,
+                "max_replica_count": settings.max_replica_count,
+                "autoscaling_target_cpu_utilization": settings.autoscaling_target_cpu,
+            }
+        self._with_backoff(
+            endpoint_id,
+            before,
+            lambda: model.deploy(
+                endpoint=endpoint,
+                deployed_model_display_name=display_name or f"{model_id}@{resolved.version_id}",
+                traffic_percentage=traffic_percentage or 0,
+                traffic_split=traffic_split,
+                service_account=settings.service_account or self.settings.service_account,
+                encryption_spec_key_name=self.settings.encryption_key,
+                **resources,
+            ),
         )
         after = self.get(endpoint_id)
         new_ids = [m.deployed_model_id for m in after.deployed_models if m.deployed_model_id not in before]
@@ -142,6 +189,72 @@ class VertexEndpoints(Endpoints):
         endpoint.update(traffic_split=traffic_split)
         return self.get(endpoint_id)
 
+    def _pool_for(self, model: Any, model_id: str, version_id: str, pool_id: str, settings: DeploymentSettings) -> Any:
+        """The deployment resource pool to deploy `model` into: checked, then read, or created on first use."""
+        from google.api_core import exceptions
+        from google.cloud import aiplatform
+        from google.cloud.aiplatform.compat.types import model as gca_model
+
+        check_poolable(model_id, version_id, model.gca_resource.container_spec.image_uri, pool_id)
+        shared = gca_model.Model.DeploymentResourcesType.SHARED_RESOURCES
+        if shared not in model.supported_deployment_resources_types:
+            supported = [t.name for t in model.supported_deployment_resources_types]
+            raise UserError(
+                f"version {version_id} of model {model_id!r} cannot be deployed into deployment resource pool "
+                f"{pool_id!r}: Vertex lists its deployment resource types as {supported}, without SHARED_RESOURCES"
+            )
+        name = self.pool_name(pool_id)
+        try:
+            pool = aiplatform.DeploymentResourcePool(name, credentials=self.credentials)
+        except exceptions.NotFound:
+            try:
+                pool = aiplatform.DeploymentResourcePool.create(
+                    deployment_resource_pool_id=pool_id,
+                    machine_type=settings.machine_type,
+                    min_replica_count=settings.min_replica_count,
+                    max_replica_count=settings.max_replica_count,
+                    autoscaling_target_cpu_utilization=settings.autoscaling_target_cpu,
+                    project=self.settings.project,
+                    location=self.settings.region,
+                    credentials=self.credentials,
+                )
+            except exceptions.Conflict:  # another deploy task (a shard in parallel) created it first
+                pool = aiplatform.DeploymentResourcePool(name, credentials=self.credentials)
+        _check_pool_resources(pool_id, pool.gca_resource, settings)
+        return pool
+
+    def _pool_reader(self) -> Callable[[str], Any]:
+        """Pool resource name -> its resource, each pool read once per call of ours (a listing has many)."""
+        from google.cloud import aiplatform
+
+        cache: dict[str, Any] = {}
+
+        def read(name: str) -> Any:
+            if name not in cache:
+                cache[name] = aiplatform.DeploymentResourcePool(name, credentials=self.credentials).gca_resource
+            return cache[name]
+
+        return read
+
+    def _with_backoff(self, endpoint_id: str, before: set[str], deploy: Callable[[], Any]) -> None:
+        """Run `deploy`; on a 429 (quota, or a pool's concurrent deploys) wait and try again, unless it happened."""
+        from google.api_core import exceptions
+
+        delay = FIRST_BACKOFF_SECONDS
+        for attempt in range(DEPLOY_ATTEMPTS):
+            try:
+                deploy()
+                return
+            except exceptions.TooManyRequests:
+                if attempt == DEPLOY_ATTEMPTS - 1:
+                    raise
+                # A refused read after the deploy went through must not deploy the model twice.
+                deployed = {m.id for m in self._endpoint(endpoint_id).gca_resource.deployed_models}
+                if deployed - before:
+                    return
+                self.sleep(delay)
+                delay *= 2
+
     def _endpoint(self, endpoint_id: str) -> Any:
         from google.api_core import exceptions
         from google.cloud import aiplatform
@@ -159,11 +272,46 @@ class VertexEndpoints(Endpoints):
             ) from None
 
 
-def _from_gca(endpoint: Any) -> Endpoint:
+def _check_pool_resources(pool_id: str, pool: Any, settings: DeploymentSettings) -> None:
+    """Refuse a pool that exists with other resources than `settings` ask for (the SDK cannot resize it)."""
+    actual = _resources(pool.dedicated_resources)
+    wanted = {
+        "machine_type": settings.machine_type,
+        "min_replica_count": settings.min_replica_count,
+        "max_replica_count": settings.max_replica_count,
+        "autoscaling_target_cpu": settings.autoscaling_target_cpu,
+    }
+    differences = [
+        f"{key} {value!r} (the pool has {actual[key]!r})"
+        for key, value in wanted.items()
+        # No CPU target asked for: Vertex's default (60) is no difference.
+        if value != actual[key] and not (key == "autoscaling_target_cpu" and value is None)
+    ]
+    if differences:
+        raise UserError(
+            f"deployment resource pool {pool_id!r} exists with other resources than asked for: "
+            f"{', '.join(differences)}; a pool is not resized here: give the fleet a new pool "
+            "(serving.pool_id), whose canaries then replace the old pool's models, or ask for the pool's resources"
+        )
+
+
+def _resources(resources: Any) -> dict[str, Any]:
+    """Machine type, replicas and CPU target of Vertex's DedicatedResources (a deployed model's or a pool's)."""
+    cpu_targets = [s.target for s in resources.autoscaling_metric_specs if "cpu" in s.metric_name]
+    return {
+        "machine_type": resources.machine_spec.machine_type or "n1-standard-2",
+        "min_replica_count": resources.min_replica_count or 1,
+        "max_replica_count": max(resources.max_replica_count, resources.min_replica_count, 1),
+        "autoscaling_target_cpu": cpu_targets[0] if cpu_targets else None,
+    }
+
+
+def _from_gca(endpoint: Any, pools: Callable[[str], Any]) -> Endpoint:
     deployed = []
     for model in endpoint.deployed_models:
-        resources = model.dedicated_resources
-        cpu_targets = [s.target for s in resources.autoscaling_metric_specs if "cpu" in s.metric_name]
+        pool_name = model.shared_resources
+        # A co-hosted model runs on its pool's nodes: those are its resources.
+        resources = pools(pool_name).dedicated_resources if pool_name else model.dedicated_resources
         deployed.append(
             DeployedModel(
                 deployed_model_id=model.id,
@@ -172,11 +320,9 @@ def _from_gca(endpoint: Any) -> Endpoint:
                 model_resource_name=model.model,
                 display_name=model.display_name,
                 settings=DeploymentSettings(
-                    machine_type=resources.machine_spec.machine_type or "n1-standard-2",
-                    min_replica_count=resources.min_replica_count or 1,
-                    max_replica_count=max(resources.max_replica_count, resources.min_replica_count, 1),
-                    autoscaling_target_cpu=cpu_targets[0] if cpu_targets else None,
+                    **_resources(resources),
                     service_account=model.service_account or None,
+                    deployment_resource_pool=pool_name.rsplit("/", 1)[-1] if pool_name else None,
                 ),
                 create_time=model.create_time.isoformat() if model.create_time else "",
             )

@@ -10,6 +10,13 @@ match a version's labels returns that version instead of adding one; a version
 from before identities has no identity label and is matched on its artifact
 sha256, as it was then. Lineage goes into the version description as JSON,
 where the console shows it.
+
+A version for Vertex's prebuilt TensorFlow container (a fleet with
+`serving.cohosting: pool`: only those containers can be co-hosted) is uploaded
+without our container's command, routes and port, with Vertex's `artifactUri`
+naming the SavedModel inside the artifact (`<artifact>/savedmodel`, what that
+container loads); the version's `artifact_uri` here stays the artifact itself,
+which evaluation and batch scoring read.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from fleetops.platform.registry import (
     check_model_id,
     check_upload_request,
 )
+from fleetops.spec import is_prebuilt_tf_image
+from fleetops.training.savedmodel import SAVEDMODEL_DIR
 
 LINEAGE_MARKER = "\nlineage: "
 SERVING_COMMAND = ["fleetops", "serve-container"]
@@ -73,7 +82,13 @@ class VertexModelRegistry(ModelRegistry):
         # again below with the ones this registry adds.
         check_upload_request(
             UploadRequest(
-                model_id, artifact_path, labels=labels, aliases=aliases, evaluation=evaluation, identity=identity
+                model_id,
+                artifact_path,
+                labels=labels,
+                aliases=aliases,
+                serving_image=serving_image,
+                evaluation=evaluation,
+                identity=identity,
             )
         )
         sha = directory_sha256(artifact_path)
@@ -95,15 +110,22 @@ class VertexModelRegistry(ModelRegistry):
         for version in existing_versions or []:
             if version.identity_sha256 == identity or version.artifact_sha256 == sha:
                 return Registration(version, created=False)
+        if is_prebuilt_tf_image(serving_image):
+            # Vertex's TensorFlow container runs its own server on the SavedModel: no command, routes or port.
+            container: dict[str, Any] = {"artifact_uri": f"{uri.rstrip('/')}/{SAVEDMODEL_DIR}"}
+        else:
+            # Our image is the serving container: `fleetops serve-container` honours the AIP_* contract.
+            container = {
+                "artifact_uri": uri,
+                "serving_container_command": SERVING_COMMAND,
+                "serving_container_predict_route": SERVING_PREDICT_ROUTE,
+                "serving_container_health_route": SERVING_HEALTH_ROUTE,
+                "serving_container_ports": [SERVING_PORT],
+            }
         model = aiplatform.Model.upload(
             display_name=display_name or model_id,
-            artifact_uri=uri,
             serving_container_image_uri=serving_image,
-            # Our image is the serving container: `fleetops serve-container` honours the AIP_* contract.
-            serving_container_command=SERVING_COMMAND,
-            serving_container_predict_route=SERVING_PREDICT_ROUTE,
-            serving_container_health_route=SERVING_HEALTH_ROUTE,
-            serving_container_ports=[SERVING_PORT],
+            **container,
             model_id=None if existing_versions else model_id,
             parent_model=self.model_name(model_id) if existing_versions else None,
             # The SDK appends 'default' itself when is_default_version is set.
@@ -279,7 +301,7 @@ class VertexModelRegistry(ModelRegistry):
             display_name=model.display_name,
             aliases=tuple(sorted(model.version_aliases)),
             labels=labels,
-            artifact_uri=model.artifact_uri,
+            artifact_uri=_artifact_root(model),
             artifact_sha256=labels.get(LABEL_ARTIFACT_SHA256, ""),
             description=description,
             lineage=lineage,
@@ -287,6 +309,14 @@ class VertexModelRegistry(ModelRegistry):
             # Versions from before identities were deduplicated on their artifact sha256: it is their identity.
             identity_sha256=labels.get(LABEL_IDENTITY_SHA256) or labels.get(LABEL_ARTIFACT_SHA256, ""),
         )
+
+
+def _artifact_root(model: Any) -> str:
+    """The fleetops artifact of a version: for the prebuilt TensorFlow container, the folder of its SavedModel."""
+    suffix = f"/{SAVEDMODEL_DIR}"
+    if is_prebuilt_tf_image(model.container_spec.image_uri) and model.artifact_uri.endswith(suffix):
+        return model.artifact_uri.removesuffix(suffix)
+    return model.artifact_uri
 
 
 def _with_lineage(description: str, lineage: dict[str, Any] | None) -> str:
