@@ -4,8 +4,10 @@ A fleet of `--segments` churn models (the sample data, trained packed, linear, a
 is not what is measured) is registered and each deployed on its own endpoint of a local twin. Both sides
 are `fleetops serve` with the same workers, the same traffic and the same warm-up:
 
-    ours:      models load on their first request, at most --cache-models per worker (LRU)
-    baseline:  today's behaviour, every model loaded at start (--prewarm all, no cache limit)
+    ours:      models load on their first request, at most --cache-models per worker (LRU), through
+               the runtime each artifact records (LiteRT for the sample spec)
+    baseline:  the server as it was: every model loaded at start (--prewarm all, no cache limit) and
+               served by Keras (FLEETOPS_SERVING_RUNTIME=keras)
 
 wrk (C, so the client does not eat the servers' CPU) drives each at 32 connections with single-instance
 requests whose endpoint is a Zipf draw (exponent --zipf) over the endpoints, from a table of draws in its
@@ -18,8 +20,9 @@ memory of the server's process tree (psutil, every 0.2 s, from start to stop).
 
     python benchmarks/bench_fleet_serving.py [--segments 1000] [--seconds 30] [--cache-models 200]
 
-`--baseline-env KEY=VALUE` (repeatable) sets environment variables for the baseline only (e.g. a runtime
-choice of `Predictor.load`, to keep the baseline on Keras). Ends with:
+`--baseline-env KEY=VALUE` (repeatable) replaces the baseline's environment variables (by default
+FLEETOPS_SERVING_RUNTIME=keras; `--baseline-env FLEETOPS_SERVING_RUNTIME=litert` compares the cache
+against every model loaded with the same runtime). Ends with:
 
 BENCH fleet_serving: <ours> req/s, <mem> MB vs <baseline> req/s, <mem> MB = <throughput ratio>x
 (memory <ratio>x; targets ...)
@@ -73,7 +76,7 @@ def main() -> int:
     args = parser.parse_args()
     require("bench_fleet_serving", {"psutil": "the servers' peak memory is summed over their processes"})
     wrk = ensure_wrk()
-    baseline_env = dict(item.split("=", 1) for item in args.baseline_env)
+    baseline_env = dict(item.split("=", 1) for item in args.baseline_env) or {"FLEETOPS_SERVING_RUNTIME": "keras"}
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-serving-"))
     try:
         started = time.perf_counter()
