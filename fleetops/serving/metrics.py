@@ -48,6 +48,9 @@ import math
 import os
 import resource
 import sys
+from bisect import bisect_left
+from collections.abc import Iterator
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client import (
@@ -58,7 +61,9 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 # No `*_created` series (the time each series began): with a series per deployed model they would double the
 # exposition, for a value Prometheus does not use with the text format. A process-wide prometheus_client setting.
@@ -69,59 +74,59 @@ LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 _MODEL = ("endpoint_id", "deployed_model_id")
 
 
+class RequestHistogram:
+    """Request latencies in REQUEST_BUCKETS: plain counts, for the event loop alone to update (no locks)."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(REQUEST_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(REQUEST_BUCKETS, seconds)] += 1  # the first bound >= seconds: le is inclusive
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative (le, count) pairs as Prometheus wants them, +Inf last."""
+        bounds = [*map(str, REQUEST_BUCKETS), "+Inf"]
+        return list(zip(bounds, accumulate(self.counts[:]), strict=True))
+
+
 class ModelMetrics:
-    """One deployed model's children of the per-model series (looked up once, not per request)."""
+    """One deployed model's requests, errors by status and latency.
 
-    __slots__ = ("_errors", "codes", "labels", "latency", "requests")
+    Updated on the event loop for every request, so plain numbers: prometheus_client's
+    counters and histograms take a lock per update (a histogram two, and a Python loop over
+    its buckets), a few us on a request that costs ~85 us in all at 23,000 requests/s.
+    `ServingMetrics` hands them to the registry when it is scraped.
+    """
 
-    def __init__(self, metrics: ServingMetrics, endpoint_id: str, deployed_model_id: str):
+    __slots__ = ("errors", "labels", "latency", "requests")
+
+    def __init__(self, endpoint_id: str, deployed_model_id: str):
         self.labels = (endpoint_id, deployed_model_id)
-        self.requests = metrics.requests.labels(*self.labels)
-        self.latency = metrics.latency.labels(*self.labels)
-        self._errors = metrics.errors
-        self.codes: set[str] = set()
+        self.requests = 0
+        self.errors: dict[int, int] = {}
+        self.latency = RequestHistogram()
 
     def record(self, status: int, seconds: float) -> None:
         """One request's outcome; `seconds` from its start to its response."""
-        self.requests.inc()
+        self.requests += 1
         self.latency.observe(seconds)
         if status >= 400:
-            code = str(status)
-            self.codes.add(code)
-            self._errors.labels(*self.labels, code).inc()
+            self.errors[status] = self.errors.get(status, 0) + 1
 
 
 class ServingMetrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter(
-            "fleetops_serve_requests", "Requests that reached a deployed model.", _MODEL, registry=registry
-        )
-        self.errors = Counter(
-            "fleetops_serve_errors",
-            "Requests to a deployed model answered with an error, by HTTP status.",
-            (*_MODEL, "code"),
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "fleetops_serve_request_seconds",
-            "Time from a request's start to its response, per deployed model.",
-            _MODEL,
-            buckets=REQUEST_BUCKETS,
-            registry=registry,
-        )
-        self.cold_latency = Histogram(
-            "fleetops_serve_cold_request_seconds",
-            "Time from the start to the response of requests that waited for their model to load.",
-            buckets=REQUEST_BUCKETS,
-            registry=registry,
-        )
-        self.unrouted = Counter(
-            "fleetops_serve_unrouted_responses",
-            "Responses to requests that reached no deployed model (health, ready, metrics, unknown routes).",
-            ("code",),
-            registry=registry,
-        )
+        # The request path's metrics: plain numbers (see `ModelMetrics`), exposed by `_RequestPath`.
+        self.cold_latency = RequestHistogram()
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.unrouted: dict[int, int] = {}
+        registry.register(_RequestPath(self))
         self.load_seconds = Histogram(
             "fleetops_serve_model_load_seconds",
             "Time to load one model: its sha256 check, the load and a warm-up prediction.",
@@ -130,12 +135,6 @@ class ServingMetrics:
         )
         self.load_failures = Counter(
             "fleetops_serve_model_load_failures", "Model loads that failed.", registry=registry
-        )
-        self.cache_hits = Counter(
-            "fleetops_serve_cache_hits", "Requests whose model was already loaded.", registry=registry
-        )
-        self.cache_misses = Counter(
-            "fleetops_serve_cache_misses", "Requests that waited for their model to load.", registry=registry
         )
         self.cache_evictions = Counter(
             "fleetops_serve_cache_evictions", "Models evicted from the cache.", registry=registry
@@ -170,17 +169,16 @@ class ServingMetrics:
     def model(self, endpoint_id: str, deployed_model_id: str) -> ModelMetrics:
         found = self._models.get((endpoint_id, deployed_model_id))
         if found is None:
-            found = self._models[(endpoint_id, deployed_model_id)] = ModelMetrics(self, endpoint_id, deployed_model_id)
+            found = self._models[(endpoint_id, deployed_model_id)] = ModelMetrics(endpoint_id, deployed_model_id)
         return found
+
+    def unrouted_response(self, status: int) -> None:
+        self.unrouted[status] = self.unrouted.get(status, 0) + 1
 
     def retain(self, deployed: set[tuple[str, str]]) -> None:
         """Drop the series of deployed models not in `deployed` (endpoint_id, deployed_model_id)."""
         for labels in [k for k in self._models if k not in deployed]:
-            gone = self._models.pop(labels)
-            self.requests.remove(*labels)
-            self.latency.remove(*labels)
-            for code in gone.codes:
-                self.errors.remove(*labels, code)
+            del self._models[labels]
 
     def watch_cache(self, cache: Any) -> None:
         """Gauges read from `cache` (a `ModelCache`) when scraped."""
@@ -194,6 +192,62 @@ class ServingMetrics:
         """The exposition for an `Accept` header (text format 0.0.4 by default, or OpenMetrics) and its type."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+
+class _RequestPath(Collector):
+    """The request path's plain numbers as Prometheus series, read when scraped (in another thread).
+
+    Reads race with the event loop's updates: a scrape may see a request in one series and not
+    yet in another, never a count going down. A histogram's count is its +Inf bucket, so each
+    histogram is consistent in itself.
+    """
+
+    def __init__(self, metrics: ServingMetrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        requests = CounterMetricFamily(
+            "fleetops_serve_requests", "Requests that reached a deployed model.", labels=_MODEL
+        )
+        errors = CounterMetricFamily(
+            "fleetops_serve_errors",
+            "Requests to a deployed model answered with an error, by HTTP status.",
+            labels=(*_MODEL, "code"),
+        )
+        latency = HistogramMetricFamily(
+            "fleetops_serve_request_seconds",
+            "Time from a request's start to its response, per deployed model.",
+            labels=_MODEL,
+        )
+        for model in list(m._models.values()):
+            requests.add_metric(model.labels, model.requests)
+            for code, count in list(model.errors.items()):
+                errors.add_metric((*model.labels, str(code)), count)
+            latency.add_metric(model.labels, model.latency.buckets(), model.latency.sum)
+        cold = HistogramMetricFamily(
+            "fleetops_serve_cold_request_seconds",
+            "Time from the start to the response of requests that waited for their model to load.",
+        )
+        cold.add_metric((), m.cold_latency.buckets(), m.cold_latency.sum)
+        unrouted = CounterMetricFamily(
+            "fleetops_serve_unrouted_responses",
+            "Responses to requests that reached no deployed model (health, ready, metrics, unknown routes).",
+            labels=("code",),
+        )
+        for code, count in list(m.unrouted.items()):
+            unrouted.add_metric((str(code),), count)
+        yield requests
+        yield errors
+        yield latency
+        yield cold
+        yield unrouted
+        yield CounterMetricFamily(
+            "fleetops_serve_cache_hits", "Requests whose model was already loaded.", value=m.cache_hits
+        )
+        yield CounterMetricFamily(
+            "fleetops_serve_cache_misses", "Requests that waited for their model to load.", value=m.cache_misses
+        )
 
 
 def _peak_resident_bytes() -> float:

@@ -67,6 +67,12 @@ from fleetops.serving.predictor import Predictor
 
 DEFAULT_MAX_BODY_BYTES = 1_572_864  # Vertex's online prediction payload limit (1.5 MB)
 MAX_BATCH_ROWS = 1024
+# Allocations between young garbage collections in a serving worker (Python's default: 700). Measured with
+# bench_serving (LiteRT, 3 interleaved runs against the server before the cache): the default with the
+# frozen runtime gave ~6% fewer single-instance requests/s (one run), 10,000 ~6%, 50,000 ~3.6% (within the runs'
+# +-5% spread), and 100-instance requests p99 8.7 ms against 54-130 ms (full collections of an unfrozen
+# heap). Request garbage is freed by reference counting; what waits is cyclic (evicted Keras models).
+GC_YOUNG_THRESHOLD = 50_000
 # Batch shapes a model is scored at once as it loads (`TwinModels._load_model`): the micro-batches
 # a fleet's traffic forms are mostly this small; the buckets above are traced when first needed.
 WARM_UP_ROWS = (2, 4, 8)
@@ -260,9 +266,9 @@ class TwinModels:
         """The served model if it is loaded (a cache hit), else None: then `await load(served)`."""
         entry = self.cache.get(served.key)
         if entry is None:
-            self.metrics.cache_misses.inc()
+            self.metrics.cache_misses += 1
             return None
-        self.metrics.cache_hits.inc()
+        self.metrics.cache_hits += 1
         return entry.value
 
     async def load(self, served: Served) -> Loaded:
@@ -325,8 +331,11 @@ class TwinModels:
         # The runtime is set up: what is allocated from now on is models and requests. Frozen, the runtime's
         # objects (TensorFlow's: ~400k) are left out of every later full collection, which frees evicted Keras
         # models (they hold reference cycles) and holds the GIL: 133 ms more each without this (measured).
+        # With little left to scan, the default thresholds would collect more often: fewer, larger young
+        # collections (see GC_YOUNG_THRESHOLD).
         gc.collect()
         gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
         self._prewarming = loop.create_task(self._prewarm(self.prewarm_keys))
 
     async def stop(self) -> None:
@@ -531,7 +540,7 @@ class PredictionApp:
             if seen.cold:
                 self.metrics.cold_latency.observe(seconds)
         else:
-            self.metrics.unrouted.labels(str(status)).inc()
+            self.metrics.unrouted_response(status)
         await send(
             {
                 "type": "http.response.start",
