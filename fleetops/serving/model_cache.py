@@ -80,6 +80,11 @@ from fleetops.errors import FleetopsError, UserError
 # The smallest --cache-memory accepted: below this not even a small model's artifact fits (a churn model
 # served by LiteRT measures ~0.17 MB, its artifact on disk ~0.09 MB).
 MIN_CACHE_BYTES = 100_000
+# A model whose last load took less than this (a LiteRT flatbuffer: about 2 ms) is reloaded on the event
+# loop: at a fleet's miss rates the thread hand-off and the GIL passing back and forth cost more than the
+# load, and requests waiting on cold models queue behind them. A first load, and a slow one (Keras), runs
+# in the cache's thread so warm models keep answering meanwhile.
+INLINE_LOAD_SECONDS = 0.005
 _UNITS = {
     "": 1,
     "b": 1,
@@ -150,6 +155,7 @@ class ModelCache:
         self._loading: dict[Hashable, asyncio.Future[Entry]] = {}
         self._live: set[Hashable] | None = None
         self._one_load = asyncio.Lock()
+        self._load_seconds: dict[Hashable, float] = {}  # each model's last load, to choose where it reloads
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
         if metrics is not None:
             metrics.watch_cache(self)
@@ -205,6 +211,7 @@ class ModelCache:
         """
         self._live = set(keys)
         self.failed.clear()
+        self._load_seconds = {k: v for k, v in self._load_seconds.items() if k in self._live}
         gone = [k for k in self._entries if k not in self._live]
         for key in gone:
             self._evict(key)
@@ -216,8 +223,12 @@ class ModelCache:
     async def _load(self, key: Hashable, loader: Callable[[], tuple[Any, int]], future: asyncio.Future[Entry]) -> None:
         try:
             async with self._one_load:  # one load at a time: its heap growth is its own
-                loop = asyncio.get_running_loop()
-                value, size, seconds = await loop.run_in_executor(self._executor, _measured, loader)
+                if self._load_seconds.get(key, INLINE_LOAD_SECONDS) < INLINE_LOAD_SECONDS:
+                    value, size, seconds = _measured(loader)  # a quick reload: no thread hand-off
+                else:
+                    loop = asyncio.get_running_loop()
+                    value, size, seconds = await loop.run_in_executor(self._executor, _measured, loader)
+            self._load_seconds[key] = seconds
             entry = Entry(key, value, size, seconds)
             if self.metrics is not None:
                 self.metrics.load_seconds.observe(seconds)
