@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--runtime", default="keras", choices=["keras", "litert"], help="what fleetops serves with")
     parser.add_argument("--servers", default="fleetops,competent,naive", help="comma-separated subset to run")
     args = parser.parse_args()
     require("bench_serving", {"fastapi": "the baseline servers are FastAPI apps"})
@@ -53,7 +54,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     try:
         model_dir, home = prepare(work)
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        # The baselines serve the Keras model, so ours does too (`--runtime litert` for the light runtime,
+        # which the baselines do not have): the comparison is of the servers, on equal footing.
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "FLEETOPS_SERVING_RUNTIME": args.runtime}
         servers = {
             "fleetops": lambda port: [
                 sys.executable,
