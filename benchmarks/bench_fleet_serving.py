@@ -47,7 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_serving import INSTANCE, ensure_wrk, parse_wrk  # noqa: E402
+from benchmarks.bench_serving import INSTANCE, ensure_wrk, measured_wrk, parse_wrk  # noqa: E402
 from benchmarks.requirements import require  # noqa: E402
 from pipelines.child_server import free_port, start_child, wait_until_answering  # noqa: E402
 
@@ -211,12 +211,7 @@ def measure(name: str, wrk: str, home: Path, flags: list[str], env: dict, script
         warmed = warm_up(wrk, script, url, base, args)
         print(f"{name}: warmed up for {warmed:.0f} s", flush=True)
         before = scrape_workers(base, args.workers)
-        out = subprocess.run(
-            [wrk, "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "-s", str(script), url],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        out = measured_wrk(wrk, script, url, args)
         after = scrape_workers(base, args.workers)
     finally:
         server.terminate()

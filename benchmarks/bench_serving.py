@@ -161,16 +161,20 @@ def measure(wrk: str, command, env: dict, work: Path, size: int, args) -> dict:
         )
         # A short warm-up, then the measured run.
         subprocess.run([wrk, "-t1", "-c8", "-d2s", "-s", str(script), url], capture_output=True, check=True)
-        out = subprocess.run(
-            [wrk, "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "-s", str(script), url],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return parse_wrk(out)
+        return parse_wrk(measured_wrk(wrk, script, url, args))
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def measured_wrk(wrk: str, script: Path, url: str, args: argparse.Namespace) -> str:
+    """wrk's output for the measured run: 2 threads, `--connections`, `--seconds`, latency percentiles."""
+    return subprocess.run(
+        [wrk, "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def parse_wrk(out: str) -> dict:

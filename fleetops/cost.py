@@ -120,24 +120,23 @@ class PriceTable:
         return self.machines[name]
 
     def prediction_price(self, region: str, machine: str, what: str = "serving.machine_type") -> float:
-        self.machine(machine, what)
-        prices = self._region(region, self.prediction)
-        if machine not in prices:
-            known = ", ".join(prices)
-            raise UserError(
-                f"{what} {machine!r} has no prediction price in {region} in the price table {self.path}; "
-                f"priced there: {known}"
-            )
-        return prices[machine]
+        return self._price(self.prediction, "prediction", region, machine, what)
 
     def training_price(self, region: str, machine: str, what: str = "training machine") -> float:
+        return self._price(
+            self.training, "training", region, machine, what, why=" (Vertex custom training may not offer it)"
+        )
+
+    def _price(
+        self, table: dict[str, dict[str, float]], kind: str, region: str, machine: str, what: str, why: str = ""
+    ) -> float:
         self.machine(machine, what)
-        prices = self._region(region, self.training)
+        prices = self._region(region, table)
         if machine not in prices:
             known = ", ".join(prices)
             raise UserError(
-                f"{what} {machine!r} has no training price in {region} in the price table {self.path} "
-                f"(Vertex custom training may not offer it); priced there: {known}"
+                f"{what} {machine!r} has no {kind} price in {region} in the price table {self.path}{why}; "
+                f"priced there: {known}"
             )
         return prices[machine]
 
@@ -456,7 +455,7 @@ def cheapest(options: list[Option]) -> list[Option]:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Runtime figures found in the evaluations of `measured` of `sampled` models (None: none found)."""
+    """Runtime figures found in the lineage of `measured` of `sampled` models (None: none found)."""
 
     sampled: int
     measured: int
