@@ -45,8 +45,28 @@ class Task(StrEnum):
 
 
 class Architecture(StrEnum):
+    """What a segment's model is.
+
+    linear, dnn: Keras models (preprocessing inside). gbt: gradient-boosted trees (XGBoost). ensemble:
+    a weighted average of the other architectures' models of the same segment, weights fitted on the
+    validation split.
+    """
+
     LINEAR = "linear"
     DNN = "dnn"
+    GBT = "gbt"
+    ENSEMBLE = "ensemble"
+
+    @property
+    def is_keras(self) -> bool:
+        return self in (Architecture.LINEAR, Architecture.DNN)
+
+
+class Candidate(StrEnum):
+    """Whose model a segment may serve: its own (segment) or the fleet-wide one (global, segment as a feature)."""
+
+    SEGMENT = "segment"
+    GLOBAL = "global"
 
 
 # Vertex evaluation metric names, and whether bigger is better.
@@ -135,6 +155,31 @@ class TrainingSpec(_Strict):
         pattern="^(packed|per_segment)$",
         description="packed: every segment of a shard in one graph; per_segment: one Keras fit per segment.",
     )
+    candidates: list[Candidate] = Field(
+        [Candidate.SEGMENT],
+        description="global: each segment also scores the fleet-wide model (trained once on every segment's "
+        "train rows, the segment as a feature) on its validation rows and keeps whichever wins.",
+    )
+    # Gradient-boosted trees (architecture gbt, XGBoost). Boosting's shrinkage is not Adam's step size,
+    # hence its own learning rate.
+    num_trees: int = Field(500, ge=1, le=5000, description="gbt: boosting rounds at most (early stopping cuts).")
+    max_depth: int = Field(6, ge=1, le=16, description="gbt: the deepest a tree grows.")
+    tree_learning_rate: float = Field(0.1, gt=0, le=1, description="gbt: shrinkage of each tree's contribution.")
+    min_child_weight: float = Field(1.0, ge=0, le=1000, description="gbt: the least hessian weight in a leaf.")
+    subsample: float = Field(1.0, gt=0, le=1, description="gbt: share of train rows each tree samples.")
+    l2_regularization: float = Field(1.0, ge=0, le=1000, description="gbt: L2 penalty on leaf weights.")
+    early_stopping_rounds: int = Field(
+        20, ge=1, le=1000, description="gbt: stop once this many rounds passed without a better validation loss."
+    )
+
+    @field_validator("candidates")
+    @classmethod
+    def _own_model_competes(cls, v: list[Candidate]) -> list[Candidate]:
+        if Candidate.SEGMENT not in v:
+            raise ValueError("must include 'segment' (each segment's own model); add 'global' to let it compete")
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a candidate more than once: {[c.value for c in v]}")
+        return v
 
     @field_validator("hidden_units")
     @classmethod
@@ -203,6 +248,13 @@ TUNABLE = (
     "hidden_units",
     "dropout",
     "early_stopping_patience",
+    "num_trees",
+    "max_depth",
+    "tree_learning_rate",
+    "min_child_weight",
+    "subsample",
+    "l2_regularization",
+    "early_stopping_rounds",
 )
 
 
@@ -403,6 +455,21 @@ class FleetSpec(_Strict):
             problems.append(f"segment_column '{seg}' is the label")
         if not self.architectures:
             problems.append("architectures is empty: choose from " + ", ".join(a.value for a in Architecture))
+        if len(set(self.architectures)) != len(self.architectures):
+            problems.append(f"architectures lists one more than once: {[a.value for a in self.architectures]}")
+        members = [a for a in self.architectures if a is not Architecture.ENSEMBLE]
+        if Architecture.ENSEMBLE in self.architectures and len(members) < 2:
+            problems.append(
+                "architectures: ensemble combines the other architectures' models, so it needs at least two "
+                f"of linear, dnn, gbt beside it (got {[a.value for a in self.architectures]})"
+            )
+        not_pooled = [a.value for a in self.architectures if not a.is_keras]
+        if self.serving.cohosting is Cohosting.POOL and not_pooled:
+            problems.append(
+                f"architectures {not_pooled} cannot be co-hosted (serving.cohosting: pool): Vertex co-hosts only "
+                "models its prebuilt TensorFlow container serves; use linear and dnn, or serving.cohosting: none"
+            )
+        problems += _tuning_ranges(self.tuning)
         metric = self.evaluation.primary_metric
         if metric is not None and metric not in METRIC_GOALS[self.task]:
             allowed = ", ".join(METRIC_GOALS[self.task])
@@ -458,6 +525,33 @@ class FleetSpec(_Strict):
     def to_json(self) -> str:
         """The full spec, defaults included: what a pipeline run receives as its parameter."""
         return self.model_dump_json()
+
+
+def _tuning_ranges(tuning: TuningSpec) -> list[str]:
+    """Search spaces reaching outside what a training setting allows (a trial would fail on its flag)."""
+    problems = []
+    for name, parameter in tuning.parameters.items():
+        if name == "architecture":
+            allowed = {a.value for a in Architecture}
+            wrong = [v for v in parameter.values or [] if v not in allowed]
+            if wrong or parameter.type is not ParameterKind.CATEGORICAL:
+                problems.append(
+                    f"tuning.parameters.architecture: must be categorical with values among {sorted(allowed)} "
+                    f"(got {parameter.type.value} {wrong or parameter.values})"
+                )
+            continue
+        field = TrainingSpec.model_fields.get(name)
+        if field is None or name == "hidden_units":
+            continue
+        points = [parameter.min, parameter.max] if parameter.values is None else list(parameter.values)
+        for value in points:
+            try:
+                TrainingSpec.model_validate({name: value})
+            except ValidationError as exc:
+                message = exc.errors()[0]["msg"]
+                problems.append(f"tuning.parameters.{name}: {value!r} is outside what {name} allows ({message})")
+                break
+    return problems
 
 
 def parse_spec(obj: Any, source: str = "fleet spec") -> FleetSpec:

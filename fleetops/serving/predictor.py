@@ -12,7 +12,9 @@ that are not finite (no response carries a NaN, a JSON null, as a score) and
 
 A predictor scores through the model's LiteRT flatbuffer when the artifact has
 one and its metadata allows it (`choose_runtime`), else through the Keras model;
-the Keras model is then loaded only if `:explain` needs it.
+the Keras model is then loaded only if `:explain` needs it. Boosted trees score
+through their XGBoost booster (`fleetops.training.trees.TreeModel`), ensembles
+through their members (`fleetops.training.ensemble.EnsembleModel`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class ModelOutputError(FleetopsError, RuntimeError):
 
 
 KERAS = "keras"
+XGBOOST = "xgboost"
+ENSEMBLE = "ensemble"
 RUNTIMES = ("keras", "litert", "litert_quantized")
 # Overrides every artifact's recorded `serving.runtime` in this process (e.g. keras, to rule LiteRT out).
 RUNTIME_VARIABLE = "FLEETOPS_SERVING_RUNTIME"
@@ -89,9 +93,11 @@ def choose_runtime(metadata: dict[str, Any], runtime: str | None = None) -> str:
 
 
 class Predictor:
-    """Scores column-wise instances with a model artifact, through LiteRT (`lite`) or its Keras model.
+    """Scores column-wise instances with a model artifact, through `lite` or the artifact's Keras model.
 
-    `runtime` names what scores: `keras`, or the LiteRT variant (`float32`, `int8`).
+    `lite` is a model that takes named (n, 1) numpy inputs: a LiteRT interpreter, a boosted-trees
+    booster or an ensemble. `runtime` names what scores: `keras`, the LiteRT variant (`float32`,
+    `int8`), `xgboost` or `ensemble`.
     """
 
     def __init__(self, artifact: ModelArtifact, lite: Any = None, runtime: str = KERAS):
@@ -123,6 +129,8 @@ class Predictor:
         from fleetops.training.litert import FILES
 
         artifact = load_artifact(path, keras_model=False)
+        if artifact.kind != KERAS:  # trees or an ensemble: their own model is light; loaded now, so it fails here
+            return cls(artifact, artifact.model, XGBOOST if artifact.kind == "gbt" else ENSEMBLE)
         variant = choose_runtime(artifact.metadata, runtime)
         if variant != KERAS and not (Path(path) / FILES[variant]).is_file():
             variant = KERAS  # recorded but not there (a copy without it): the Keras model still serves
@@ -171,6 +179,23 @@ class Predictor:
 
             return shape_outputs(self.task, self.lite.predict(input_arrays(self.numeric, self.categorical, columns)))
         return self.score_tensors(self.tensors(columns, pad_to=bucket_size(n)))[:n]
+
+    def predict_arrays(self, arrays: dict[str, Any]) -> np.ndarray:
+        """Shaped outputs for named (n, 1) numpy inputs; the Keras model gets them padded to `bucket_size`."""
+        if self.lite is not None:
+            return shape_outputs(self.task, self.lite.predict(arrays))
+        import tensorflow as tf
+
+        n = len(next(iter(arrays.values())))
+        extra = bucket_size(n) - n
+        inputs = {}
+        for name in self.features:
+            array = np.asarray(arrays[name])
+            if extra:
+                array = np.concatenate([array, np.repeat(array[:1], extra, axis=0)])
+            categorical = name in self.categorical
+            inputs[name] = tf.constant(array.astype(str) if categorical else array.astype(np.float32))
+        return self.score_tensors(inputs)[:n]
 
     def tensors(self, columns: dict[str, list[Any]], pad_to: int | None = None) -> dict[str, Any]:
         """The Keras model's named input tensors; padded (repeating the first row) to `pad_to` rows.

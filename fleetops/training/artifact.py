@@ -1,4 +1,13 @@
-"""A model artifact directory: the Keras model, its metadata and its training statistics.
+"""A model artifact directory: the model, its metadata and its training statistics.
+
+Three kinds, told apart by the metadata's `format`:
+
+- `fleetops-keras/1`: a Keras model (`model.keras`), architectures linear and dnn;
+- `fleetops-gbt/1`: gradient-boosted trees (`model.ubj`, `fleetops.training.trees`), its input
+  encoding in the metadata;
+- `fleetops-ensemble/1`: member artifacts under `members/<name>/` combined with weights, and fixed
+  feature values the members take but requests do not carry (`fleetops.training.ensemble`): the
+  ensemble architecture, and the fleet's global model standing for one segment (its segment fixed).
 
 The same directory is what the registry stores, what evaluation loads, and
 what the serving container will load from `AIP_STORAGE_URI`. Artifacts trained
@@ -25,6 +34,9 @@ from fleetops.names import METADATA_IDENTITY, MODEL_FILE, MODEL_METADATA_FILE, M
 # The identity key is optional (older artifacts lack it) and readers ignore keys they do not
 # use, so adding it kept the format at /1.
 FORMAT = "fleetops-keras/1"
+GBT_FORMAT = "fleetops-gbt/1"
+ENSEMBLE_FORMAT = "fleetops-ensemble/1"
+KINDS = {FORMAT: "keras", GBT_FORMAT: "gbt", ENSEMBLE_FORMAT: "ensemble"}
 _PREDICT_CHUNK = 8192
 
 
@@ -44,11 +56,17 @@ class ModelArtifact:
 
     @property
     def model(self) -> Any:
+        """The Keras model, the `TreeModel` or the `EnsembleModel`, loaded when first asked for."""
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    self._model = _load_keras(self.path)
+                    self._model = _load_model(self.path, self.metadata)
         return self._model
+
+    @property
+    def kind(self) -> str:
+        """keras, gbt or ensemble."""
+        return KINDS[self.metadata["format"]]
 
     @property
     def keras_loaded(self) -> bool:
@@ -78,8 +96,18 @@ class ModelArtifact:
         parts = []
         for start in range(0, len(typed), _PREDICT_CHUNK):
             chunk = typed.iloc[start : start + _PREDICT_CHUNK]
-            parts.append(np.asarray(self.model.predict_on_batch(to_inputs(chunk, self.features))))
+            if self.kind == "keras":
+                parts.append(np.asarray(self.model.predict_on_batch(to_inputs(chunk, self.features))))
+            else:
+                parts.append(self.model.predict(frame_arrays(chunk, self.features)))
         return shape_outputs(self.task, np.concatenate(parts) if parts else np.zeros((0, 1)))
+
+
+def frame_arrays(typed: pd.DataFrame, features: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Named (n, 1) inputs from a typed frame: float32 numerics (NaN = missing), str categoricals ('' = missing)."""
+    arrays = {c: typed[c].to_numpy(dtype="float32").reshape(-1, 1) for c in features["numeric"]}
+    arrays |= {c: typed[c].astype(str).to_numpy(dtype=object).reshape(-1, 1) for c in features["categorical"]}
+    return arrays
 
 
 def shape_outputs(task: str, out: np.ndarray) -> np.ndarray:
@@ -99,11 +127,24 @@ def save_artifact(model: Any, metadata: dict[str, Any], statistics: dict[str, An
     data, spec, settings): the registry keys versions on it, because the `.keras` bytes
     differ between saves of the same model.
     """
+    from fleetops.training.ensemble import EnsembleModel
+    from fleetops.training.trees import ENCODING_KEY, TreeModel
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, TreeModel):
+        metadata = {**metadata, ENCODING_KEY: model.encoding}
+        model.save(directory)
+        form = GBT_FORMAT
+    elif isinstance(model, EnsembleModel):
+        metadata = {**metadata, "ensemble": model.describe()}
+        model.save(directory)
+        form = ENSEMBLE_FORMAT
+    else:
+        model.save(directory / MODEL_FILE)
+        form = FORMAT
     identity = model_identity_sha256(model, metadata, statistics)
-    model.save(directory / MODEL_FILE)
-    document = {"format": FORMAT, **metadata, METADATA_IDENTITY: identity}
+    document = {"format": form, **metadata, METADATA_IDENTITY: identity}
     (directory / MODEL_METADATA_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
     (directory / MODEL_STATISTICS_FILE).write_text(json.dumps(statistics, indent=2, sort_keys=True))
     return directory
@@ -114,16 +155,31 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{str(directory)!r} is not a fleetops model artifact: {MODEL_METADATA_FILE} is missing")
     metadata = json.loads(path.read_text())
-    if metadata.get("format") != FORMAT:
-        raise UserError(f"model artifact format {metadata.get('format')!r} is not supported; expected {FORMAT!r}")
+    if metadata.get("format") not in KINDS:
+        raise UserError(
+            f"model artifact format {metadata.get('format')!r} is not supported; expected one of {sorted(KINDS)}"
+        )
     return metadata
 
 
 def load_artifact(directory: str | Path, keras_model: bool = True) -> ModelArtifact:
-    """The artifact in `directory`; with `keras_model=False` its Keras model is loaded only when first used."""
+    """The artifact in `directory`; with `keras_model=False` its model is loaded only when first used."""
     metadata = read_metadata(directory)
-    model = _load_keras(Path(directory)) if keras_model else None
+    model = _load_model(Path(directory), metadata) if keras_model else None
     return ModelArtifact(model=model, metadata=metadata, path=Path(directory))
+
+
+def _load_model(directory: Path, metadata: dict[str, Any]) -> Any:
+    kind = KINDS[metadata["format"]]
+    if kind == "gbt":
+        from fleetops.training.trees import TreeModel
+
+        return TreeModel.load(directory, metadata)
+    if kind == "ensemble":
+        from fleetops.training.ensemble import EnsembleModel
+
+        return EnsembleModel.load(directory, metadata)
+    return _load_keras(directory)
 
 
 def _load_keras(directory: Path) -> Any:
