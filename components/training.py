@@ -16,8 +16,10 @@ def train_global(
     """Train the fleet's global model on every segment's rows, when the spec needs one.
 
     It is needed for `training.warm_start: global` (each segment is fine-tuned from it) and for
-    `segment_failures.policy: global` (a segment that cannot train its own model serves it). Otherwise
-    this step only says so; the compiled pipeline is the same either way.
+    `segment_failures.policy: global` (a segment that cannot train its own model serves it); with
+    `training.candidates: [segment, global]` the global candidate (the segment as a feature) is trained
+    too, into `candidate/`, and competes with each segment's own models. Otherwise this step only says
+    so; the compiled pipeline is the same either way.
 
     Args:
         fleet_spec: The fleet spec, YAML or JSON text.
@@ -33,31 +35,35 @@ def train_global(
 
     spec = parse_spec(fleet_spec)
     Path(global_model.path).mkdir(parents=True, exist_ok=True)
-    if not (spec.training.warm_start == "global" or spec.segment_failures.policy == "global"):
+    needs_global = spec.training.warm_start == "global" or spec.segment_failures.policy == "global"
+    needs_candidate = "global" in spec.training.candidates
+    if not (needs_global or needs_candidate):
         global_model.metadata["trained"] = False
         return
 
     import pandas as pd  # after the check: a run that needs no global model does not pay TensorFlow's import
 
-    from fleetops.training.packed import train_global
+    from fleetops.training.packed import train_global, train_global_candidate
     from fleetops.training.trainer import apply_parameters, fleet_classes
 
     with open(tuning.path) as handle:
         tuned = json.load(handle).get("best_parameters")
     params, architectures = apply_parameters(spec, tuned) if tuned else (None, None)
-    result = train_global(
-        pd.read_parquet(dataset.path),
-        spec,
-        global_model.path,
-        params=params,
-        architectures=architectures,
-        classes=fleet_classes(dataset.path, spec),
-    )
+    rows = pd.read_parquet(dataset.path)
+    classes = fleet_classes(dataset.path, spec)
     with open(segments.path) as handle:
         outcomes = json.load(handle)
-    global_model.metadata.update(
-        {"trained": True, "architecture": result.architecture, "fleet_segments": len(outcomes["rows"])}
-    )
+    global_model.metadata.update({"trained": True, "fleet_segments": len(outcomes["rows"])})
+    if needs_global:
+        result = train_global(
+            rows, spec, global_model.path, params=params, architectures=architectures, classes=classes
+        )
+        global_model.metadata["architecture"] = result.architecture
+    if needs_candidate:
+        candidate = train_global_candidate(
+            rows, spec, global_model.path, params=params, architectures=architectures, classes=classes
+        )
+        global_model.metadata["candidate_architecture"] = candidate.architecture
 
 
 @fleetops_component
@@ -80,7 +86,8 @@ def train(
         dataset: The split dataset.
         shard: {"shard": i, "segments": [...], "fallback": {segment: reason}} from the validate step.
         tuning: The tune step's study; its `best_parameters` (tuned once for the fleet) apply to every segment.
-        global_model: The fleet's global model: the warm start, and what `fallback` segments are given.
+        global_model: The fleet's global model: the warm start, and what `fallback` segments are given;
+            its `candidate/` (when trained) competes with each segment's own models.
         cpu_limit: The CPUs this task's machine was asked for (recorded with the models).
         memory_limit: The memory this task's machine was asked for (recorded with the models).
         model: Output. A folder with one model artifact per segment (`<segment slug>/`) and `outcome.json`
@@ -91,7 +98,7 @@ def train(
 
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
-    from fleetops.training.packed import GLOBAL_FILE, load_global
+    from fleetops.training.packed import GLOBAL_FILE, load_global, load_global_candidate
     from fleetops.training.trainer import train_shard
 
     home = getattr(connect(platform), "home", None)
@@ -108,6 +115,7 @@ def train(
         tuning_dir=Path(home) / "tuning" if home else None,
         fallback=shard.get("fallback") or {},
         global_model=load_global(global_model.path) if trained_global else None,
+        global_candidate=load_global_candidate(global_model.path, spec),
     )
     machine = {"cpu_limit": cpu_limit, "memory_limit": memory_limit}
     # Counts only: an artifact's metadata travels inside every downstream task's command line, which has a

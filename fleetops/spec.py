@@ -469,6 +469,11 @@ class FleetSpec(_Strict):
                 f"architectures {not_pooled} cannot be co-hosted (serving.cohosting: pool): Vertex co-hosts only "
                 "models its prebuilt TensorFlow container serves; use linear and dnn, or serving.cohosting: none"
             )
+        if Candidate.GLOBAL in self.training.candidates and not seg:
+            problems.append(
+                "training.candidates: global trains one model with the segment as a feature, so it needs "
+                "data.segment_column"
+            )
         problems += _tuning_ranges(self.tuning)
         metric = self.evaluation.primary_metric
         if metric is not None and metric not in METRIC_GOALS[self.task]:

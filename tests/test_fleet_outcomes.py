@@ -128,5 +128,6 @@ def test_a_segment_whose_packed_fit_diverges_fails_alone(tmp_path):
     fleet.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "dataset.parquet")
     outcome = train_shard(tmp_path / "dataset.parquet", spec, ["a", "b", "wild"], tmp_path / "out", log=lambda *_: None)
     assert [r.segment for r in outcome.results] == ["a", "b"]
-    assert outcome.failed == {"wild": "packed training diverged: no architecture reached a finite validation loss"}
+    diverged = "no candidate trained (linear: packed training diverged: no finite validation loss)"
+    assert outcome.failed == {"wild": diverged}
     assert not (tmp_path / "out" / "wild").exists()

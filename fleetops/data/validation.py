@@ -93,6 +93,10 @@ def segment_values(df: pd.DataFrame, spec: FleetSpec) -> pd.Series:
     return values.where(values.isna(), values.astype(str))
 
 
+# The most categories a model keeps per categorical feature (its train rows' most frequent values).
+MAX_VOCABULARY = 1000
+
+
 def validate(df: pd.DataFrame, spec: FleetSpec) -> ValidationReport:
     """Check `df` against `spec`; the report lists every problem (nothing is raised here)."""
     problems: list[str] = []
@@ -145,6 +149,14 @@ def validate(df: pd.DataFrame, spec: FleetSpec) -> ValidationReport:
         own |= _segment_problems(df, spec, segments, counts, own)
         warnings += _empty_feature_warnings(df, spec, segments, counts)
     skipped, fallback = _apply_policy(spec, own, counts, problems)
+    for column in spec.features.categorical:
+        distinct = int(df[column].nunique(dropna=True))
+        if distinct > MAX_VOCABULARY:
+            warnings.append(
+                f"categorical feature '{column}' has {distinct:,} distinct values; each model keeps the "
+                f"{MAX_VOCABULARY:,} most frequent of its train rows, and the rest share one unknown value "
+                "(gbt treats it as missing): group rare values, or make the column numeric if it is a count or id"
+            )
     for column in spec.features.all:
         rate = float(df[column].isna().mean())
         if rate > 0.5:

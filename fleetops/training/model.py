@@ -17,9 +17,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from fleetops.data.validation import MAX_VOCABULARY  # noqa: E402
 from fleetops.spec import Architecture, FleetSpec, Task, TrainingSpec  # noqa: E402
-
-MAX_VOCABULARY = 1000
 
 
 @keras.saving.register_keras_serializable(package="fleetops")

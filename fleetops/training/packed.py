@@ -557,7 +557,9 @@ def train_global(
     from fleetops.training.trainer import SEGMENT_COLUMN, class_names
 
     params = params or spec.training
-    architectures = architectures or list(spec.architectures)
+    # Its Keras models' weights are what a warm start starts from: the spec's Keras architectures
+    # (linear alone for a fleet of trees, so that a fallback segment still has a model).
+    architectures = [a for a in architectures or spec.architectures if a.is_keras] or [Architecture.LINEAR]
     segments = int(rows[SEGMENT_COLUMN].nunique())
     batch = min(GLOBAL_MAX_BATCH, max(params.batch_size, params.batch_size * segments))
     global_params = params.model_copy(update={"batch_size": batch})
@@ -583,13 +585,112 @@ def load_global(directory: str | Path) -> GlobalModel:
     directory = Path(directory)
     summary = json.loads((directory / GLOBAL_FILE).read_text())
     layers, preprocessing, classes = {}, {}, []
-    for folder in sorted(p for p in directory.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and p.name != CANDIDATE_DIR):
         artifact = load_artifact(folder)
         dense = [layer for layer in artifact.model.layers if type(layer).__name__ == "Dense"]
         layers[folder.name] = [tuple(layer.get_weights()) for layer in dense]
         preprocessing[folder.name] = Preprocessing(**artifact.metadata["preprocessing"])
         classes = artifact.classes
     return GlobalModel(directory, summary["architecture"], layers, preprocessing, classes)
+
+
+CANDIDATE_DIR = "candidate"
+CANDIDATE_SEGMENT = "__fleet__"
+
+
+@dataclass
+class GlobalCandidate:
+    """The fleet's global model as a candidate of every segment: trained once, the segment as a feature.
+
+    It is scored on each segment's own validation and test rows; a segment it wins for serves it as a
+    one-member ensemble with the segment column fixed (`fleetops.training.ensemble`).
+    """
+
+    path: Path
+    architecture: str
+    segment_feature: str
+    predictor: Any
+
+    def outputs(self, segment: str, typed: pd.DataFrame) -> np.ndarray:
+        """Shaped outputs on typed rows of `segment` (the value its segment feature takes)."""
+        from fleetops.training.artifact import frame_arrays
+
+        if typed.empty:
+            return np.zeros((0, len(self.predictor.classes))) if self.predictor.classes else np.zeros(0)
+        frame = typed.assign(**{self.segment_feature: segment})
+        features = {"numeric": self.predictor.numeric, "categorical": self.predictor.categorical}
+        return self.predictor.predict_arrays(frame_arrays(frame, features))
+
+    def copy_into(self, directory: Path) -> dict[str, Any]:
+        import shutil
+
+        from fleetops.training.artifact import read_metadata
+
+        if directory.exists():
+            shutil.rmtree(directory)
+        shutil.copytree(self.path, directory)
+        return read_metadata(directory)
+
+
+def candidate_spec(spec: FleetSpec) -> FleetSpec:
+    """The spec the global candidate trains with: the segment column as one more categorical feature."""
+    column = spec.data.segment_column
+    if column is None:
+        raise ValueError("training.candidates: global needs data.segment_column (the segment is its feature)")
+    features = spec.features.model_copy(update={"categorical": [*spec.features.categorical, column]})
+    return spec.model_copy(update={"features": features})
+
+
+def train_global_candidate(
+    rows: pd.DataFrame,
+    spec: FleetSpec,
+    output_dir: str | Path,
+    params: TrainingSpec | None = None,
+    architectures: list[Architecture] | None = None,
+    classes: list[str] | None = None,
+    log: Any = print,
+) -> GlobalCandidate:
+    """Train the global candidate on every segment's rows (one model, the segment as a feature).
+
+    The spec's architectures compete for it on the pooled validation rows, as for one segment; its
+    Keras models take bigger batches, as the global model's do (`GLOBAL_MAX_BATCH`).
+    """
+    from fleetops.names import segment_slug
+    from fleetops.training.trainer import SEGMENT_COLUMN, class_names
+
+    params = params or spec.training
+    segments = int(rows[SEGMENT_COLUMN].nunique())
+    batch = min(GLOBAL_MAX_BATCH, max(params.batch_size, params.batch_size * segments))
+    global_params = params.model_copy(update={"batch_size": batch})
+    if classes is None:
+        classes = class_names(rows[spec.label]) if spec.task.is_classification else []
+    wide = candidate_spec(spec)
+    frame = rows.assign(**{SEGMENT_COLUMN: CANDIDATE_SEGMENT})
+    frame[spec.data.segment_column] = frame[spec.data.segment_column].astype(str)
+    directory = Path(output_dir) / CANDIDATE_DIR
+    results = train_pack(frame, wide, directory, global_params, architectures, log=log, classes=classes)
+    if not results:
+        raise ValueError("the global candidate did not train: every architecture diverged")
+    result = results[0]
+    (directory / GLOBAL_FILE).write_text(
+        json.dumps({"architecture": result.architecture, "segments": segments, "candidates": result.candidates})
+    )
+    log(f"global candidate: {result.architecture} on {len(frame)} rows of {segments} segments, {result.candidates}")
+    assert result.artifact_dir == directory / segment_slug(CANDIDATE_SEGMENT)
+    return load_global_candidate(output_dir, spec)
+
+
+def load_global_candidate(directory: str | Path, spec: FleetSpec) -> GlobalCandidate | None:
+    """The global candidate written by `train_global_candidate`, or None when there is none."""
+    from fleetops.names import segment_slug
+    from fleetops.serving.predictor import Predictor
+
+    root = Path(directory) / CANDIDATE_DIR
+    if not (root / GLOBAL_FILE).is_file():
+        return None
+    summary = json.loads((root / GLOBAL_FILE).read_text())
+    path = root / segment_slug(CANDIDATE_SEGMENT)
+    return GlobalCandidate(path, summary["architecture"], str(spec.data.segment_column), Predictor.load(path))
 
 
 def export_fallback(global_model: GlobalModel, segment: str, reason: str, output_dir: str | Path) -> Path:
@@ -622,6 +723,7 @@ def train_pack(
     classes: list[str] | None = None,
     warm_start: GlobalModel | None = None,
     failures: dict[str, str] | None = None,
+    global_candidate: GlobalCandidate | None = None,
 ) -> list[Any]:
     """Train every segment in `rows` (column `__segment`) packed; write one standalone artifact per segment.
 
@@ -640,7 +742,7 @@ def train_pack(
         classes = class_names(rows[spec.label]) if spec.task.is_classification else []
     data = encode(rows, spec, SEGMENT_COLUMN, classes)
     variants = []
-    for architecture in architectures:
+    for architecture in [a for a in architectures if a.is_keras]:
         fit = fit_packed(data, spec, architecture, params)
         variants.append(_Variant(architecture, "scratch", data, fit))
         log(_fitted(fit, data, "from scratch"))
@@ -650,7 +752,30 @@ def train_pack(
             warm = fit_packed(warm_data, spec, architecture, params, initial=warm_start.layers[architecture.value])
             variants.append(_Variant(architecture, "warm_start", warm_data, warm))
             log(_fitted(warm, warm_data, "warm-started from the global model"))
-    return _choose_and_export(rows, spec, params, variants, classes, Path(output_dir), tuning, log, failures=failures)
+    trees = None
+    if Architecture.GBT in architectures:
+        from fleetops.training.candidates import fit_tree_segments
+
+        started = time.perf_counter()
+        trees = fit_tree_segments(data.rows, spec, params, classes)
+        rounds = [t.rounds for t in trees.values() if t.model is not None]
+        span = f"rounds {min(rounds)}-{max(rounds)}" if rounds else "none trained"
+        log(f"gbt: {len(data.segments)} segment(s) in {time.perf_counter() - started:.1f}s, {span}")
+    return _choose_and_export_segments(
+        rows,
+        spec,
+        params,
+        variants,
+        trees,
+        Architecture.ENSEMBLE in architectures,
+        global_candidate,
+        data,
+        classes,
+        Path(output_dir),
+        tuning,
+        log,
+        failures,
+    )
 
 
 @dataclass
@@ -756,6 +881,178 @@ def _choose_and_export(
         )
     log(f"exported {len(results)} standalone model(s) in {time.perf_counter() - started:.1f}s")
     return results
+
+
+def _choose_and_export_segments(
+    rows: pd.DataFrame,
+    spec: FleetSpec,
+    params: TrainingSpec,
+    variants: list[_Variant],
+    trees: dict[str, Any] | None,
+    with_ensemble: bool,
+    global_candidate: GlobalCandidate | None,
+    data: PackedData,
+    classes: list[str],
+    output_dir: Path,
+    tuning: dict[str, Any] | None,
+    log: Any,
+    failures: dict[str, str] | None,
+) -> list[Any]:
+    """Per segment, score every candidate (`fleetops.training.candidates`), keep the best on validation, export it."""
+    from fleetops.data.validation import statistics
+    from fleetops.names import segment_slug
+    from fleetops.training.candidates import (
+        ENSEMBLE,
+        GLOBAL,
+        Built,
+        SegmentRows,
+        choose,
+        ensemble_of,
+        export_choice,
+        score,
+        selection_record,
+        split_rows,
+        tree_outputs,
+    )
+    from fleetops.training.litert import LiteExporter
+    from fleetops.training.trainer import SEGMENT_COLUMN, TrainResult
+
+    started = time.perf_counter()
+    outputs = {v.name: {split: _outputs_by_segment(v, spec, split) for split in (VALIDATION, TEST)} for v in variants}
+    labels = {split: _labels_by_segment(data, split) for split in (VALIDATION, TEST)}
+    transfer = any(v.start == "warm_start" for v in variants)
+    exporters: dict[str, SegmentExporter] = {}
+    lite = LiteExporter()  # one LiteRT template per layout: each variant's segments share theirs
+    raw = {str(name): frame for name, frame in rows.groupby(SEGMENT_COLUMN, sort=True)}
+    results = []
+    for s, segment in enumerate(data.segments):
+        typed = data.rows[segment]
+        train, validation_rows, test_rows = split_rows(typed)
+        y_val, y_test = labels[VALIDATION][s], labels[TEST][s]
+        scored, built, failed = [], {}, {}
+        for v in variants:
+            if not np.isfinite(v.fit.best_val_loss[s]):
+                failed[v.name] = "packed training diverged: no finite validation loss"
+                continue  # diverged: never exported
+            scored.append(
+                score(v.name, spec, classes, y_val, y_test, outputs[v.name][VALIDATION][s], outputs[v.name][TEST][s])
+            )
+            details: dict[str, Any] = {
+                "epochs_trained": int(v.fit.epochs_trained[s]),
+                "trainer": {"kind": "packed", "segments_in_pack": len(data.segments), "start": v.start},
+                "preprocessing": asdict(v.data.preprocessing[s]),
+            }
+            built[v.name] = Built(_template(exporters, v, spec, params, s), v.architecture.value, details)
+        if trees is not None:
+            tree = trees[segment]
+            if tree.failure:
+                failed["gbt"] = tree.failure
+            else:
+                val_out, test_out = (tree_outputs(tree, spec.task, part) for part in (validation_rows, test_rows))
+                scored.append(score("gbt", spec, classes, y_val, y_test, val_out, test_out))
+                details = {"rounds_trained": tree.rounds, "trainer": {"kind": "gbt", "segments_in_pack": 1}}
+                built["gbt"] = Built(tree.model, "gbt", details)
+        weights = None
+        if with_ensemble:
+            members = [c for c in scored if c.name in built]
+            ensemble = ensemble_of(spec, classes, y_val, y_test, _best_per_architecture(spec, members, built))
+            if ensemble is None:
+                failed[ENSEMBLE] = "fewer than two members have finite validation outputs"
+            else:
+                scored.append(ensemble[0])
+                weights = ensemble[1]
+        if global_candidate is not None:
+            val_out, test_out = (global_candidate.outputs(segment, part) for part in (validation_rows, test_rows))
+            scored.append(score(GLOBAL, spec, classes, y_val, y_test, val_out, test_out))
+        chosen = choose(spec, scored)
+        if chosen is None:
+            reason = "no candidate trained (" + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())) + ")"
+            if failures is None:
+                raise ValueError(f"segment {segment!r}: {reason}")
+            failures[segment] = reason
+            log(f"segment {segment}: {reason}")
+            continue
+        architectures = {GLOBAL: global_candidate.architecture} if global_candidate is not None else None
+        record = selection_record(spec, scored, chosen, failed, architectures)
+        common: dict[str, Any] = {}
+        if transfer:
+            metric = spec.primary_metric
+            by_name = {c.name: c for c in scored}
+            arch = built[chosen.name].architecture if chosen.name in built else None
+            if arch is not None and Architecture(arch).is_keras:
+                common["transfer"] = {"metric": metric, "architecture": arch, "chosen": _start(chosen.name)} | {
+                    _start(name): {
+                        "validation": by_name[name].validation_metrics.get(metric),
+                        "test": by_name[name].test_metrics.get(metric),
+                    }
+                    for name in (arch, f"{arch}+warm_start")
+                    if name in by_name
+                }
+        segment_rows = SegmentRows(segment, raw[segment], typed, classes, statistics(train, spec))
+        directory = output_dir / segment_slug(segment)
+        architecture, metadata = export_choice(
+            directory,
+            chosen,
+            built,
+            weights,
+            global_candidate,
+            record,
+            spec,
+            segment_rows,
+            params,
+            tuning,
+            lite,
+            common,
+        )
+        value = chosen.validation_metrics.get(spec.primary_metric)
+        values = {c.name: c.validation_metrics.get(spec.primary_metric) for c in scored}
+        results.append(TrainResult(segment, directory, architecture, spec.primary_metric, value, values, metadata))
+    log(f"chose and exported {len(results)} model(s) in {time.perf_counter() - started:.1f}s")
+    return results
+
+
+def _start(name: str) -> str:
+    return "warm_start" if name.endswith("+warm_start") else "scratch"
+
+
+def _template(exporters: dict[str, SegmentExporter], v: _Variant, spec: FleetSpec, params: TrainingSpec, s: int) -> Any:
+    """A function giving variant `v`'s Keras model of segment `s` (one template model per variant, re-filled)."""
+
+    def model() -> Any:
+        if v.name not in exporters:
+            exporters[v.name] = SegmentExporter(v.fit, v.data, spec, params)
+        return exporters[v.name].model_of(s)
+
+    return model
+
+
+def _best_per_architecture(spec: FleetSpec, members: list[Any], built: dict[str, Any]) -> list[Any]:
+    """The ensemble's members: per architecture, the variant (from scratch or warm-started) best on validation."""
+    from fleetops.training.candidates import choose
+
+    by_architecture: dict[str, list[Any]] = {}
+    for member in members:
+        by_architecture.setdefault(built[member.name].architecture, []).append(member)
+    best = [choose(spec, group) for group in by_architecture.values()]
+    return [m for m in best if m is not None]
+
+
+def _outputs_by_segment(variant: _Variant, spec: FleetSpec, split: str) -> list[np.ndarray]:
+    """Each segment's shaped outputs on its `split` rows (in its rows' order), from one packed prediction."""
+    from fleetops.training.artifact import shape_outputs
+
+    data = variant.data
+    rows = data.rows_of(split)
+    raw = predict_packed(variant.fit, data, spec, rows) if len(rows) else np.zeros((0, 1), dtype="float32")
+    shaped = shape_outputs(spec.task.value, raw)
+    owner = data.segment_index[rows]
+    return [shaped[owner == s] for s in range(len(data.segments))]
+
+
+def _labels_by_segment(data: PackedData, split: str) -> list[np.ndarray]:
+    rows = data.rows_of(split)
+    owner = data.segment_index[rows]
+    return [data.labels[rows[owner == s]] for s in range(len(data.segments))]
 
 
 def _per_segment(variant: _Variant, spec: FleetSpec, split: str, classes: list[str]) -> list[dict[str, Any]]:

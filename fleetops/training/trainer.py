@@ -87,6 +87,7 @@ def train_shard(
     tuning_dir: str | Path | None = None,
     fallback: dict[str, str] | None = None,
     global_model: Any = None,
+    global_candidate: Any = None,
 ) -> ShardOutcome:
     """Train the best model of each segment in `segments`; artifacts go to `output_dir/<segment slug>/`.
 
@@ -99,7 +100,8 @@ def train_shard(
     `global_model` (`packed.GlobalModel`) is where `training.warm_start: global` starts and what
     `fallback` segments (segment -> reason) are given. A segment whose own training fails gets the
     spec's failure policy: recorded in `failed` (skip), or given the global model (global), or the
-    error is raised (fail).
+    error is raised (fail). `global_candidate` (`packed.GlobalCandidate`, with `training.candidates:
+    [segment, global]`) competes with each segment's own models (`fleetops.training.candidates`).
     """
     from fleetops.spec import FailurePolicy
     from fleetops.training.packed import export_fallback, train_pack
@@ -125,6 +127,7 @@ def train_shard(
             classes=classes,
             warm_start=warm,
             failures=diverged,
+            global_candidate=global_candidate,
         )
         log(f"trained {len(results)} segment(s) packed in {time.perf_counter() - started:.1f}s")
     for segment, reason in diverged.items():
@@ -135,7 +138,16 @@ def train_shard(
         started = time.perf_counter()
         try:
             result = _train_one(
-                dataset_path, spec, segment, output_dir, params, tuned, per_segment_tuning, tuning_dir, log
+                dataset_path,
+                spec,
+                segment,
+                output_dir,
+                params,
+                tuned,
+                per_segment_tuning,
+                tuning_dir,
+                log,
+                global_candidate,
             )
         except Exception as exc:  # one segment never stops the fleet, unless the spec says so
             if spec.segment_failures.policy == FailurePolicy.FAIL:
@@ -213,6 +225,7 @@ def _train_one(
     per_segment_tuning: bool,
     tuning_dir: str | Path | None,
     log: Any,
+    global_candidate: Any = None,
 ) -> TrainResult:
     """One segment with the one-at-a-time trainer, tuned first when the spec says so."""
     segment_params, architectures, record = params, None, None
@@ -229,6 +242,7 @@ def _train_one(
         params=segment_params,
         architectures=architectures,
         tuning=record or ({"best_parameters": tuned, "scope": "fleet"} if tuned else None),
+        global_candidate=global_candidate,
     )
 
 
@@ -270,41 +284,107 @@ def train_segment(
     params: TrainingSpec | None = None,
     architectures: list[Architecture] | None = None,
     tuning: dict[str, Any] | None = None,
+    global_candidate: Any = None,
 ) -> TrainResult:
     """Train each architecture on the segment's train split, keep the best on validation, save it.
 
-    The artifact holds the Keras model and its LiteRT flatbuffers (`fleetops.training.litert`).
+    The candidates and the choice are `fleetops.training.candidates`' (the packed trainer's too): each
+    architecture, the ensemble of the others, the global model; a candidate that fails to train is
+    recorded and the others compete. A Keras model's artifact also holds its LiteRT flatbuffers
+    (`fleetops.training.litert`).
     """
-    from fleetops.training.artifact import save_artifact
+    from fleetops.training.artifact import shape_outputs
+    from fleetops.training.candidates import (
+        ENSEMBLE,
+        GLOBAL,
+        Built,
+        SegmentRows,
+        choose,
+        ensemble_of,
+        export_choice,
+        fit_tree_segments,
+        score,
+        selection_record,
+        split_rows,
+        tree_outputs,
+    )
     from fleetops.training.litert import LiteExporter
+    from fleetops.training.model import to_inputs
 
     params = params or spec.training
     architectures = architectures or list(spec.architectures)
     typed = coerce_features(rows, spec.features.numeric, spec.features.categorical)
-    train = typed[typed[SPLIT_COLUMN] == TRAIN]
-    validation = typed[typed[SPLIT_COLUMN] == VALIDATION]
+    train, validation, test = split_rows(typed)
     if len(train) == 0 or len(validation) == 0:
         raise UserError(
             f"segment {segment!r} has {len(train)} train and {len(validation)} validation rows; both must be non-empty"
         )
     classes = class_names(typed[spec.label]) if spec.task.is_classification else []
+    y_val, y_test = encode_labels(validation[spec.label], classes), encode_labels(test[spec.label], classes)
+    features = {"numeric": spec.features.numeric, "categorical": spec.features.categorical}
 
-    best: tuple[Any, str, float | None, dict] | None = None
-    candidates: dict[str, float | None] = {}
+    scored, built, failed = [], {}, {}
     for architecture in architectures:
-        model, epochs, metrics = fit(train, validation, spec, architecture, params, classes)
-        value = metrics.get(spec.primary_metric)
-        candidates[architecture.value] = value
-        if best is None or beats(value, best[2], spec.metric_goal):
-            best = (model, architecture.value, value, {"epochs_trained": epochs, "validation_metrics": metrics})
-    assert best is not None
-    model, architecture, value, details = best
-    details["trainer"] = {"kind": "one_at_a_time"}
-    metadata = segment_metadata(spec, segment, rows, typed, classes, architecture, params, tuning, details)
-    stats = statistics(train, spec)
-    metadata["litert"] = export_litert(LiteExporter(), model, output_dir, spec, validation, classes, metadata, stats)
-    directory = save_artifact(model, metadata, stats, output_dir)
-    return TrainResult(segment, directory, architecture, spec.primary_metric, value, candidates, metadata)
+        name = architecture.value
+        if architecture is Architecture.ENSEMBLE:
+            continue
+        if architecture is Architecture.GBT:
+            tree = fit_tree_segments({segment: typed}, spec, params, classes)[segment]
+            if tree.failure:
+                failed[name] = tree.failure
+                continue
+            outputs = [tree_outputs(tree, spec.task, part) for part in (validation, test)]
+            details = {"rounds_trained": tree.rounds, "trainer": {"kind": "gbt"}}
+            built[name] = Built(tree.model, name, details)
+        else:
+            try:
+                model, epochs, _ = fit(train, validation, spec, architecture, params, classes)
+            except Exception as exc:  # one candidate's failure is recorded; the others still compete
+                failed[name] = f"training failed: {type(exc).__name__}: {exc}"
+                continue
+            outputs = [
+                shape_outputs(spec.task.value, np.asarray(model.predict_on_batch(to_inputs(part, features))))
+                if len(part)
+                else None
+                for part in (validation, test)
+            ]
+            built[name] = Built(model, name, {"epochs_trained": epochs, "trainer": {"kind": "one_at_a_time"}})
+        scored.append(score(name, spec, classes, y_val, y_test, outputs[0], outputs[1]))
+    weights = None
+    if Architecture.ENSEMBLE in architectures:
+        ensemble = ensemble_of(spec, classes, y_val, y_test, list(scored))
+        if ensemble is None:
+            failed[ENSEMBLE] = "fewer than two members have finite validation outputs"
+        else:
+            scored.append(ensemble[0])
+            weights = ensemble[1]
+    if global_candidate is not None:
+        outputs = [global_candidate.outputs(segment, part) for part in (validation, test)]
+        scored.append(score(GLOBAL, spec, classes, y_val, y_test, outputs[0], outputs[1]))
+    chosen = choose(spec, scored)
+    if chosen is None:
+        problems = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())) or "every value is undefined"
+        raise UserError(f"segment {segment!r}: no candidate has a validation value ({problems})")
+    labels = {GLOBAL: global_candidate.architecture} if global_candidate is not None else None
+    record = selection_record(spec, scored, chosen, failed, labels)
+    segment_rows = SegmentRows(segment, rows, typed, classes, statistics(train, spec))
+    architecture, metadata = export_choice(
+        output_dir,
+        chosen,
+        built,
+        weights,
+        global_candidate,
+        record,
+        spec,
+        segment_rows,
+        params,
+        tuning,
+        LiteExporter(),
+        {},
+    )
+    values = {c.name: c.validation_metrics.get(spec.primary_metric) for c in scored}
+    value = chosen.validation_metrics.get(spec.primary_metric)
+    return TrainResult(segment, Path(output_dir), architecture, spec.primary_metric, value, values, metadata)
 
 
 def export_litert(

@@ -1,0 +1,366 @@
+"""What competes for a segment, and how the winner is chosen: shared by both trainers.
+
+Every candidate of a segment is scored on the segment's validation rows, which choose, and on
+its test rows, which only report (the evaluation shows each candidate's test value beside its
+validation value, so a user sees what the choice was worth; the test split never chooses):
+
+- each architecture of the spec: `linear`, `dnn` (Keras; from scratch or warm-started) and `gbt`
+  (boosted trees, `fit_tree_segments`: the shard's segments trained in parallel threads);
+- `ensemble`: the weighted average of the segment's other models, weights fitted on validation
+  (`fleetops.training.ensemble`); its validation value is cross-fitted (each half of the rows
+  scored with weights fitted on the other half), so it does not win on rows that set its weights;
+- `global` (with `training.candidates: [segment, global]`): the fleet's global model, trained once
+  on every segment's train rows with the segment as a feature, scored on this segment's rows.
+
+A candidate that fails to train is recorded with its reason and the others still compete.
+`selection_record` is what the artifact's metadata keeps (`selection`), the evaluation shows
+and the registry's lineage carries.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fleetops.data.split import SPLIT_COLUMN, TEST, TRAIN, VALIDATION
+from fleetops.spec import Architecture, FleetSpec, Task, TrainingSpec
+
+ENSEMBLE = Architecture.ENSEMBLE.value
+GLOBAL = "global"
+
+
+@dataclass
+class Scored:
+    """One candidate of one segment: shaped outputs on its validation and test rows, and their metrics."""
+
+    name: str
+    validation: np.ndarray | None
+    test: np.ndarray | None
+    validation_metrics: dict[str, Any]
+    test_metrics: dict[str, Any]
+
+
+def score(
+    name: str,
+    spec: FleetSpec,
+    classes: list[str],
+    y_validation: np.ndarray,
+    y_test: np.ndarray,
+    validation: np.ndarray,
+    test: np.ndarray | None,
+) -> Scored:
+    """A candidate's metrics from its shaped outputs ({} where outputs are missing or not finite)."""
+    return Scored(
+        name,
+        validation,
+        test,
+        _metrics(spec.task, y_validation, validation, classes),
+        _metrics(spec.task, y_test, test, classes),
+    )
+
+
+def _metrics(task: Task, y: np.ndarray, shaped: np.ndarray | None, classes: list[str]) -> dict[str, Any]:
+    from fleetops.evaluation.metrics import classification_metrics, regression_metrics
+
+    if shaped is None or len(y) == 0 or not np.isfinite(shaped).all():
+        return {}
+    if task is Task.REGRESSION:
+        return regression_metrics(y, shaped.reshape(-1))
+    return classification_metrics(y, shaped, classes)
+
+
+def ensemble_of(
+    spec: FleetSpec,
+    classes: list[str],
+    y_validation: np.ndarray,
+    y_test: np.ndarray,
+    members: list[Scored],
+) -> tuple[Scored, dict[str, float]] | None:
+    """The ensemble of `members` (at least two with finite validation outputs): its scores and weights."""
+    from fleetops.training.ensemble import combine, cross_fitted, fit_weights
+
+    usable = [m for m in members if m.validation_metrics and m.validation is not None and m.test is not None]
+    if len(usable) < 2 or len(y_validation) < 2:
+        return None
+    task = spec.task.value
+    validation = {m.name: m.validation for m in usable}
+    weights = fit_weights(task, y_validation, validation)
+    honest = cross_fitted(task, y_validation, validation)
+    test = combine({m.name: m.test for m in usable}, weights)
+    scored = Scored(
+        ENSEMBLE,
+        combine(validation, weights),
+        test,
+        _metrics(spec.task, y_validation, honest, classes),
+        _metrics(spec.task, y_test, test, classes),
+    )
+    return scored, weights
+
+
+def choose(spec: FleetSpec, candidates: list[Scored]) -> Scored | None:
+    """The candidate with the best validation value of the primary metric (ties: the earlier one).
+
+    When no candidate has a value (auRoc on validation rows of one class), the first candidate with
+    finite validation outputs is kept, as the first architecture always was; None when there is none.
+    """
+    from fleetops.training.trainer import beats
+
+    metric, best = spec.primary_metric, None
+    for candidate in candidates:
+        value = candidate.validation_metrics.get(metric)
+        if value is None or not np.isfinite(value):
+            continue
+        if best is None or beats(value, best.validation_metrics[metric], spec.metric_goal):
+            best = candidate
+    if best is None:
+        best = next((c for c in candidates if c.validation_metrics), None)
+    return best
+
+
+def selection_record(
+    spec: FleetSpec,
+    candidates: list[Scored],
+    chosen: Scored,
+    failed: dict[str, str],
+    architectures: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What the artifact keeps of the choice: every candidate's validation and test value, the winner and why.
+
+    `architectures` names what a candidate is where its name does not (global -> its architecture).
+    """
+    metric = spec.primary_metric
+    table: dict[str, dict[str, Any]] = {}
+    for candidate in candidates:
+        entry = {
+            "validation": candidate.validation_metrics.get(metric),
+            "test": candidate.test_metrics.get(metric),
+        }
+        if architectures and candidate.name in architectures:
+            entry["architecture"] = architectures[candidate.name]
+        table[candidate.name] = entry
+    value = chosen.validation_metrics.get(metric)
+    others = sorted(
+        ((c.name, c.validation_metrics.get(metric)) for c in candidates if c is not chosen),
+        key=lambda item: (item[1] is None, -(item[1] or 0) if spec.metric_goal == "maximize" else (item[1] or 0)),
+    )
+    runner_up = next(((n, v) for n, v in others if v is not None), None)
+    if value is None:
+        reason = f"no candidate has a validation {metric} (undefined on these rows); kept the first, {chosen.name}"
+    else:
+        reason = f"{chosen.name} has the best validation {metric}: {value:.4f}"
+    if value is None:
+        pass
+    elif runner_up is not None:
+        reason += f" (next: {runner_up[0]} {runner_up[1]:.4f})"
+    else:
+        reason += " (the only candidate with a validation value)"
+    record: dict[str, Any] = {
+        "metric": metric,
+        "goal": spec.metric_goal,
+        "candidates": table,
+        "failed": dict(sorted(failed.items())),
+        "chosen": chosen.name,
+        "reason": reason,
+    }
+    if GLOBAL in table and chosen.name != GLOBAL:
+        record["global_margin"] = _margin(spec, value, table[GLOBAL]["validation"])
+    elif chosen.name == GLOBAL:
+        best_own = next((v for n, v in others if v is not None), None)
+        record["global_margin"] = _margin(spec, best_own, value)
+    return record
+
+
+def _margin(spec: FleetSpec, own: float | None, global_value: float | None) -> float | None:
+    """How much better (positive) the segment's own best is than the global model on validation."""
+    if own is None or global_value is None:
+        return None
+    return own - global_value if spec.metric_goal == "maximize" else global_value - own
+
+
+def split_rows(typed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A segment's typed train, validation and test rows."""
+    split = typed[SPLIT_COLUMN]
+    return typed[split == TRAIN], typed[split == VALIDATION], typed[split == TEST]
+
+
+@dataclass
+class TreeFit:
+    """One segment's boosted trees, or why they failed."""
+
+    model: Any = None
+    rounds: int = 0
+    failure: str | None = None
+
+
+def fit_tree_segments(
+    typed: dict[str, pd.DataFrame],
+    spec: FleetSpec,
+    params: TrainingSpec,
+    classes: list[str],
+    threads: int | None = None,
+) -> dict[str, TreeFit]:
+    """Boosted trees for each segment (typed rows with the split column), trained in parallel threads.
+
+    XGBoost releases the GIL while it trains, so `threads` segments (default: the CPUs) train at once,
+    one XGBoost thread each: small segments gain nothing from more threads per model.
+    """
+    from fleetops.training.model import fit_vocabularies
+    from fleetops.training.trainer import encode_labels
+    from fleetops.training.trees import fit_trees
+
+    def one(segment: str) -> TreeFit:
+        train, validation, _ = split_rows(typed[segment])
+        try:
+            if train.empty or validation.empty:
+                raise ValueError(f"{len(train)} train and {len(validation)} validation rows; both must be non-empty")
+            model, rounds = fit_trees(
+                train,
+                validation,
+                encode_labels(train[spec.label], classes),
+                encode_labels(validation[spec.label], classes),
+                spec.task,
+                spec.features.numeric,
+                spec.features.categorical,
+                fit_vocabularies(train, spec),
+                params,
+                len(classes),
+            )
+        except Exception as exc:  # one candidate's failure is recorded; the others still compete
+            return TreeFit(failure=f"gbt training failed: {type(exc).__name__}: {exc}")
+        return TreeFit(model, rounds)
+
+    workers = threads or max(1, min(len(typed), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(typed, pool.map(one, typed), strict=True))
+
+
+def tree_outputs(fit: TreeFit, task: Task, rows: pd.DataFrame) -> np.ndarray | None:
+    """Shaped outputs of a segment's trees on typed rows (None when they failed)."""
+    from fleetops.training.artifact import shape_outputs
+
+    if fit.model is None:
+        return None
+    return shape_outputs(task.value, fit.model.predict_matrix(fit.model.frame_matrix(rows)))
+
+
+@dataclass
+class Built:
+    """A trained candidate that can be saved: its model (or a function giving it), architecture and details.
+
+    The packed trainer's Keras models come from a template re-filled per segment (`packed.SegmentExporter`):
+    `model` is then a function, called just before the model is saved.
+    """
+
+    model: Any
+    architecture: str
+    details: dict[str, Any]
+
+    def get(self) -> Any:
+        import inspect
+
+        return self.model() if inspect.isfunction(self.model) else self.model  # a Keras model is callable too
+
+
+@dataclass
+class SegmentRows:
+    """What saving a segment's model needs of its data: raw and typed rows, classes, statistics."""
+
+    segment: str
+    raw: pd.DataFrame
+    typed: pd.DataFrame
+    classes: list[str]
+    statistics: dict[str, Any]
+
+    @property
+    def validation(self) -> pd.DataFrame:
+        return self.typed[self.typed[SPLIT_COLUMN] == VALIDATION]
+
+
+def save_built(
+    directory: Any,
+    built: Built,
+    spec: FleetSpec,
+    rows: SegmentRows,
+    params: TrainingSpec,
+    tuning: dict[str, Any] | None,
+    lite: Any,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Save one candidate's model as a standalone artifact in `directory`; its metadata (identity included)."""
+    from fleetops.training.artifact import read_metadata, save_artifact
+    from fleetops.training.trainer import export_litert, segment_metadata
+
+    model = built.get()
+    details = built.details | (extra or {})
+    metadata = segment_metadata(
+        spec, rows.segment, rows.raw, rows.typed, rows.classes, built.architecture, params, tuning, details
+    )
+    if Architecture(built.architecture).is_keras:
+        metadata["litert"] = export_litert(
+            lite, model, directory, spec, rows.validation, rows.classes, metadata, rows.statistics
+        )
+    save_artifact(model, metadata, rows.statistics, directory)
+    return read_metadata(directory)
+
+
+def export_choice(
+    directory: Any,
+    chosen: Scored,
+    built: dict[str, Built],
+    weights: dict[str, float] | None,
+    global_candidate: Any,
+    record: dict[str, Any],
+    spec: FleetSpec,
+    rows: SegmentRows,
+    params: TrainingSpec,
+    tuning: dict[str, Any] | None,
+    lite: Any,
+    common: dict[str, Any],
+) -> tuple[str, dict[str, Any]]:
+    """Save the chosen candidate as the segment's artifact in `directory`: its architecture and metadata.
+
+    An ensemble saves its members (those with weight) under `members/`, the global model is copied in
+    with the segment fixed; `common` (trainer, transfer, ...) and the selection record go into the
+    artifact's metadata in every case.
+    """
+    from pathlib import Path
+
+    from fleetops.names import METADATA_IDENTITY
+    from fleetops.training.artifact import read_metadata, save_artifact
+    from fleetops.training.ensemble import MEMBERS_DIR, EnsembleModel
+    from fleetops.training.trainer import segment_metadata
+
+    directory = Path(directory)
+    extra = common | {"selection": record, "validation_metrics": chosen.validation_metrics}
+    if chosen.name in built:
+        metadata = save_built(directory, built[chosen.name], spec, rows, params, tuning, lite, extra)
+        return built[chosen.name].architecture, metadata
+    if chosen.name == ENSEMBLE:
+        assert weights is not None
+        used = {name: w for name, w in weights.items() if w > 0}
+        identities = {}
+        for name in used:
+            member = save_built(directory / MEMBERS_DIR / name, built[name], spec, rows, params, tuning, lite)
+            identities[name] = member[METADATA_IDENTITY]
+        model = EnsembleModel(spec.task.value, dict.fromkeys(used), used, identities=identities)
+        architecture = ENSEMBLE
+        details = extra | {"ensemble_weights": weights}
+    else:
+        assert chosen.name == GLOBAL and global_candidate is not None
+        member = global_candidate.copy_into(directory / MEMBERS_DIR / GLOBAL)
+        fixed = {global_candidate.segment_feature: rows.segment}
+        model = EnsembleModel(
+            spec.task.value, {GLOBAL: None}, {GLOBAL: 1.0}, fixed, identities={GLOBAL: member[METADATA_IDENTITY]}
+        )
+        architecture = f"global_{global_candidate.architecture}"
+        details = extra
+    metadata = segment_metadata(
+        spec, rows.segment, rows.raw, rows.typed, rows.classes, architecture, params, tuning, details
+    )
+    save_artifact(model, metadata, rows.statistics, directory)
+    return architecture, read_metadata(directory)
