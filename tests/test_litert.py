@@ -20,7 +20,7 @@ from fleetops.data.split import SPLIT_COLUMN, VALIDATION, with_splits
 from fleetops.data.validation import segment_values
 from fleetops.errors import UserError
 from fleetops.names import METADATA_IDENTITY, MODEL_METADATA_FILE
-from fleetops.serving.explain import integrated_gradients
+from fleetops.serving.explain import explain
 from fleetops.serving.predictor import RUNTIME_VARIABLE, Predictor, choose_runtime
 from fleetops.spec import parse_spec
 from fleetops.training.artifact import load_artifact, read_metadata
@@ -231,10 +231,10 @@ def test_explain_loads_the_keras_model_only_when_asked(trained_models):
     columns = predictor.columns(_hard_instances(predictor.artifact.features)[:4])
     predictor.predict_columns(columns)
     assert not predictor.artifact.keras_loaded
-    explanations = integrated_gradients(predictor, columns)
+    explanations = explain(predictor, columns)
     assert predictor.artifact.keras_loaded and len(explanations) == 4
     keras = Predictor.load(trained_models[0], runtime="keras")
-    assert explanations == integrated_gradients(keras, columns)
+    assert explanations == explain(keras, columns)
 
 
 def test_batch_prediction_through_litert_matches_keras(trained_models, tmp_path):

@@ -208,21 +208,21 @@ def test_a_model_whose_output_is_never_finite_is_a_500_not_null_scores(shared_se
 
 def test_attributions_that_overflow_are_refused(altered_models):
     from fleetops.errors import UserError
-    from fleetops.serving.explain import integrated_gradients
+    from fleetops.serving.explain import explain
     from fleetops.serving.predictor import Predictor
 
     predictor = Predictor.load(altered_models["overflowing_gradients"])
     huge = dict(GOOD, tenure_months=1e12, monthly_charges=1e12)
     columns = predictor.columns([GOOD, huge])
     with pytest.raises(UserError, match=r"^instance 1: its attributions are not finite numbers"):
-        integrated_gradients(predictor, columns)
+        explain(predictor, columns)
 
 
 def test_explaining_in_chunks_gives_the_same_explanations(trained_models):
     """Chunks bound the memory of a large :explain; they must not change a single attribution."""
     import random
 
-    from fleetops.serving.explain import integrated_gradients
+    from fleetops.serving.explain import explain
     from fleetops.serving.predictor import Predictor
 
     rng = random.Random(5)
@@ -238,9 +238,9 @@ def test_explaining_in_chunks_gives_the_same_explanations(trained_models):
     ]
     predictor = Predictor.load(trained_models[0])
     columns = predictor.columns(instances)
-    whole = integrated_gradients(predictor, columns, chunk_instances=len(instances))
+    whole = explain(predictor, columns, chunk_instances=len(instances))
     for chunk_instances in (1, 7, 52):
-        chunked = integrated_gradients(predictor, columns, chunk_instances=chunk_instances)
+        chunked = explain(predictor, columns, chunk_instances=chunk_instances)
         assert len(chunked) == len(whole)
         for one, other in zip(chunked, whole, strict=True):
             a, b = one["attributions"][0], other["attributions"][0]

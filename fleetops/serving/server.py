@@ -599,11 +599,11 @@ class PredictionApp:
         outputs = await loaded.batcher.predict(columns, n)
         predictor.check_finite(outputs, columns)
         if verb == "explain":
-            from fleetops.serving.explain import integrated_gradients
+            from fleetops.serving.explain import explain
 
             loop = asyncio.get_running_loop()
             async with self._explain_slots:  # the others wait here, holding only their parsed instances
-                explanations = await loop.run_in_executor(None, integrated_gradients, predictor, columns)
+                explanations = await loop.run_in_executor(None, explain, predictor, columns)
             payload = self._response(served, predictor.format_predictions(outputs))
             payload["explanations"] = explanations
             return 200, payload
