@@ -70,6 +70,40 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classe
     return result
 
 
+def primary_value(task: str, metric: str, y_true: np.ndarray, outputs: np.ndarray, classes: list[str]) -> float | None:
+    """One metric, as `classification_metrics` / `regression_metrics` compute it, without the others.
+
+    Choosing among a segment's candidates needs only the primary metric of each on validation and test
+    rows: for a fleet of thousands that is most of the metric work, so auRoc, logLoss and accuracy are
+    computed directly (auRoc as the Mann-Whitney statistic with tied ranks averaged, which is what
+    `roc_auc_score` computes); any other metric through the full function.
+    """
+    if task == "regression":
+        return regression_metrics(y_true, outputs).get(metric)
+    y_true = np.asarray(y_true, dtype=int)
+    if metric not in ("auRoc", "logLoss", "accuracy") or len(y_true) == 0:
+        return classification_metrics(y_true, outputs, classes).get(metric)
+    probabilities = np.clip(np.asarray(outputs, dtype="float64"), 0.0, 1.0)
+    probabilities = probabilities / np.maximum(probabilities.sum(axis=1, keepdims=True), _EPS)
+    if metric == "accuracy":
+        return float((probabilities.argmax(axis=1) == y_true).mean())
+    if metric == "logLoss":
+        picked = np.clip(probabilities[np.arange(len(y_true)), y_true], _EPS, 1 - _EPS)
+        return float(-np.mean(np.log(picked)))
+    k = probabilities.shape[1]
+    one_hot = np.eye(k, dtype=bool)[y_true]
+    truth, scores = (one_hot[:, 1], probabilities[:, 1]) if k == 2 else (one_hot.ravel(), probabilities.ravel())
+    positives = int(truth.sum())
+    negatives = len(truth) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    value = (ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    return float(value) if np.isfinite(value) else None
+
+
 def roc_curve(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, list[float]]:
     """ROC curve points (at most ~200) for KFP `ClassificationMetrics.log_roc_curve`."""
     probabilities = np.asarray(probabilities)

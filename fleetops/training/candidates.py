@@ -54,17 +54,32 @@ def score(
     validation: np.ndarray,
     test: np.ndarray | None,
 ) -> Scored:
-    """A candidate's metrics from its shaped outputs ({} where outputs are missing or not finite)."""
+    """A candidate's primary metric on validation and test ({} where outputs are missing or not finite).
+
+    Only the primary metric: it is all the choice needs, and the full metrics of a fleet's every
+    candidate were most of a shard's metric work. The chosen model's full validation metrics are
+    computed when it is saved (`full_metrics`).
+    """
     return Scored(
         name,
         validation,
         test,
-        _metrics(spec.task, y_validation, validation, classes),
-        _metrics(spec.task, y_test, test, classes),
+        _primary(spec, y_validation, validation, classes),
+        _primary(spec, y_test, test, classes),
     )
 
 
-def _metrics(task: Task, y: np.ndarray, shaped: np.ndarray | None, classes: list[str]) -> dict[str, Any]:
+def _primary(spec: FleetSpec, y: np.ndarray, shaped: np.ndarray | None, classes: list[str]) -> dict[str, Any]:
+    from fleetops.evaluation.metrics import primary_value
+
+    if shaped is None or len(y) == 0 or not np.isfinite(shaped).all():
+        return {}
+    outputs = shaped.reshape(-1) if spec.task is Task.REGRESSION else shaped
+    return {spec.primary_metric: primary_value(spec.task.value, spec.primary_metric, y, outputs, classes)}
+
+
+def full_metrics(task: Task, y: np.ndarray, shaped: np.ndarray | None, classes: list[str]) -> dict[str, Any]:
+    """Every Vertex metric of shaped outputs ({} where they are missing or not finite)."""
     from fleetops.evaluation.metrics import classification_metrics, regression_metrics
 
     if shaped is None or len(y) == 0 or not np.isfinite(shaped).all():
@@ -92,14 +107,8 @@ def ensemble_of(
     weights = fit_weights(task, y_validation, validation)
     honest = cross_fitted(task, y_validation, validation)
     test = combine({m.name: m.test for m in usable}, weights)
-    scored = Scored(
-        ENSEMBLE,
-        combine(validation, weights),
-        test,
-        _metrics(spec.task, y_validation, honest, classes),
-        _metrics(spec.task, y_test, test, classes),
-    )
-    return scored, weights
+    # Its validation outputs are the cross-fitted ones: what its validation metrics are computed on.
+    return score(ENSEMBLE, spec, classes, y_validation, y_test, honest, test), weights
 
 
 def choose(spec: FleetSpec, candidates: list[Scored]) -> Scored | None:
@@ -333,10 +342,12 @@ def export_choice(
     from fleetops.names import METADATA_IDENTITY
     from fleetops.training.artifact import read_metadata, save_artifact
     from fleetops.training.ensemble import MEMBERS_DIR, EnsembleModel
-    from fleetops.training.trainer import segment_metadata
+    from fleetops.training.trainer import encode_labels, segment_metadata
 
     directory = Path(directory)
-    extra = common | {"selection": record, "validation_metrics": chosen.validation_metrics}
+    y_validation = encode_labels(rows.validation[spec.label], rows.classes)
+    validation_metrics = full_metrics(spec.task, y_validation, chosen.validation, rows.classes)
+    extra = common | {"selection": record, "validation_metrics": validation_metrics}
     if chosen.name in built:
         metadata = save_built(directory, built[chosen.name], spec, rows, params, tuning, lite, extra)
         return built[chosen.name].architecture, metadata
