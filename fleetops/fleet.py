@@ -345,8 +345,14 @@ def register_shard(
     container, the only kind Vertex co-hosts: each artifact first gets its SavedModel export
     (`fleetops.training.savedmodel`, about 0.4 s a model, so only then), and a custom
     `serving_image` is refused before anything is exported or registered.
+
+    Boosted trees and ensembles are served by fleetops' own serving container only (`fleetops
+    serve-container` in the fleetops image): Vertex's prebuilt TensorFlow one cannot load them, so
+    registering one with it, or on a registry that needs an image without one, is refused
+    (`_check_servable`), before anything is registered.
     """
     serving_image = _serving_image(spec, serving_image)
+    _check_servable(spec, platform, model_dir, evaluations, serving_image)
     if spec.serving_pool:
         from fleetops.training.savedmodel import export_savedmodel
 
@@ -358,7 +364,7 @@ def register_shard(
     ]
     registrations = platform.registry.upload_versions(requests)
     results = []
-    for evaluation, registration in zip(evaluations, registrations, strict=True):
+    for evaluation, request, registration in zip(evaluations, requests, registrations, strict=True):
         promote = bool(evaluation["promote"])
         version = registration.version
         if promote and not registration.created and CHAMPION_ALIAS not in version.aliases:
@@ -383,6 +389,8 @@ def register_shard(
                 # Why it was (not) promoted, for the summary's notes on undefined values.
                 "reason": evaluation.get("reason"),
                 "artifact_uri": version.artifact_uri,
+                # What the segment serves (linear, dnn, gbt, ensemble, global_<architecture>), for the summary.
+                "architecture": (request.lineage or {}).get("architecture"),
             }
         )
     return results
@@ -400,6 +408,42 @@ def _serving_image(spec: FleetSpec, serving_image: str | None) -> str | None:
             f"(fleetops then registers with {PREBUILT_TF_IMAGE}) or another prebuilt tf2-cpu image"
         )
     return image or PREBUILT_TF_IMAGE
+
+
+def _check_servable(
+    spec: FleetSpec, platform: Platform, model_dir: str | Path, evaluations: list[dict[str, Any]], image: str | None
+) -> None:
+    """Refuse to register a model that the serving container it would be registered with cannot serve.
+
+    A Keras model is served by Vertex's prebuilt TensorFlow container (from its SavedModel) or by
+    ours; boosted trees and ensembles only by ours, the fleetops image (`fleetops serve-container`
+    loads them as `Predictor.load` does). So for those, `image` must be given where the registry
+    needs one (Vertex), and must not be Vertex's TensorFlow container.
+    """
+    from fleetops.training.artifact import KINDS, read_metadata
+
+    needed = platform.registry.requires_serving_image
+    if not is_prebuilt_tf_image(image) and (image or not needed):
+        return
+    for evaluation in evaluations:
+        segment = evaluation["segment"]
+        metadata = read_metadata(Path(model_dir) / segment_slug(segment))
+        kind = KINDS[metadata["format"]]
+        if kind == "keras":
+            continue
+        what = "XGBoost boosted trees" if kind == "gbt" else "an ensemble of models"
+        model = f"the model of segment {segment!r} (architecture {metadata.get('architecture', kind)}) is {what}"
+        own = (
+            "pass the fleetops image as the pipeline's serving_image (`fleetops submit --serving-image IMAGE`) "
+            "or set registry.serving_image in the spec: its `fleetops serve-container` serves every kind"
+        )
+        if image:
+            pool = "; and set serving.cohosting: none (a pool co-hosts only that container's models)"
+            raise UserError(
+                f"{model}, and the serving image {image} is Vertex's prebuilt TensorFlow container, which serves "
+                f"only Keras models (their SavedModel) and cannot load it: {own}{pool if spec.serving_pool else ''}"
+            )
+        raise UserError(f"{model}, and no serving image was given, which the registry (Vertex) requires: {own}")
 
 
 def _upload_request(
@@ -441,6 +485,8 @@ def _upload_request(
         "trainer": metadata.get("trainer"),
         "transfer": metadata.get("transfer"),
         "fallback": metadata.get("fallback"),
+        # Which candidate was chosen and why, with each one's values (`fleetops models` shows it).
+        "selection": _selection_lineage(metadata.get("selection")),
         # Keras against LiteRT (bytes, load ms, p50 ms, metric change), for cost estimates; why a
         # variant is missing stays in the evaluation and the artifact (the lineage is kept short).
         "runtimes": {k: v for k, v in evaluation["runtimes"].items() if k != "skipped"}
@@ -700,6 +746,32 @@ def _histogram(values: np.ndarray, bins: int = 10, width: int = 40) -> list[str]
         f"{edges[i]:.3f}-{edges[i + 1]:.3f} | {'#' * int(round(width * c / most)):<{width}} {c}"
         for i, c in enumerate(counts)
     ]
+
+
+def _selection_lineage(selection: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What lineage keeps of the trainer's choice: chosen, why, each candidate's values and who failed (not why).
+
+    The failures' messages stay in the artifact and the evaluation report: a version's lineage is kept short.
+    """
+    if not selection:
+        return None
+
+    def rounded(value: Any) -> Any:
+        return round(float(value), 4) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+    candidates = {}
+    for name, values in (selection.get("candidates") or {}).items():
+        kept = {"validation": rounded(values.get("validation")), "test": rounded(values.get("test"))}
+        if values.get("architecture"):
+            kept["architecture"] = values["architecture"]
+        candidates[name] = kept
+    return {
+        "metric": selection.get("metric"),
+        "chosen": selection.get("chosen"),
+        "reason": selection.get("reason"),
+        "candidates": candidates,
+        "failed": sorted(selection.get("failed") or {}),
+    }
 
 
 def _tuning_lineage(tuning: dict[str, Any] | None) -> dict[str, Any] | None:
