@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -652,6 +653,14 @@ def summarize(
     lines.append(f"| failed in training | {len(failed):,} |")
     lines.append(f"| new versions | {created:,} ({len(rows) - created:,} unchanged: identical data, no new version) |")
     lines.append(f"| new champions | {promoted:,} |")
+    architectures = _architectures(rows, evaluations or [])
+    if architectures:
+        lines.append(f"| architectures | {_counted(architectures)} |")
+    failed_candidates = Counter(
+        name for e in evaluations or [] for name in (e.get("selection") or {}).get("failed") or {}
+    )
+    if failed_candidates:
+        lines.append(f"| candidates that failed to train | {_counted(failed_candidates, ' in {:,} segment(s)')} |")
     values = np.array([r["value"] for r in rows if r["value"] is not None], dtype="float64")
     pooled = _pooled(evaluations or [], metric, spec)
     if pooled is not None:
@@ -695,6 +704,18 @@ def summarize(
         *table,
     ]
     return "\n".join(lines) + "\n"
+
+
+def _architectures(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]]) -> Counter[str]:
+    """How many registered segments serve each architecture (rows from before architectures were recorded: none)."""
+    evaluated = {e["segment"]: e.get("architecture") for e in evaluations}
+    return Counter(a for r in rows if (a := r.get("architecture") or evaluated.get(r["segment"])))
+
+
+def _counted(counts: Counter[str], each: str = " {:,}") -> str:
+    """`gbt 612, ensemble 301, dnn 50`: most first, ties by name."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{name}{each.format(n)}" for name, n in ordered)
 
 
 def summary_head(summary: str, where: str, limit: int = _LISTED) -> str:
