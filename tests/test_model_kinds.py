@@ -230,6 +230,14 @@ def test_vertex_s_tensorflow_container_is_refused_for_trees_and_ensembles(run, t
     ):
         fleet.register_shard(run.spec, platform, run.second, run.runs[1][0], serving_image=PREBUILT_TF_IMAGE)
     assert platform.registry.list_models() == []
+    # A pooled fleet registers for that container: the global model standing for a segment (an ensemble,
+    # whatever its architecture) cannot be, and nothing is exported or registered.
+    base = run.spec.model_dump(mode="json")
+    pooled = parse_spec(base | {"architectures": ["linear", "dnn"], "serving": base["serving"] | {"cohosting": "pool"}})
+    south = _by(run.runs[1][0], "south")
+    with pytest.raises(UserError, match=r"segment 'south' \(architecture global_gbt\).*set serving.cohosting: none"):
+        fleet.register_shard(pooled, platform, run.second, south)
+    assert platform.registry.list_models() == [] and not (run.second / "south" / "savedmodel").exists()
     # The twin serves every kind with its own server: no image is needed there.
     rows = fleet.register_shard(run.spec, platform, run.first, run.runs[0][0])
     assert rows[0]["created"]
