@@ -17,7 +17,10 @@ RUN mkdir -p fleetops components pipelines \
 COPY fleetops ./fleetops
 COPY components ./components
 COPY pipelines ./pipelines
-RUN pip install --no-deps . && python -c "import fleetops.fleet, components.image"
+# The same image is the serving container (`fleetops serve-container`): it must load every kind of model,
+# Keras (TensorFlow), LiteRT flatbuffers and boosted trees (xgboost, whose wheel carries its OpenMP runtime).
+RUN pip install --no-deps . \
+    && python -c "import fleetops.fleet, components.image, fleetops.serving.predictor, ai_edge_litert, xgboost"
 
 # KFP runs the component's own command; this default serves `fleetops --help`.
 ENTRYPOINT ["fleetops"]

@@ -51,7 +51,12 @@ PRICES_FILE = Path(__file__).resolve().parent / "prices" / "vertex_prices.yaml"
 DEFAULT_MODEL_MB = 3.3
 # Per loaded model by the runtime that serves it: a LiteRT float32 or int8 interpreter of the sample
 # models took 0.15-0.18 MB RSS each (200 loaded in a fresh process, this machine).
-MODEL_MB_BY_RUNTIME = {"keras": DEFAULT_MODEL_MB, "float32": 0.17, "int8": 0.17}
+# Boosted trees (`xgboost`): 200 loaded and each scored once (the 40 regions of `make_churn(500, 40)`, the sample
+# spec's gbt settings: boosters of 2-100 KB, 40 KB on average) took 0.056 MB RSS each; it grows with the booster.
+MODEL_MB_BY_RUNTIME = {"keras": DEFAULT_MODEL_MB, "float32": 0.17, "int8": 0.17, "xgboost": 0.06}
+# An ensemble holds each of its members loaded (by its own runtime) and little else: a gbt + LiteRT linear
+# ensemble took 0.185 MB, its members 0.028 + 0.141 MB, loaded 300 times each in fresh processes.
+ENSEMBLE_OVERHEAD_MB = 0.02
 # A serving process (`fleetops.serving.server` and TensorFlow imported) with one such model loaded
 # and traced at those shapes: 687 MB RSS, measured the same way; a dedicated node holds one of these.
 DEFAULT_SERVER_MB = 690.0
@@ -301,6 +306,8 @@ class ServingInputs:
     endpoint_rps: dict[str, float] = field(default_factory=dict)
     # Models requested within the window: the fleet endpoint's cache working set (default: every model).
     working_set: Figure | None = None
+    # Why the fleet's models cannot go into a pool at all (e.g. boosted trees: no prebuilt container serves them).
+    pool_refused: str = ""
 
 
 @dataclass
@@ -382,6 +389,8 @@ def _option(name: str, inputs: ServingInputs, prices: PriceTable, region: str, m
         per_pool = max(lo, math.ceil(rps / pools / capacity))
         if per_pool > hi:
             problems.append(f"each pool needs {per_pool} nodes for its traffic; serving.max_replica_count is {hi}")
+        if inputs.pool_refused:
+            problems.append(inputs.pool_refused)
         nodes = pools * per_pool
         arithmetic = (
             f"{pools:,} pool(s) [ceil({total_mb:,.0f} MB of models / {max(room, 0):,.0f} MB a node)] x {per_pool} "
@@ -468,9 +477,11 @@ def runtime_figures(record: Any) -> dict[str, float]:
     """Memory (MB), p50 latency (ms) and load time (ms) of the runtime a version is served with.
 
     `record` is the `runtimes` entry of a version's lineage, as evaluation measured it: `serving` names
-    the runtime (`keras`, `float32`, `int8`) and `variants` holds each one's `load_ms` and `p50_ms`.
-    Memory per loaded model is not measurable per version inside a shared process, so it is the
-    figure measured here for that runtime (`MODEL_MB_BY_RUNTIME`). Anything missing is left out.
+    the runtime (`keras`, `float32`, `int8`, `xgboost`, `ensemble`) and `variants` holds each one's
+    `load_ms` and `p50_ms`. Memory per loaded model is not measurable per version inside a shared
+    process, so it is the figure measured here for that runtime (`MODEL_MB_BY_RUNTIME`); an
+    ensemble's is its members' (`members`: the runtime serving each) plus `ENSEMBLE_OVERHEAD_MB`.
+    Anything missing is left out.
     """
     if not isinstance(record, dict) or not isinstance(record.get("variants"), dict):
         return {}
@@ -478,7 +489,15 @@ def runtime_figures(record: Any) -> dict[str, float]:
     variant = record["variants"].get(serving)
     if not isinstance(variant, dict):
         return {}
-    found = {"model_mb": MODEL_MB_BY_RUNTIME.get(serving, DEFAULT_MODEL_MB)}
+    found: dict[str, float] = {}
+    if serving == "ensemble":
+        members = variant.get("members")
+        if isinstance(members, dict) and members:
+            found["model_mb"] = ENSEMBLE_OVERHEAD_MB + sum(
+                MODEL_MB_BY_RUNTIME.get(runtime, DEFAULT_MODEL_MB) for runtime in members.values()
+            )
+    else:
+        found["model_mb"] = MODEL_MB_BY_RUNTIME.get(serving, DEFAULT_MODEL_MB)
     for key in ("p50_ms", "load_ms"):
         if _number(variant.get(key)) and variant[key] > 0:
             found[key] = float(variant[key])
@@ -693,6 +712,18 @@ def serving_inputs(
         target_cpu=target,
         endpoint_rps=endpoint_rps,
         working_set=hot,
+        pool_refused=_pool_refused(spec),
+    )
+
+
+def _pool_refused(spec: Any) -> str:
+    """Why the spec's architectures cannot be co-hosted: Vertex's prebuilt TensorFlow container serves Keras only."""
+    others = [a.value for a in getattr(spec, "architectures", []) if not getattr(a, "is_keras", True)]
+    if not others:
+        return ""
+    return (
+        f"architectures {others} are served by our container only (no prebuilt container loads boosted trees "
+        "or our ensembles), and a pool takes prebuilt containers' models only"
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +174,9 @@ def evaluate_shard(
         rows = by_segment.get(segment, frame.iloc[:0])
         test = rows[rows[SPLIT_COLUMN] == TEST]
         started = time.perf_counter()
+        # Loads the model as it is served: the Keras model, the booster, or every member of an ensemble.
         challenger = load_artifact(Path(model_dir) / segment_slug(segment))
-        keras_load_ms = (time.perf_counter() - started) * 1000
+        load_ms = (time.perf_counter() - started) * 1000
         if test.empty:
             metrics, scores, y = {}, None, None
             why = f"segment {segment!r} has no test rows ({len(rows)} row(s) in all)"
@@ -198,8 +200,12 @@ def evaluate_shard(
             "tuning": challenger.metadata.get("tuning"),
             "fallback": challenger.metadata.get("fallback"),
             "transfer": challenger.metadata.get("transfer"),
-            # Keras against its LiteRT flatbuffers, measured here: what serving each one costs and changes.
-            "runtimes": runtime_tradeoff(spec, challenger, keras_load_ms, test, y, scores),
+            # What the trainer chose among the candidate architectures (and global model), and why.
+            "architecture": challenger.metadata.get("architecture"),
+            "selection": challenger.metadata.get("selection"),
+            # Keras against its LiteRT flatbuffers (or the booster, or the ensemble), measured here: what
+            # serving each one costs and changes.
+            "runtimes": runtime_tradeoff(spec, challenger, load_ms, test, y, scores),
             # Test labels and scores, so the run summary can pool the metric over the whole fleet.
             "predictions": None
             if y is None
@@ -211,27 +217,33 @@ def evaluate_shard(
     return results
 
 
-# Single-instance predictions timed per runtime after the first (timed apart: Keras traces on it).
-LATENCY_REPEATS = {"keras": 9, "litert": 25}
+# Single-instance predictions timed per runtime after the first (timed apart: Keras traces on it, and so
+# does an ensemble's Keras member served without a flatbuffer).
+LATENCY_REPEATS = {"keras": 9, "litert": 25, "xgboost": 25, "ensemble": 9}
 
 
 def runtime_tradeoff(
     spec: FleetSpec,
     artifact: Any,
-    keras_load_ms: float,
+    load_ms: float,
     test: pd.DataFrame,
     y: np.ndarray | None,
-    keras_scores: np.ndarray | None,
+    scores: np.ndarray | None,
 ) -> dict[str, Any]:
     """What each runtime of a model costs and changes, measured in this process.
 
-    Per runtime (`keras` and each LiteRT variant the artifact holds): file bytes, load ms (Keras:
-    `load_artifact`; LiteRT: read and build the interpreter), the first and the p50 ms of one
-    instance through `Predictor.predict_columns` (what the server runs per request; Keras traces
-    its graph on the first); for the LiteRT variants also
-    the largest score difference from Keras on the test rows and the change of the primary metric
-    there (`metric_delta`, variant minus Keras). `serving` is what `Predictor.load` will serve;
-    `skipped` says why a variant was not exported. An artifact without flatbuffers has only `keras`.
+    A Keras artifact, per runtime (`keras` and each LiteRT variant the artifact holds): file bytes,
+    load ms (Keras: `load_artifact`, given as `load_ms`; LiteRT: read and build the interpreter), the
+    first and the p50 ms of one instance through `Predictor.predict_columns` (what the server runs per
+    request; Keras traces its graph on the first); for the LiteRT variants also the largest score
+    difference from Keras (`scores`) on the test rows and the change of the primary metric there
+    (`metric_delta`, variant minus Keras). `serving` is what `Predictor.load` will serve; `skipped`
+    says why a variant was not exported. An artifact without flatbuffers has only `keras`.
+
+    Boosted trees and ensembles have one runtime, the one `Predictor.load` serves them with, so nothing
+    to compare it with: `xgboost` (bytes: the booster file) or `ensemble` (bytes: the whole artifact,
+    members included; `members`: the runtime each member is served with, which decides its memory),
+    each with its load ms (`load_artifact`: the booster, or every member) and first and p50 ms.
     """
     from fleetops.data.validation import coerce_features
     from fleetops.names import MODEL_FILE
@@ -247,36 +259,60 @@ def runtime_tradeoff(
         first = typed.iloc[0]
         one = {c: [None if pd.isna(first[c]) else float(first[c])] for c in features["numeric"]}
         one |= {c: [str(first[c])] for c in features["categorical"]}
+    metric = spec.primary_metric
+    if artifact.kind != "keras":
+        return _own_runtime(artifact, load_ms, one, metric)
     keras = Predictor(artifact)
     variants: dict[str, dict[str, Any]] = {
         "keras": {
             "bytes": (artifact.path / MODEL_FILE).stat().st_size,
-            "load_ms": round(keras_load_ms, 3),
+            "load_ms": round(load_ms, 3),
             **_latency_ms(keras, one, LATENCY_REPEATS["keras"]),
         }
     }
-    metric = spec.primary_metric
-    keras_value = _metrics(spec.task, y, keras_scores, artifact.classes).get(metric) if y is not None else None
+    keras_value = _metrics(spec.task, y, scores, artifact.classes).get(metric) if y is not None else None
     arrays = {c: typed[c].to_numpy(dtype="float32").reshape(-1, 1) for c in features["numeric"]}
     arrays |= {c: typed[c].astype(str).to_numpy(dtype=object).reshape(-1, 1) for c in features["categorical"]}
     for variant in (artifact.metadata.get("litert") or {}).get("variants") or {}:
         path = artifact.path / FILES[variant]
         started = time.perf_counter()
         lite = LiteModel.load(path)
-        load_ms = (time.perf_counter() - started) * 1000
+        variant_load_ms = (time.perf_counter() - started) * 1000
         entry: dict[str, Any] = {
             "bytes": path.stat().st_size,
-            "load_ms": round(load_ms, 3),
+            "load_ms": round(variant_load_ms, 3),
             **_latency_ms(Predictor(artifact, lite, variant), one, LATENCY_REPEATS["litert"]),
         }
-        if y is not None and keras_scores is not None:
-            scores = shape_outputs(artifact.task, lite.predict(arrays))
-            value = _metrics(spec.task, y, scores, artifact.classes).get(metric)
-            entry["max_delta"] = max_difference(scores, keras_scores)
+        if y is not None and scores is not None:
+            variant_scores = shape_outputs(artifact.task, lite.predict(arrays))
+            value = _metrics(spec.task, y, variant_scores, artifact.classes).get(metric)
+            entry["max_delta"] = max_difference(variant_scores, scores)
             entry["metric_delta"] = None if value is None or keras_value is None else value - keras_value
         variants[variant] = entry
     skipped = (artifact.metadata.get("litert") or {}).get("skipped") or {}
     return {"serving": choose_runtime(artifact.metadata), "metric": metric, "variants": variants, "skipped": skipped}
+
+
+def _own_runtime(artifact: Any, load_ms: float, one: dict[str, list[Any]], metric: str) -> dict[str, Any]:
+    """The one runtime of boosted trees (`xgboost`) or an ensemble (`ensemble`), measured as `runtime_tradeoff` says."""
+    from fleetops.serving.predictor import ENSEMBLE, XGBOOST, Predictor
+    from fleetops.training.trees import BOOSTER_FILE
+
+    if artifact.kind == "gbt":
+        runtime, size = XGBOOST, (artifact.path / BOOSTER_FILE).stat().st_size
+    else:
+        runtime = ENSEMBLE
+        size = sum(f.stat().st_size for f in artifact.path.rglob("*") if f.is_file())
+    # The model `load_artifact` loaded is what `Predictor.load` serves these kinds with.
+    predictor = Predictor(artifact, artifact.model, runtime)
+    entry: dict[str, Any] = {
+        "bytes": size,
+        "load_ms": round(load_ms, 3),
+        **_latency_ms(predictor, one, LATENCY_REPEATS[runtime]),
+    }
+    if runtime == ENSEMBLE:
+        entry["members"] = {name: member.runtime for name, member in artifact.model.members.items()}
+    return {"serving": predictor.runtime, "metric": metric, "variants": {runtime: entry}, "skipped": {}}
 
 
 def _latency_ms(predictor: Any, one: dict[str, list[Any]], repeats: int) -> dict[str, float]:
@@ -310,8 +346,14 @@ def register_shard(
     container, the only kind Vertex co-hosts: each artifact first gets its SavedModel export
     (`fleetops.training.savedmodel`, about 0.4 s a model, so only then), and a custom
     `serving_image` is refused before anything is exported or registered.
+
+    Boosted trees and ensembles are served by fleetops' own serving container only (`fleetops
+    serve-container` in the fleetops image): Vertex's prebuilt TensorFlow one cannot load them, so
+    registering one with it, or on a registry that needs an image without one, is refused
+    (`_check_servable`), before anything is registered.
     """
     serving_image = _serving_image(spec, serving_image)
+    _check_servable(spec, platform, model_dir, evaluations, serving_image)
     if spec.serving_pool:
         from fleetops.training.savedmodel import export_savedmodel
 
@@ -323,7 +365,7 @@ def register_shard(
     ]
     registrations = platform.registry.upload_versions(requests)
     results = []
-    for evaluation, registration in zip(evaluations, registrations, strict=True):
+    for evaluation, request, registration in zip(evaluations, requests, registrations, strict=True):
         promote = bool(evaluation["promote"])
         version = registration.version
         if promote and not registration.created and CHAMPION_ALIAS not in version.aliases:
@@ -348,6 +390,8 @@ def register_shard(
                 # Why it was (not) promoted, for the summary's notes on undefined values.
                 "reason": evaluation.get("reason"),
                 "artifact_uri": version.artifact_uri,
+                # What the segment serves (linear, dnn, gbt, ensemble, global_<architecture>), for the summary.
+                "architecture": (request.lineage or {}).get("architecture"),
             }
         )
     return results
@@ -365,6 +409,42 @@ def _serving_image(spec: FleetSpec, serving_image: str | None) -> str | None:
             f"(fleetops then registers with {PREBUILT_TF_IMAGE}) or another prebuilt tf2-cpu image"
         )
     return image or PREBUILT_TF_IMAGE
+
+
+def _check_servable(
+    spec: FleetSpec, platform: Platform, model_dir: str | Path, evaluations: list[dict[str, Any]], image: str | None
+) -> None:
+    """Refuse to register a model that the serving container it would be registered with cannot serve.
+
+    A Keras model is served by Vertex's prebuilt TensorFlow container (from its SavedModel) or by
+    ours; boosted trees and ensembles only by ours, the fleetops image (`fleetops serve-container`
+    loads them as `Predictor.load` does). So for those, `image` must be given where the registry
+    needs one (Vertex), and must not be Vertex's TensorFlow container.
+    """
+    from fleetops.training.artifact import KINDS, read_metadata
+
+    needed = platform.registry.requires_serving_image
+    if not is_prebuilt_tf_image(image) and (image or not needed):
+        return
+    for evaluation in evaluations:
+        segment = evaluation["segment"]
+        metadata = read_metadata(Path(model_dir) / segment_slug(segment))
+        kind = KINDS[metadata["format"]]
+        if kind == "keras":
+            continue
+        what = "XGBoost boosted trees" if kind == "gbt" else "an ensemble of models"
+        model = f"the model of segment {segment!r} (architecture {metadata.get('architecture', kind)}) is {what}"
+        own = (
+            "pass the fleetops image as the pipeline's serving_image (`fleetops submit --serving-image IMAGE`) "
+            "or set registry.serving_image in the spec: its `fleetops serve-container` serves every kind"
+        )
+        if image:
+            pool = "; and set serving.cohosting: none (a pool co-hosts only that container's models)"
+            raise UserError(
+                f"{model}, and the serving image {image} is Vertex's prebuilt TensorFlow container, which serves "
+                f"only Keras models (their SavedModel) and cannot load it: {own}{pool if spec.serving_pool else ''}"
+            )
+        raise UserError(f"{model}, and no serving image was given, which the registry (Vertex) requires: {own}")
 
 
 def _upload_request(
@@ -406,6 +486,8 @@ def _upload_request(
         "trainer": metadata.get("trainer"),
         "transfer": metadata.get("transfer"),
         "fallback": metadata.get("fallback"),
+        # Which candidate was chosen and why, with each one's values (`fleetops models` shows it).
+        "selection": _selection_lineage(metadata.get("selection")),
         # Keras against LiteRT (bytes, load ms, p50 ms, metric change), for cost estimates; why a
         # variant is missing stays in the evaluation and the artifact (the lineage is kept short).
         "runtimes": {k: v for k, v in evaluation["runtimes"].items() if k != "skipped"}
@@ -455,6 +537,7 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
         lines += ["", f"**Champion**: {e['reason']}; promote: {'yes' if e['promote'] else 'no'}.", ""]
         if e.get("fallback"):
             lines += [f"**The fleet's global model** stands in for this segment: {e['fallback']['reason']}.", ""]
+        lines += _selection_report(e.get("selection"), e.get("architecture"))
         transfer = e.get("transfer")
         if transfer:
             metric = transfer["metric"]
@@ -487,12 +570,17 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
             lines += ["|---|---|---|---|---|---|---|"]
             for name, r in runtimes["variants"].items():
                 delta = "" if r.get("max_delta") is None else f"{r['max_delta']:.1e}"
-                change = "" if name == "keras" else _fmt(r.get("metric_delta"))
+                # Deltas are against Keras: none for Keras itself, nor for the one runtime of trees or an ensemble.
+                change = "" if name in ("keras", "xgboost", "ensemble") else _fmt(r.get("metric_delta"))
                 lines.append(
                     f"| {name} | {r['bytes']} | {r['load_ms']:.2f} | {r['first_ms']:.3f} | {r['p50_ms']:.3f} "
                     f"| {delta} | {change} |"
                 )
             lines += ["", *[f"- no {name}: {why}" for name, why in sorted(runtimes.get("skipped", {}).items())]]
+            for r in runtimes["variants"].values():
+                if r.get("members"):
+                    served = ", ".join(f"{name} {runtime}" for name, runtime in sorted(r["members"].items()))
+                    lines.append(f"- the runtime serving each member: {served}")
             lines.append("")
         tuning = e.get("tuning") or {}
         if tuning.get("trials"):
@@ -505,6 +593,29 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
                 lines.append(f"| {t['trial_id']} | {t['state']} | {_fmt(t['value'])} | {t['seconds']:.1f} | {values} |")
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _selection_report(selection: dict[str, Any] | None, architecture: str | None) -> list[str]:
+    """The trainer's choice as Markdown: every candidate's validation and test values, the chosen one and why,
+    and the candidates that failed to train (with why). Nothing for models trained before selection records."""
+    if not selection:
+        return []
+    metric, chosen = selection.get("metric", "metric"), selection.get("chosen")
+    served = f" (serves {architecture})" if architecture and architecture != chosen else ""
+    goal = f", {selection['goal']}" if selection.get("goal") else ""
+    lines = [f"**Model selection** on validation {metric}{goal}: chose {chosen}{served}: {selection.get('reason')}", ""]
+    candidates = selection.get("candidates") or {}
+    if candidates:
+        lines += [f"| candidate | validation {metric} | test {metric} |", "|---|---|---|"]
+        for name, values in candidates.items():
+            label = f"{name} ({values['architecture']})" if values.get("architecture") else name
+            label += " **chosen**" if name == chosen else ""
+            lines.append(f"| {label} | {_metric(values.get('validation'))} | {_metric(values.get('test'))} |")
+        lines.append("")
+    failed = selection.get("failed") or {}
+    if failed:
+        lines += [*[f"- {name} failed: {why}" for name, why in sorted(failed.items())], ""]
+    return lines
 
 
 def summarize(
@@ -542,6 +653,14 @@ def summarize(
     lines.append(f"| failed in training | {len(failed):,} |")
     lines.append(f"| new versions | {created:,} ({len(rows) - created:,} unchanged: identical data, no new version) |")
     lines.append(f"| new champions | {promoted:,} |")
+    architectures = _architectures(rows, evaluations or [])
+    if architectures:
+        lines.append(f"| architectures | {_counted(architectures)} |")
+    failed_candidates = Counter(
+        name for e in evaluations or [] for name in (e.get("selection") or {}).get("failed") or {}
+    )
+    if failed_candidates:
+        lines.append(f"| candidates that failed to train | {_counted(failed_candidates, ' in {:,} segment(s)')} |")
     values = np.array([r["value"] for r in rows if r["value"] is not None], dtype="float64")
     pooled = _pooled(evaluations or [], metric, spec)
     if pooled is not None:
@@ -585,6 +704,18 @@ def summarize(
         *table,
     ]
     return "\n".join(lines) + "\n"
+
+
+def _architectures(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]]) -> Counter[str]:
+    """How many registered segments serve each architecture (rows from before architectures were recorded: none)."""
+    evaluated = {e["segment"]: e.get("architecture") for e in evaluations}
+    return Counter(a for r in rows if (a := r.get("architecture") or evaluated.get(r["segment"])))
+
+
+def _counted(counts: Counter[str], each: str = " {:,}") -> str:
+    """`gbt 612, ensemble 301, dnn 50`: most first, ties by name."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{name}{each.format(n)}" for name, n in ordered)
 
 
 def summary_head(summary: str, where: str, limit: int = _LISTED) -> str:
@@ -636,6 +767,32 @@ def _histogram(values: np.ndarray, bins: int = 10, width: int = 40) -> list[str]
         f"{edges[i]:.3f}-{edges[i + 1]:.3f} | {'#' * int(round(width * c / most)):<{width}} {c}"
         for i, c in enumerate(counts)
     ]
+
+
+def _selection_lineage(selection: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What lineage keeps of the trainer's choice: chosen, why, each candidate's values and who failed (not why).
+
+    The failures' messages stay in the artifact and the evaluation report: a version's lineage is kept short.
+    """
+    if not selection:
+        return None
+
+    def rounded(value: Any) -> Any:
+        return round(float(value), 4) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+    candidates = {}
+    for name, values in (selection.get("candidates") or {}).items():
+        kept = {"validation": rounded(values.get("validation")), "test": rounded(values.get("test"))}
+        if values.get("architecture"):
+            kept["architecture"] = values["architecture"]
+        candidates[name] = kept
+    return {
+        "metric": selection.get("metric"),
+        "chosen": selection.get("chosen"),
+        "reason": selection.get("reason"),
+        "candidates": candidates,
+        "failed": sorted(selection.get("failed") or {}),
+    }
 
 
 def _tuning_lineage(tuning: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -373,25 +373,39 @@ def _run_pipeline(spec: Any, home: Path, platform: str, label: str, pipeline: st
 
 
 def _registry_listing(home: Path) -> str:
-    """Each model's versions with their aliases and their primary metric on their test split."""
+    """Each model's versions with their aliases, primary metric on their test split and architecture; then,
+    for each version whose lineage records the trainer's choice, what it chose among its candidates and why."""
     from fleetops.platform import connect, local_uri
 
     registry = connect(local_uri(home)).registry
     lines = ["registered models:"]
     for model_id in registry.list_models():
-        shown = ", ".join(_version_listing(v) for v in registry.list_versions(model_id))
-        lines.append(f"  {model_id:<24} {shown}")
+        versions = registry.list_versions(model_id)
+        lines.append(f"  {model_id:<24} {', '.join(_version_listing(v) for v in versions)}")
+        lines += [f"    {text}" for v in versions if (text := _selection_listing(v))]
     return "\n".join(lines) + "\n"
 
 
 def _version_listing(version: ModelVersion) -> str:
-    """`v2 [champion, default] auRoc 0.8512`; "undefined" when the metric was undefined on the test split."""
+    """`v2 [champion, default] auRoc 0.8512 (gbt)`; "undefined" when the metric was undefined on the test split."""
     text = f"v{version.version_id}" + (f" [{', '.join(version.aliases)}]" if version.aliases else "")
     metric = version.lineage.get("primary_metric")
-    if metric is None:  # registered outside a fleet run: no evaluation in its lineage
-        return text
-    value = version.lineage.get("test_value")
-    return f"{text} {metric} {'undefined' if value is None else f'{value:.4f}'}"
+    if metric is not None:  # else registered outside a fleet run: no evaluation in its lineage
+        value = version.lineage.get("test_value")
+        text += f" {metric} {'undefined' if value is None else f'{value:.4f}'}"
+    architecture = version.lineage.get("architecture")
+    return f"{text} ({architecture})" if architecture else text
+
+
+def _selection_listing(version: ModelVersion) -> str:
+    """`v2 chose gbt: gbt has the best validation auRoc: 0.8234 (next: ensemble 0.8211); failed: dnn`."""
+    selection = version.lineage.get("selection")
+    if not isinstance(selection, dict) or not selection.get("chosen"):
+        return ""
+    text = f"v{version.version_id} chose {selection['chosen']}"
+    text += f": {selection['reason']}" if selection.get("reason") else ""
+    failed = selection.get("failed")
+    return text + (f"; failed: {', '.join(failed)}" if failed else "")
 
 
 def _endpoint_listing(home: Path) -> str:

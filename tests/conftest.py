@@ -70,6 +70,16 @@ def trained_models(tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="session")
+def kind_artifacts(tmp_path_factory, trained_models):
+    """A gbt, an ensemble and a global_gbt artifact, trained once per session (see tests/model_kinds.py)."""
+    from tests.model_kinds import build
+
+    spec = parse_spec(SAMPLE_SPEC.format(source="x.csv"))
+    churn = make_churn(rows_per_segment=300, segments=2, seed=3)
+    return build(spec, churn, trained_models[0], tmp_path_factory.mktemp("kinds"))
+
+
 class ServerProcess:
     """A fleetops server in a child process on a free loopback port.
 

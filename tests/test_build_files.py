@@ -20,6 +20,19 @@ def test_dockerfile_installs_the_package_from_files_that_exist():
     assert "pip install" in text
 
 
+def test_the_image_installs_and_checks_what_serving_every_model_kind_needs():
+    """The components image is also the serving container: boosted trees need xgboost, LiteRT flatbuffers
+    their interpreter; both come with setup.py's install_requires, and the build imports them."""
+    text = (ROOT / "Dockerfile").read_text()
+    setup = (ROOT / "setup.py").read_text()
+    assert re.search(r'"xgboost-cpu==[\d.]+"', setup) and re.search(r'"ai-edge-litert==[\d.]+"', setup)
+    # setup.py is copied before the dependency install (`pip install .`), which installs its install_requires.
+    assert text.index("COPY setup.py") < text.index("pip install .") < text.index("pip uninstall -y fleetops")
+    check = re.search(r'python -c "([^"]+)"', text).group(1)
+    assert "xgboost" in check and "ai_edge_litert" in check and "fleetops.serving.predictor" in check
+    subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True, capture_output=True)
+
+
 def test_cloudbuild_steps_are_wired():
     build = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
     ids = [s["id"] for s in build["steps"]]

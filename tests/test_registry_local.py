@@ -313,3 +313,31 @@ def test_opening_the_registry_sweeps_staging_left_by_a_killed_upload_but_not_a_l
     assert list(staging.iterdir()) == []  # a finished upload leaves no folder and no lock
     with pytest.raises(NotFoundError):
         registry.get_version("m")
+
+
+def test_a_gbt_and_an_ensemble_artifact_are_stored_whole_and_found_again_by_identity(registry, kind_artifacts):
+    """Real boosted trees and an ensemble (members under members/<name>/; tests/model_kinds.py)."""
+    from fleetops.serving.predictor import Predictor
+    from fleetops.training.artifact import read_metadata
+
+    for kind, model_id in (("gbt", "trees"), ("ensemble", "mixed")):
+        source = kind_artifacts[kind]
+        identity = read_metadata(source)["identity_sha256"]
+        bad = EvaluationInput(SCHEMA, {"auRoc": float("nan")})
+        with pytest.raises(RegistryRuleError, match="finite JSON"):
+            registry.upload_version(model_id, source, identity=identity, evaluation=bad)
+        with pytest.raises(NotFoundError):
+            registry.get_version(model_id)  # the refused upload left no version
+        first = registry.upload_version(
+            model_id, source, identity=identity, evaluation=EvaluationInput(SCHEMA, {"auRoc": 0.8})
+        )
+        stored = registry.artifact_path(first.version)
+        assert first.version.artifact_sha256 == directory_sha256(source) == directory_sha256(stored)
+        assert first.version.identity_sha256 == identity and first.version.version_id == "1"
+        # The stored copy passes the serving tamper check and serves as the artifact's own runtime.
+        assert Predictor.load(stored, first.version.artifact_sha256).runtime == {"gbt": "xgboost"}.get(kind, kind)
+        again = registry.upload_version(model_id, source, identity=identity)
+        assert not again.created and again.version.version_id == "1"
+        assert len(registry.list_versions(model_id)) == 1
+    members = registry.artifact_path(registry.get_version("mixed"))
+    assert sorted(p.name for p in (members / "members").iterdir()) == ["gbt", "linear"]

@@ -246,3 +246,117 @@ def test_platform_uri_settings_are_validated():
         vertex_settings("vertex://p/r?staging_bucket=b")
     with pytest.raises(UserError, match="is not supported"):
         connect("s3://bucket")
+
+
+# -- boosted trees and ensembles (real artifacts: tests/model_kinds.py) ------------------------------------
+
+IMAGE = "us-docker.pkg.dev/proj-1/fleetops/components:abc123"
+
+
+@pytest.fixture
+def kinds_shard(tmp_path, spec, churn, kind_artifacts):
+    """A shard of north's trees and south's global model (a one-member ensemble), evaluated on the twin."""
+    import shutil
+
+    from fleetops import fleet
+    from fleetops.platform import local_uri
+
+    churn.to_parquet(tmp_path / "raw.parquet")
+    fleet.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "dataset.parquet")
+    shard = tmp_path / "shard"
+    shutil.copytree(kind_artifacts["gbt"], shard / "north")
+    shutil.copytree(kind_artifacts["global"], shard / "south")
+    twin = connect(local_uri(tmp_path / "twin"))
+    evaluations = fleet.evaluate_shard(spec, twin, tmp_path / "dataset.parquet", shard, ["north", "south"])
+    return shard, evaluations
+
+
+def test_trees_and_ensembles_are_registered_for_the_fleetops_serving_container(
+    vertex, fake, spec, kinds_shard, kind_artifacts, tmp_path
+):
+    from fleetops import fleet
+    from fleetops.training.artifact import read_metadata
+
+    shard, evaluations = kinds_shard
+    rows = fleet.register_shard(
+        spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model", pipeline_job="job-1", serving_image=IMAGE
+    )
+    assert [(r["segment"], r["version_id"], r["created"], r["architecture"]) for r in rows] == [
+        ("north", "1", True, "gbt"),
+        ("south", "1", True, "global_gbt"),
+    ]
+    uploads = fake.calls("POST", "models:upload")
+    for upload, segment, architecture in zip(uploads, ("north", "south"), ("gbt", "global_gbt"), strict=True):
+        model = upload["body"]["model"]
+        # Our container, which serves every kind: never Vertex's TensorFlow one, never a SavedModel path.
+        assert model["containerSpec"]["imageUri"] == IMAGE
+        assert model["containerSpec"]["command"] == ["fleetops", "serve-container"]
+        assert model["artifactUri"] == f"gs://bucket/run/model/{segment}"
+        assert model["labels"]["architecture"] == architecture and model["labels"]["segment"] == segment
+        assert model["labels"]["artifact-sha256"] == directory_sha256(shard / segment)
+        assert model["labels"]["identity-sha256"] == read_metadata(shard / segment)["identity_sha256"]
+    north = vertex.registry.get_version("churn-north", "1")
+    assert north.lineage["selection"]["chosen"] == "gbt" and north.lineage["runtimes"]["serving"] == "xgboost"
+    assert vertex.registry.get_version("churn-south", "1").lineage["selection"]["chosen"] == "global"
+
+    # The same models again: found by their identity, nothing uploaded.
+    again = fleet.register_shard(
+        spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model", serving_image=IMAGE
+    )
+    assert [(r["version_id"], r["created"]) for r in again] == [("1", False), ("1", False)]
+    assert len(fake.calls("POST", "models:upload")) == 2
+
+    # North's ensemble (trees and a Keras linear model) is a new version of the same model, for the same container.
+    import shutil
+
+    other = tmp_path / "run2"
+    shutil.copytree(kind_artifacts["ensemble"], other / "north")
+    ensemble = dict(evaluations[0], promote=False)
+    [row] = fleet.register_shard(
+        spec, vertex, other, [ensemble], model_uri="gs://bucket/run2/model", serving_image=IMAGE
+    )
+    assert (row["version_id"], row["created"], row["architecture"]) == ("2", True, "ensemble")
+    body = fake.calls("POST", "models:upload")[-1]["body"]
+    assert body["parentModel"].endswith("/models/churn-north") and body["model"]["containerSpec"]["imageUri"] == IMAGE
+    assert body["model"]["labels"]["artifact-sha256"] == directory_sha256(other / "north")
+
+
+def test_trees_without_a_serving_image_are_refused_before_any_request(vertex, fake, spec, kinds_shard):
+    from fleetops import fleet
+    from fleetops.spec import PREBUILT_TF_IMAGE
+
+    shard, evaluations = kinds_shard
+    with pytest.raises(
+        UserError,
+        match=r"the model of segment 'north' \(architecture gbt\) is XGBoost boosted trees, and no serving image was "
+        r"given, which the registry \(Vertex\) requires: pass the fleetops image as the pipeline's serving_image "
+        r"\(`fleetops submit --serving-image IMAGE`\) or set registry.serving_image in the spec",
+    ):
+        fleet.register_shard(spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model")
+    with pytest.raises(UserError, match=r"segment 'north' .* is Vertex's prebuilt TensorFlow container"):
+        fleet.register_shard(
+            spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model", serving_image=PREBUILT_TF_IMAGE
+        )
+    assert fake.requests == []
+    # The spec's registry.serving_image is what the pipeline registers with when it passes none.
+    own = spec.model_copy(update={"registry": spec.registry.model_copy(update={"serving_image": IMAGE})})
+    fleet.register_shard(own, vertex, shard, evaluations, model_uri="gs://bucket/run/model")
+    assert {c["body"]["model"]["containerSpec"]["imageUri"] for c in fake.calls("POST", "models:upload")} == {IMAGE}
+
+
+def test_a_failed_registration_of_trees_leaves_no_version_on_vertex(vertex, fake, spec, kinds_shard):
+    from fleetops import fleet
+    from fleetops.errors import NotFoundError
+
+    shard, evaluations = kinds_shard
+    fake.fail_evaluation_import = True
+    with pytest.raises(Exception, match="injected failure"):
+        fleet.register_shard(spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model", serving_image=IMAGE)
+    with pytest.raises(NotFoundError):
+        vertex.registry.list_versions("churn-north")  # its first version was undone, and the model with it
+    fake.fail_evaluation_import = False
+    rows = fleet.register_shard(
+        spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model", serving_image=IMAGE
+    )
+    assert [(r["segment"], r["created"]) for r in rows] == [("north", True), ("south", True)]
+    assert [v.version_id for v in vertex.registry.list_versions("churn-north")] == ["1"]

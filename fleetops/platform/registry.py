@@ -110,6 +110,10 @@ class Evaluation:
 class ModelRegistry(ABC):
     """Versions, aliases, labels, lineage and evaluations of models, keyed by model id."""
 
+    # Whether an upload must name the serving container image (Vertex: yes; the twin serves every
+    # version with its own server and records the image only).
+    requires_serving_image: bool = False
+
     @abstractmethod
     def upload_version(
         self,

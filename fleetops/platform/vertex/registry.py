@@ -53,6 +53,8 @@ SERVING_PORT = 8080
 
 
 class VertexModelRegistry(ModelRegistry):
+    requires_serving_image = True
+
     def __init__(self, settings: VertexSettings, credentials: Any = None):
         self.settings = settings
         self.credentials = credentials
