@@ -107,3 +107,36 @@ def test_is_better_respects_goal_and_margin():
     assert not is_better(0.38, 0.40, "minimize", 0.05)
     assert is_better(0.5, None, "maximize", 0.1)
     assert not is_better(None, 0.5, "maximize", 0.0)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("n", [3, 40, 700])
+def test_metrics_equal_sklearns_definitions(k, n):
+    """The numpy metrics are sklearn's: ranked areas with tied scores, log loss, confusion matrix, thresholds."""
+    from sklearn import metrics as skm
+
+    from fleetops.evaluation.metrics import primary_value
+
+    rng = np.random.default_rng(k * 1000 + n)
+    for rounding in (2, 6):  # coarse probabilities tie often
+        y = rng.integers(0, k, n)
+        y[:k] = np.arange(k)[: min(k, n)] if n >= k else y[:k]
+        p = rng.dirichlet(np.ones(k), n).round(rounding)
+        p = p / p.sum(axis=1, keepdims=True)
+        classes = [str(i) for i in range(k)]
+        ours = classification_metrics(y, p, classes)
+        given, p = p, p / p.sum(axis=1, keepdims=True)  # as the function normalises rows (ties must stay ties)
+        one_hot = np.eye(k, dtype=int)[y]
+        truth, scores = (one_hot[:, 1], p[:, 1]) if k == 2 else (one_hot.ravel(), p.ravel())
+        if len(np.unique(truth)) == 2:
+            assert ours["auRoc"] == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+            assert ours["auPrc"] == pytest.approx(skm.average_precision_score(truth, scores), abs=1e-12)
+        clipped = np.clip(p, 1e-15, 1 - 1e-15)
+        assert ours["logLoss"] == pytest.approx(skm.log_loss(y, clipped, labels=list(range(k))), rel=1e-9)
+        assert ours["confusionMatrix"]["rows"] == skm.confusion_matrix(y, p.argmax(1), labels=list(range(k))).tolist()
+        for entry in ours["confidenceMetrics"]:
+            predicted = scores >= entry["confidenceThreshold"]
+            assert entry["truePositiveCount"] == int((predicted & (truth == 1)).sum())
+            assert entry["trueNegativeCount"] == int((~predicted & (truth == 0)).sum())
+        for metric in ("auRoc", "logLoss", "accuracy", "auPrc"):
+            assert primary_value("x", metric, y, given, classes) == pytest.approx(ours[metric], abs=1e-12)

@@ -204,6 +204,8 @@ class TreeFit:
     model: Any = None
     rounds: int = 0
     failure: str | None = None
+    validation: np.ndarray | None = None  # shaped outputs on the segment's validation rows
+    test: np.ndarray | None = None  # ... and on its test rows
 
 
 def fit_tree_segments(
@@ -223,7 +225,7 @@ def fit_tree_segments(
     from fleetops.training.trees import fit_trees
 
     def one(segment: str) -> TreeFit:
-        train, validation, _ = split_rows(typed[segment])
+        train, validation, test = split_rows(typed[segment])
         try:
             if train.empty or validation.empty:
                 raise ValueError(f"{len(train)} train and {len(validation)} validation rows; both must be non-empty")
@@ -241,7 +243,9 @@ def fit_tree_segments(
             )
         except Exception as exc:  # one candidate's failure is recorded; the others still compete
             return TreeFit(failure=f"gbt training failed: {type(exc).__name__}: {exc}")
-        return TreeFit(model, rounds)
+        fit = TreeFit(model, rounds)
+        fit.validation, fit.test = tree_outputs(fit, spec.task, validation), tree_outputs(fit, spec.task, test)
+        return fit
 
     workers = threads or max(1, min(len(typed), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -912,7 +912,6 @@ def _choose_and_export_segments(
         score,
         selection_record,
         split_rows,
-        tree_outputs,
     )
     from fleetops.training.litert import LiteExporter
     from fleetops.training.trainer import SEGMENT_COLUMN, TrainResult
@@ -948,8 +947,7 @@ def _choose_and_export_segments(
             if tree.failure:
                 failed["gbt"] = tree.failure
             else:
-                val_out, test_out = (tree_outputs(tree, spec.task, part) for part in (validation_rows, test_rows))
-                scored.append(score("gbt", spec, classes, y_val, y_test, val_out, test_out))
+                scored.append(score("gbt", spec, classes, y_val, y_test, tree.validation, tree.test))
                 details = {"rounds_trained": tree.rounds, "trainer": {"kind": "gbt", "segments_in_pack": 1}}
                 built["gbt"] = Built(tree.model, "gbt", details)
         weights = None

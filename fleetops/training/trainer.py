@@ -306,7 +306,6 @@ def train_segment(
         score,
         selection_record,
         split_rows,
-        tree_outputs,
     )
     from fleetops.training.litert import LiteExporter
     from fleetops.training.model import to_inputs
@@ -333,7 +332,7 @@ def train_segment(
             if tree.failure:
                 failed[name] = tree.failure
                 continue
-            outputs = [tree_outputs(tree, spec.task, part) for part in (validation, test)]
+            outputs = [tree.validation, tree.test]
             details = {"rounds_trained": tree.rounds, "trainer": {"kind": "gbt"}}
             built[name] = Built(tree.model, name, details)
         else:
