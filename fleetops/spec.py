@@ -358,7 +358,10 @@ class ServingSpec(_Strict):
         pattern="^(keras|litert|litert_quantized)$",
         description="keras: serve the Keras model; litert: its float32 LiteRT flatbuffer where that agrees with it "
         "(else Keras); litert_quantized: also the int8 flatbuffer where its validation metric drops by at most "
-        "quantized_max_metric_drop. `:explain` always uses the Keras model.",
+        "quantized_max_metric_drop. These choose among a Keras model's (linear, dnn) runtimes: gbt models score "
+        "through their XGBoost booster, ensembles through their members. `:explain` explains Keras models with "
+        "their Keras model (integrated gradients, whichever runtime serves `:predict`), gbt with TreeSHAP, "
+        "ensembles through their members.",
     )
     quantized_max_metric_drop: float = Field(
         0.002, ge=0, description="How much worse the primary metric may be on validation for int8 to be served."

@@ -38,7 +38,9 @@ TASKS = {
 }
 PRIMARY_METRIC = {Task.BINARY: "auRoc", Task.MULTICLASS: "logLoss", Task.REGRESSION: "rootMeanSquaredError"}
 SEGMENT = "area"  # the segment as a feature (the spec's segment column may not be one): a copy of region
-COMPLETENESS = 1e-5  # relative: TreeSHAP is exact, the rescaling too, up to float error
+# Relative: TreeSHAP is exact, so is the binary rescaling, up to float error; multiclass integrates
+# along the margin path by Gauss-Legendre, to ~1e-14 on the sample data.
+COMPLETENESS = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +213,8 @@ def test_gbt_attributions_are_complete_and_in_the_outputs_units(gbt_models, rows
 
 
 @pytest.mark.parametrize("task", list(TASKS), ids=lambda t: t.value)
-def test_gbt_attributions_keep_treeshaps_shares(gbt_models, rows, task):
-    """Rescaled to the output's units, each instance's attributions stay proportional to TreeSHAP's margins."""
+def test_gbt_attributions_are_treeshaps_contributions_carried_along_the_margin_path(gbt_models, rows, task):
+    """Regression: TreeSHAP's margins; binary: rescaled by one factor; multiclass: the softmax path integral."""
     predictor = Predictor.load(gbt_models[task])
     trees = predictor.artifact.model
     columns = predictor.columns(_instances(rows, predictor.features))
@@ -234,7 +236,11 @@ def test_gbt_attributions_keep_treeshaps_shares(gbt_models, rows, task):
             p_base = np.exp(base_margins[k]) / np.exp(base_margins).sum()
         assert attribution["instanceOutputValue"] == pytest.approx(p, rel=1e-12)
         assert attribution["baselineOutputValue"] == pytest.approx(p_base, rel=1e-12)
-        np.testing.assert_allclose(values, margins * (p - p_base) / margins.sum(), rtol=1e-9, atol=1e-15)
+        if task is Task.BINARY:  # the sigmoid is 1-D: the path integral is one factor for every feature
+            np.testing.assert_allclose(values, margins * (p - p_base) / margins.sum(), rtol=1e-9, atol=1e-15)
+        else:  # checked against another rule, Simpson's, on a fine grid
+            expected, _ = _path_reference(base_margins, contributions[i, :, :-1], k)
+            np.testing.assert_allclose(values, expected, rtol=1e-8, atol=1e-12)
 
 
 def test_gbt_regression_attributions_are_xgboosts_own_contributions(gbt_models, rows):
@@ -255,7 +261,7 @@ def test_gbt_regression_attributions_are_xgboosts_own_contributions(gbt_models, 
 
 
 def _one_feature_rows(task: Task, n: int = 400) -> pd.DataFrame:
-    """Only `signal` matters: the label is 10 (regression) or 1 (binary) when it is above 0.5, else 0."""
+    """Only `signal` matters: the label is 10 (regression) or 1 (binary) above 0.5, else 0; multiclass its third."""
     rng = np.random.default_rng(11)
     frame = pd.DataFrame(
         {
@@ -267,6 +273,8 @@ def _one_feature_rows(task: Task, n: int = 400) -> pd.DataFrame:
     )
     above = (frame["signal"] > 0.5).to_numpy()
     frame["y"] = np.where(above, 10.0, 0.0) if task is Task.REGRESSION else above.astype(int)
+    if task is Task.MULTICLASS:
+        frame["y"] = np.digitize(frame["signal"], [1 / 3, 2 / 3])
     return frame
 
 
@@ -279,8 +287,8 @@ def _one_feature_model(task: Task, directory, **training):
     params = TrainingSpec(**training)
     vocabularies = {"colour": ["blue", "green", "red"]}
     y = frame["y"].to_numpy()
-    model, _ = fit_trees(typed, typed, y, y, task, numeric, categorical, vocabularies, params, 2)
-    classes = ["0", "1"] if task is Task.BINARY else []
+    classes = {Task.BINARY: ["0", "1"], Task.MULTICLASS: ["0", "1", "2"]}.get(task, [])
+    model, _ = fit_trees(typed, typed, y, y, task, numeric, categorical, vocabularies, params, len(classes))
     metadata = _metadata(task, numeric, categorical, classes, "gbt")
     save_artifact(model, metadata, {}, directory)
     return Predictor.load(directory), frame
@@ -347,6 +355,155 @@ def test_where_the_margin_does_not_move_the_links_slope_scales():
     tiny = 1e-7
     np.testing.assert_allclose(_output_scale(np.full(4, tiny), _sigmoid(base + tiny), p_base), still, rtol=1e-6)
     assert np.allclose(_output_scale(np.array([1.0]), np.array([0.9]), np.array([0.5])), 0.4)
+
+
+def test_the_only_feature_that_matters_gets_all_of_every_class_probability(tmp_path):
+    """Three classes, the thirds of `signal`'s range: whichever class is explained, `signal` gets all of
+    p_k(x) - p_k(base), and the other features, on which no tree splits, contribute zero vectors and get 0."""
+    predictor, _ = _one_feature_model(Task.MULTICLASS, tmp_path / "thirds", num_trees=30, max_depth=3)
+    trees = predictor.artifact.model
+    assert trees.numeric[0] == "signal"
+    assert set(trees.booster.trees_to_dataframe()["Feature"]) == {"f0", "Leaf"}  # splits on signal, nothing else
+    instances = [
+        {"signal": 0.1, "noise_a": 1.0, "noise_b": -4.0, "colour": "red"},
+        {"signal": 0.5, "noise_a": -2.0, "noise_b": 0.0, "colour": None},
+        {"signal": 0.9, "noise_a": 0.5, "noise_b": 3.0, "colour": "blue"},
+    ]
+    columns = predictor.columns(instances)
+    explained = [_attribution(e) for e in explain(predictor, columns)]
+    assert [a["outputIndex"] for a in explained] == [[0], [1], [2]]  # each instance's own third
+    assert all(a["instanceOutputValue"] > 0.9 for a in explained)
+    arrays = input_arrays(predictor.numeric, predictor.categorical, columns)
+    for k in range(3):  # every class explained for every instance: rising and falling probabilities
+        part = attribute(predictor, arrays, target=np.full(3, k))
+        assert len(set(part.baseline)) == 1 and 0 < part.baseline[0] < 1  # the expected margins' p_k
+        np.testing.assert_allclose(part.values[:, 0], part.instance - part.baseline, rtol=1e-9)
+        assert (part.values[:, 1:] == 0.0).all()
+        assert np.sign(part.instance - part.baseline).tolist() == [1 if i == k else -1 for i in range(3)]
+
+
+def test_a_feature_that_moves_every_margin_alike_moves_no_probability():
+    """Hand-made contributions for three classes from an even baseline (m0 = 0: p = 1/3 each), class 0 explained.
+
+    `lower` takes 1 off class 0's margin, `shift` adds 3 to every margin, which no softmax sees. p_0
+    falls from 1/3 to e^-1 / (e^-1 + 2): all of the fall is `lower`'s, none of it `shift`'s. The
+    old rescaling by (p_0(x) - p_0(base)) / (m_0(x) - m_0(base)), a fall over a margin rise of 2,
+    got both signs wrong: `lower` raised p_0, `shift` lowered it.
+    """
+    from fleetops.serving.explain import _softmax_path
+
+    bias = np.zeros((1, 3))
+    contributions = np.array([[[-1.0, 3.0], [0.0, 3.0], [0.0, 3.0]]])  # (instances, classes, features)
+    values = _softmax_path(bias, contributions, np.array([0]))
+    fall = np.exp(-1) / (np.exp(-1) + 2) - 1 / 3
+    np.testing.assert_allclose(values[0], [fall, 0.0], rtol=1e-12, atol=1e-15)
+    old = contributions[0, 0] * fall / contributions[0, 0].sum()
+    assert old[0] > 0 > old[1]
+
+
+@pytest.fixture(scope="module")
+def sample_multiclass(tmp_path_factory):
+    """A multiclass gbt on the whole sample data (4 regions x 600 rows, plan as the label), every row to explain."""
+    spec = parse_spec(SAMPLE_SPEC.format(source="x.csv"))
+    frame = with_splits(make_churn(), spec.data.split, spec.data.split_key)
+    predictor = Predictor.load(_train_gbt(frame, Task.MULTICLASS, tmp_path_factory.mktemp("sample") / "plan"))
+    records = frame[predictor.features].to_dict("records")
+    columns = predictor.columns([{f: None if pd.isna(v) else v for f, v in row.items()} for row in records])
+    arrays = input_arrays(predictor.numeric, predictor.categorical, columns)
+    trees = predictor.artifact.model
+    return predictor, columns, attribute(predictor, arrays), trees.shap(trees.matrix(arrays))
+
+
+def _old_scale(contributions: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The rescaling multiclass had: (p_k(x) - p_k(base)) / (m_k(x) - m_k(base)), blind to the other margins."""
+    rows = np.arange(len(target))
+    base = contributions[:, :, -1]
+    margins = contributions.sum(axis=2)
+    p = np.exp(margins) / np.exp(margins).sum(axis=1, keepdims=True)
+    p_base = np.exp(base) / np.exp(base).sum(axis=1, keepdims=True)
+    return (p[rows, target] - p_base[rows, target]) / (margins - base)[rows, target]
+
+
+def _path_reference(base_margins: np.ndarray, contributions: np.ndarray, k: int, intervals: int = 2000):
+    """integral of grad p_k(m0 + a dm) . c_j over a in [0, 1] by Simpson's rule, and the integrand on its grid.
+
+    `base_margins` (K,) is m0, `contributions` (K, F) the vectors c_j; returns (F,) and (grid, F).
+    """
+    alphas = np.linspace(0.0, 1.0, 2 * intervals + 1)
+    margins = base_margins + alphas[:, None] * contributions.sum(axis=1)
+    p = np.exp(margins - margins.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    gradient = p[:, [k]] * (np.eye(len(base_margins))[k] - p)  # d p_k / d m along the path: (grid, K)
+    directions = gradient @ contributions  # how each feature's vector moves p_k there: (grid, F)
+    weights = np.ones(len(alphas))
+    weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
+    return weights @ directions / (3 * (len(alphas) - 1)), directions
+
+
+def test_multiclass_gbt_attributions_are_complete_on_the_sample_data(sample_multiclass):
+    """Every row: the attributions sum to p_k(x) - p_k(base), but for the quadrature's error (measured ~1e-14)."""
+    predictor, columns, attributed, contributions = sample_multiclass
+    explained = [_attribution(e) for e in explain(predictor, columns)]
+    assert len(explained) == 2400
+    for attribution in explained:
+        gap, delta = _gap(attribution)
+        assert abs(gap) <= 1e-4 * max(abs(delta), 1e-12)
+        assert attribution["approximationError"] < 1e-10
+    # The rows the old rescaling got wrong are there: its scale was negative, or beyond the sigmoid's 1/4.
+    scale = _old_scale(contributions, attributed.target)
+    assert (scale < 0).sum() >= 5 and scale.max() > 1
+
+
+def test_multiclass_attributions_move_p_k_the_way_their_contribution_vectors_do(sample_multiclass):
+    """On the rows where the old scale was negative: each feature's sign is the way its vector moves p_k.
+
+    How a feature's vector c_j moves p_k is `grad p_k . c_j`, which changes along the path from the
+    base margins to the instance's. Where it keeps one sign all the way (55 of the 60 features of
+    those rows; the other 5 turn, and then the base point's direction need not be the total's), the
+    attribution, its integral, has that sign: the base point's direction, and the instance's. The
+    old attributions had the opposite sign on most of them: c_jk times a negative scale.
+    """
+    predictor, _, attributed, contributions = sample_multiclass
+    scale = _old_scale(contributions, attributed.target)
+    checked = reversed_before = 0
+    for i in np.flatnonzero(scale < 0):
+        k = attributed.target[i]
+        expected, directions = _path_reference(contributions[i, :, -1], contributions[i, :, :-1], k)
+        np.testing.assert_allclose(attributed.values[i], expected, rtol=1e-8, atol=1e-12)
+        one_signed = (directions > 0).all(axis=0) | (directions < 0).all(axis=0)
+        way = np.sign(directions[0, one_signed])
+        assert (np.sign(attributed.values[i, one_signed]) == way).all()
+        old = contributions[i, k, :-1] * scale[i]
+        checked += int(one_signed.sum())
+        reversed_before += int((np.sign(old[one_signed]) != way).sum())
+    assert checked >= 30
+    assert reversed_before > checked / 2
+
+
+def test_multiclass_attributions_stay_within_a_quarter_of_their_contribution_spread(sample_multiclass):
+    """|a_j| <= (max_i c_ji - min_i c_ji) / 4, for every feature of every row: what bounds an attribution.
+
+    The integrand is p_k (c_jk - p . c_j) = p_k sum_(i != k) p_i (c_jk - c_ji), at most
+    p_k (1 - p_k) spread(c_j) <= spread(c_j) / 4 (binary's |c_j| / 4: the sigmoid's largest slope).
+    That bounds a feature by its own trees, not by 1: only the sum, p_k(x) - p_k(base), is a
+    probability change. Two features with opposite vectors each move p_k, though together they
+    do not: from m0 = 0, c = (10, 0, 0) and (-10, 0, 0) get +-20/9. On the sample data the
+    contributions spread over at most ~6.6 and no attribution leaves +-1 (before: up to 157).
+    """
+    from fleetops.serving.explain import _softmax_path
+
+    _, _, attributed, contributions = sample_multiclass
+    per_feature = contributions[:, :, :-1]
+    spread = per_feature.max(axis=1) - per_feature.min(axis=1)
+    assert (np.abs(attributed.values) <= spread / 4 + 1e-12).all()
+    assert np.abs(attributed.values).max() < 1.0
+    old = (
+        per_feature[np.arange(len(per_feature)), attributed.target]
+        * _old_scale(contributions, attributed.target)[:, None]
+    )
+    assert np.abs(old).max() > 1.0
+    cancelling = _softmax_path(np.zeros((1, 3)), np.array([[[10.0, -10.0], [0.0, 0.0], [0.0, 0.0]]]), np.array([0]))
+    np.testing.assert_allclose(cancelling[0], [20 / 9, -20 / 9], rtol=1e-12)
 
 
 def test_a_model_that_never_splits_explains_nothing_without_dividing_by_zero(tmp_path):
