@@ -406,7 +406,9 @@ def sample_multiclass(tmp_path_factory):
     """A multiclass gbt on the whole sample data (4 regions x 600 rows, plan as the label), every row to explain."""
     spec = parse_spec(SAMPLE_SPEC.format(source="x.csv"))
     frame = with_splits(make_churn(), spec.data.split, spec.data.split_key)
-    predictor = Predictor.load(_train_gbt(frame, Task.MULTICLASS, tmp_path_factory.mktemp("sample") / "plan"))
+    predictor = Predictor.load(
+        _train_gbt(frame, Task.MULTICLASS, tmp_path_factory.mktemp("sample") / "plan", max_depth=6)
+    )
     records = frame[predictor.features].to_dict("records")
     columns = predictor.columns([{f: None if pd.isna(v) else v for f, v in row.items()} for row in records])
     arrays = input_arrays(predictor.numeric, predictor.categorical, columns)

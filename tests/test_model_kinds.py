@@ -233,7 +233,15 @@ def test_vertex_s_tensorflow_container_is_refused_for_trees_and_ensembles(run, t
     # A pooled fleet registers for that container: the global model standing for a segment (an ensemble,
     # whatever its architecture) cannot be, and nothing is exported or registered.
     base = run.spec.model_dump(mode="json")
-    pooled = parse_spec(base | {"architectures": ["linear", "dnn"], "serving": base["serving"] | {"cohosting": "pool"}})
+    # (The spec refuses pool with the global candidate; these artifacts come from a run that had it.)
+    pooled = parse_spec(
+        base
+        | {
+            "architectures": ["linear", "dnn"],
+            "serving": base["serving"] | {"cohosting": "pool"},
+            "training": base["training"] | {"candidates": ["segment"]},
+        }
+    )
     south = _by(run.runs[1][0], "south")
     with pytest.raises(UserError, match=r"segment 'south' \(architecture global_gbt\).*set serving.cohosting: none"):
         fleet.register_shard(pooled, platform, run.second, south)
