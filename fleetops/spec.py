@@ -171,7 +171,10 @@ class TrainingSpec(_Strict):
     subsample: float = Field(1.0, gt=0, le=1, description="gbt: share of train rows each tree samples.")
     l2_regularization: float = Field(1.0, ge=0, le=1000, description="gbt: L2 penalty on leaf weights.")
     early_stopping_rounds: int = Field(
-        20, ge=1, le=1000, description="gbt: stop once this many rounds passed without a better validation loss."
+        10,  # scikit-learn's HistGradientBoosting waits 10 too
+        ge=1,
+        le=1000,
+        description="gbt: stop once this many rounds passed without a better validation loss.",
     )
 
     @field_validator("candidates")

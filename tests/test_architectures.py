@@ -119,14 +119,14 @@ def test_a_candidate_that_fails_is_recorded_and_the_others_compete(tmp_path, mon
     rows = _rows(spec, segments=2)
     victim = sorted(rows[SEGMENT_COLUMN].unique())[0]
     victim_train = int(((rows[SEGMENT_COLUMN] == victim) & (rows[SPLIT_COLUMN] == "train")).sum())
-    real_train = xgboost.train
+    real_update = xgboost.Booster.update
 
-    def failing(params, dtrain, *args, **kwargs):  # a library fault on one segment's rows only
+    def failing(self, dtrain, *args, **kwargs):  # a library fault on one segment's rows only
         if dtrain.num_row() == victim_train:
             raise xgboost.core.XGBoostError("out of memory (injected)")
-        return real_train(params, dtrain, *args, **kwargs)
+        return real_update(self, dtrain, *args, **kwargs)
 
-    monkeypatch.setattr(xgboost, "train", failing)
+    monkeypatch.setattr(xgboost.Booster, "update", failing)
     results = {r.segment: r for r in train_pack(rows, spec, tmp_path, log=lambda *_: None)}
     assert results[victim].architecture == "linear"
     selection = read_metadata(results[victim].artifact_dir)["selection"]
@@ -226,3 +226,60 @@ def test_a_categorical_feature_with_ten_thousand_values_trains_and_is_reported(t
     assert json.loads((result.artifact_dir / "metadata.json").read_text())["architecture"] == "gbt"
     assert class_names(rows[spec.label]) == ["0", "1"]
     assert VALIDATION in set(rows[SPLIT_COLUMN])
+
+
+def test_the_boosting_loop_stops_where_xgboost_train_stops():
+    """`fit_booster`'s loop against xgb.train with early stopping: the same best round and the same trees."""
+    from fleetops.spec import Task
+    from fleetops.training.model import fit_vocabularies
+    from fleetops.training.trees import fit_trees
+
+    spec = _spec(["gbt"], num_trees=300)
+    rows = coerce_features(_rows(spec, segments=4), spec.features.numeric, spec.features.categorical)
+    for _, segment in rows.groupby(SEGMENT_COLUMN):
+        train, validation = segment[segment[SPLIT_COLUMN] == "train"], segment[segment[SPLIT_COLUMN] == VALIDATION]
+        y_train, y_validation = train[spec.label].to_numpy(), validation[spec.label].to_numpy()
+        args = (spec.features.numeric, spec.features.categorical, fit_vocabularies(train, spec), spec.training, 2)
+        model, rounds = fit_trees(train, validation, y_train, y_validation, Task.BINARY, *args)
+        kind = {"feature_types": model.feature_types, "enable_categorical": True}
+        d_train = xgboost.DMatrix(model.frame_matrix(train), label=y_train, **kind)
+        d_validation = xgboost.DMatrix(model.frame_matrix(validation), label=y_validation, **kind)
+        params = {
+            "objective": "binary:logistic",
+            "eval_metric": "logloss",
+            "tree_method": "hist",
+            "max_depth": spec.training.max_depth,
+            "eta": spec.training.tree_learning_rate,
+            "seed": spec.training.seed,
+            "nthread": 1,
+            "max_cat_to_onehot": 1,
+        }
+        reference = xgboost.train(
+            params, d_train, 300, evals=[(d_validation, "validation")], early_stopping_rounds=10, verbose_eval=False
+        )
+        assert rounds == reference.best_iteration + 1
+        x = model.frame_matrix(segment)
+        np.testing.assert_array_equal(model.booster.inplace_predict(x), reference[:rounds].inplace_predict(x))
+
+
+def test_shard_encoding_is_each_segments_own_vocabulary(monkeypatch):
+    """`encode_tree_inputs` (one join per column) gives each segment the codes of its own `fit_vocabularies`."""
+    import fleetops.data.validation as validation
+    from fleetops.training.candidates import encode_tree_inputs
+    from fleetops.training.model import fit_vocabularies
+    from fleetops.training.trees import TreeModel
+
+    monkeypatch.setattr(validation, "MAX_VOCABULARY", 3)  # so that a segment with more takes the fallback
+    import fleetops.training.model as model_module
+
+    monkeypatch.setattr(model_module, "MAX_VOCABULARY", 3)
+    spec = _spec(["gbt"])
+    rows = coerce_features(_rows(spec, segments=3), spec.features.numeric, spec.features.categorical)
+    rows.loc[rows.index[:40], "payment_method"] = [f"p{i % 7}" for i in range(40)]  # one segment: 7+ values
+    frames = {name: frame for name, frame in rows.groupby(SEGMENT_COLUMN)}
+    inputs = encode_tree_inputs(frames, spec, ["0", "1"])
+    for s, frame in enumerate(frames.values()):
+        vocabularies = fit_vocabularies(frame[frame[SPLIT_COLUMN] == "train"], spec)
+        assert {c: inputs.vocabularies[c][s] for c in spec.features.categorical} == vocabularies
+        expected = TreeModel(None, spec.task.value, spec.features.numeric, spec.features.categorical, vocabularies)
+        np.testing.assert_array_equal(inputs.x[inputs.starts[s] : inputs.starts[s + 1]], expected.frame_matrix(frame))

@@ -177,9 +177,9 @@ def coerce_features(df: pd.DataFrame, numeric: list[str], categorical: list[str]
     return out
 
 
-def statistics(df: pd.DataFrame, spec: FleetSpec) -> dict[str, Any]:
-    """TFDV-style statistics of the features and the label of `df`."""
-    typed = coerce_features(df, spec.features.numeric, spec.features.categorical)
+def statistics(df: pd.DataFrame, spec: FleetSpec, typed: bool = False) -> dict[str, Any]:
+    """TFDV-style statistics of the features and the label of `df` (`typed`: already `coerce_features`'d)."""
+    typed = df if typed else coerce_features(df, spec.features.numeric, spec.features.categorical)
     features: dict[str, Any] = {}
     for column in spec.features.numeric:
         features[column] = numeric_statistics(typed[column])
@@ -230,15 +230,25 @@ def numeric_statistics(values: pd.Series) -> dict[str, Any]:
 
 
 def categorical_statistics(values: pd.Series) -> dict[str, Any]:
-    missing = int(values.isna().sum())
-    counts = values.dropna().astype(str).value_counts()
+    array = values.to_numpy(dtype=object)
+    missing_mask = pd.isna(array)
+    missing = int(missing_mask.sum())
+    # np.unique over the strings: pandas' value_counts cost ~1 ms a column, a fleet's statistics 4 s per
+    # 1,000 segments. Past TOP_VALUES distinct values, value_counts' choice of the most frequent is kept.
+    names, frequencies = np.unique(array[~missing_mask].astype(str), return_counts=True)
+    if names.size <= TOP_VALUES:
+        order = np.argsort(-frequencies, kind="stable")
+        top = {str(names[i]): int(frequencies[i]) for i in order}
+    else:
+        counts = values.dropna().astype(str).value_counts()
+        top = {str(k): int(v) for k, v in counts.head(TOP_VALUES).items()}
     return {
         "type": "categorical",
         "count": int(len(values) - missing),
         "missing": missing,
         "missing_rate": missing / len(values) if len(values) else 0.0,
-        "unique": int(counts.size),
-        "values": {str(k): int(v) for k, v in counts.head(TOP_VALUES).items()},
+        "unique": int(names.size),
+        "values": top,
     }
 
 

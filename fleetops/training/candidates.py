@@ -217,39 +217,92 @@ def fit_tree_segments(
 ) -> dict[str, TreeFit]:
     """Boosted trees for each segment (typed rows with the split column), trained in parallel threads.
 
-    XGBoost releases the GIL while it trains, so `threads` segments (default: the CPUs) train at once,
-    one XGBoost thread each: small segments gain nothing from more threads per model.
+    The inputs of every segment are encoded at once (`encode_tree_inputs`); what is left per segment is
+    XGBoost's, which releases the GIL while it boosts, so `threads` segments (default: the CPUs) train at
+    once, one XGBoost thread each (small segments gain nothing from more threads per model).
     """
-    from fleetops.training.model import fit_vocabularies
-    from fleetops.training.trainer import encode_labels
-    from fleetops.training.trees import fit_trees
+    from fleetops.training.artifact import shape_outputs
+    from fleetops.training.trees import TreeModel, fit_booster
 
-    def one(segment: str) -> TreeFit:
-        train, validation, test = split_rows(typed[segment])
+    names = list(typed)
+    inputs = encode_tree_inputs(typed, spec, classes)
+
+    def one(s: int) -> TreeFit:
+        rows = slice(inputs.starts[s], inputs.starts[s + 1])
+        x, y, split = inputs.x[rows], inputs.y[rows], inputs.split[rows]
+        train, validation, test = split == TRAIN, split == VALIDATION, split == TEST
         try:
-            if train.empty or validation.empty:
-                raise ValueError(f"{len(train)} train and {len(validation)} validation rows; both must be non-empty")
-            model, rounds = fit_trees(
-                train,
-                validation,
-                encode_labels(train[spec.label], classes),
-                encode_labels(validation[spec.label], classes),
-                spec.task,
-                spec.features.numeric,
-                spec.features.categorical,
-                fit_vocabularies(train, spec),
-                params,
-                len(classes),
-            )
+            if not train.any() or not validation.any():
+                raise ValueError(
+                    f"{int(train.sum())} train and {int(validation.sum())} validation rows; both must be non-empty"
+                )
+            vocabularies = {column: inputs.vocabularies[column][s] for column in spec.features.categorical}
+            model = TreeModel(None, spec.task.value, spec.features.numeric, spec.features.categorical, vocabularies)
+            rounds = fit_booster(model, x[train], y[train], x[validation], y[validation], params, len(classes))
         except Exception as exc:  # one candidate's failure is recorded; the others still compete
             return TreeFit(failure=f"gbt training failed: {type(exc).__name__}: {exc}")
-        fit = TreeFit(model, rounds)
-        fit.validation, fit.test = tree_outputs(fit, spec.task, validation), tree_outputs(fit, spec.task, test)
-        return fit
+        outputs = shape_outputs(spec.task.value, model.predict_matrix(x))
+        return TreeFit(model, rounds, validation=outputs[validation], test=outputs[test])
 
-    workers = threads or max(1, min(len(typed), os.cpu_count() or 1))
+    workers = threads or max(1, min(len(names), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(typed, pool.map(one, typed), strict=True))
+        return dict(zip(names, pool.map(one, range(len(names))), strict=True))
+
+
+@dataclass
+class TreeInputs:
+    """Every segment's rows as boosted trees take them, one after another: segment s is rows starts[s]:starts[s+1]."""
+
+    x: np.ndarray  # (rows, features) float32: numerics, then category codes in the segment's vocabulary
+    y: np.ndarray  # class index or value
+    split: np.ndarray
+    starts: np.ndarray
+    vocabularies: dict[str, list[list[str]]]  # column -> per segment, its sorted vocabulary
+
+
+def encode_tree_inputs(typed: dict[str, pd.DataFrame], spec: FleetSpec, classes: list[str]) -> TreeInputs:
+    """Encode the rows of every segment at once, each categorical with its segment's own vocabulary.
+
+    A segment's vocabulary is `model.fit_vocabularies`' (its train rows' values, sorted; the most frequent
+    `MAX_VOCABULARY` when there are more, computed by that function itself for such a segment). The codes are
+    found with one join per column for the whole shard: per segment they cost more than the boosting.
+    """
+    from fleetops.data.validation import MAX_VOCABULARY
+    from fleetops.training.model import fit_vocabularies
+    from fleetops.training.trainer import encode_labels
+
+    frames = list(typed.values())
+    sizes = np.array([len(frame) for frame in frames])
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    owner = np.repeat(np.arange(len(frames)), sizes)
+    split = rows[SPLIT_COLUMN].to_numpy() if len(rows) else np.zeros(0, dtype=object)
+    numeric, categorical = spec.features.numeric, spec.features.categorical
+    x = np.empty((len(rows), len(numeric) + len(categorical)), dtype=np.float32)
+    for j, column in enumerate(numeric):
+        x[:, j] = rows[column].to_numpy(dtype="float32")
+    vocabularies: dict[str, list[list[str]]] = {}
+    is_train = split == TRAIN
+    for k, column in enumerate(categorical):
+        values = rows[column].astype(str)
+        seen = pd.DataFrame({"segment": owner[is_train], "value": values[is_train].to_numpy()}).drop_duplicates()
+        # Sorted by segment, then value: position within the segment is the code, as in a sorted vocabulary.
+        table = seen.sort_values(["segment", "value"], kind="stable").reset_index(drop=True)
+        table["code"] = table.groupby("segment").cumcount()
+        per_segment = table.groupby("segment")["value"].agg(list)
+        lists = [per_segment.get(s, []) for s in range(len(frames))]
+        for s in np.flatnonzero([len(v) > MAX_VOCABULARY for v in lists]):  # the most frequent only
+            train = frames[s][frames[s][SPLIT_COLUMN] == TRAIN]
+            lists[s] = fit_vocabularies(train, spec)[column]
+            table = table[table["segment"] != s]
+            extra = pd.DataFrame({"segment": s, "value": lists[s], "code": np.arange(len(lists[s]))})
+            table = pd.concat([table, extra], ignore_index=True)
+        vocabularies[column] = lists
+        lookup = pd.DataFrame({"segment": owner, "value": values.to_numpy()})
+        codes = lookup.merge(table, on=["segment", "value"], how="left")["code"]
+        x[:, len(numeric) + k] = codes.to_numpy(dtype="float32", na_value=np.nan)
+    y = encode_labels(rows[spec.label], classes) if len(rows) else np.zeros(0)
+    return TreeInputs(x, y, split, starts, vocabularies)
 
 
 def tree_outputs(fit: TreeFit, task: Task, rows: pd.DataFrame) -> np.ndarray | None:

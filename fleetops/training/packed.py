@@ -98,13 +98,15 @@ def encode(
     segment_column: str,
     classes: list[str],
     shared: Preprocessing | None = None,
+    encoded: bool = True,
 ) -> PackedData:
     """Fit each segment's preprocessing on its train rows and encode every row with its segment's statistics.
 
     `rows` holds the shard's segments (column `segment_column`) with the split column; `classes` are the
     class names for classification (shared by the pack, so every exported model has the same outputs).
     With `shared` (the global model's statistics, for a warm start) every segment uses those instead, so
-    the global weights see the inputs they were trained on.
+    the global weights see the inputs they were trained on. With `encoded=False` (no Keras model to fit:
+    trees only) the rows are only typed, labelled and grouped: no statistics and no encoded matrix.
     """
     from fleetops.training.trainer import encode_labels
 
@@ -114,6 +116,13 @@ def encode(
     seg = typed[segment_column].astype(str).map(position).to_numpy(dtype="int32")
     split = typed[SPLIT_COLUMN].to_numpy(dtype=str)
     is_train = split == TRAIN
+    if not encoded:
+        labels = typed[spec.label].to_numpy(dtype="float32") if spec.task is Task.REGRESSION else None
+        if labels is None:
+            labels = encode_labels(typed[spec.label], classes)
+        by_segment = {str(name): frame for name, frame in typed.groupby(segment_column, sort=True)}
+        empty = np.zeros((len(typed), 0), dtype="float32")
+        return PackedData(segments, classes, [], empty, labels, seg, split, by_segment)
     if shared is None:
         vocabularies = fit_vocabularies(typed[is_train], spec)  # one for the whole pack
         means, variances = _segment_moments(typed, spec.features.numeric, seg, is_train, len(segments))
@@ -740,7 +749,7 @@ def train_pack(
     architectures = architectures or list(spec.architectures)
     if classes is None:
         classes = class_names(rows[spec.label]) if spec.task.is_classification else []
-    data = encode(rows, spec, SEGMENT_COLUMN, classes)
+    data = encode(rows, spec, SEGMENT_COLUMN, classes, encoded=any(a.is_keras for a in architectures))
     variants = []
     for architecture in [a for a in architectures if a.is_keras]:
         fit = fit_packed(data, spec, architecture, params)
@@ -911,7 +920,6 @@ def _choose_and_export_segments(
         export_choice,
         score,
         selection_record,
-        split_rows,
     )
     from fleetops.training.litert import LiteExporter
     from fleetops.training.trainer import SEGMENT_COLUMN, TrainResult
@@ -926,7 +934,7 @@ def _choose_and_export_segments(
     results = []
     for s, segment in enumerate(data.segments):
         typed = data.rows[segment]
-        train, validation_rows, test_rows = split_rows(typed)
+        split = typed[SPLIT_COLUMN].to_numpy()
         y_val, y_test = labels[VALIDATION][s], labels[TEST][s]
         scored, built, failed = [], {}, {}
         for v in variants:
@@ -960,7 +968,7 @@ def _choose_and_export_segments(
                 scored.append(ensemble[0])
                 weights = ensemble[1]
         if global_candidate is not None:
-            val_out, test_out = (global_candidate.outputs(segment, part) for part in (validation_rows, test_rows))
+            val_out, test_out = (global_candidate.outputs(segment, typed[split == part]) for part in (VALIDATION, TEST))
             scored.append(score(GLOBAL, spec, classes, y_val, y_test, val_out, test_out))
         chosen = choose(spec, scored)
         if chosen is None:
@@ -986,7 +994,8 @@ def _choose_and_export_segments(
                     for name in (arch, f"{arch}+warm_start")
                     if name in by_name
                 }
-        segment_rows = SegmentRows(segment, raw[segment], typed, classes, statistics(train, spec))
+        stats = statistics(typed[split == TRAIN], spec, typed=True)
+        segment_rows = SegmentRows(segment, raw[segment], typed, classes, stats)
         directory = output_dir / segment_slug(segment)
         architecture, metadata = export_choice(
             directory,

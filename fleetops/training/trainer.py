@@ -366,7 +366,7 @@ def train_segment(
         raise UserError(f"segment {segment!r}: no candidate has a validation value ({problems})")
     labels = {GLOBAL: global_candidate.architecture} if global_candidate is not None else None
     record = selection_record(spec, scored, chosen, failed, labels)
-    segment_rows = SegmentRows(segment, rows, typed, classes, statistics(train, spec))
+    segment_rows = SegmentRows(segment, rows, typed, classes, statistics(train, spec, typed=True))
     architecture, metadata = export_choice(
         output_dir,
         chosen,
