@@ -65,6 +65,23 @@ def frame_sha256(df: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+def frame_sha256_by(df: pd.DataFrame, column: str, drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """`frame_sha256` of each group of rows of `df` by `column` (rows in order, `drop` columns left out).
+
+    The same digests as hashing each group's frame on its own, from one pass of row hashes over the whole
+    table: per segment, the copy and the hashing cost ~1 ms, a second per 1,000 segments.
+    """
+    frame = df.drop(columns=list(drop), errors="ignore")
+    row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    header = ",".join(map(str, frame.columns)).encode()
+    digests = {}
+    for name, positions in frame.groupby(column, sort=True).indices.items():
+        digest = hashlib.sha256(header)
+        digest.update(row_hashes[positions].tobytes())
+        digests[str(name)] = digest.hexdigest()
+    return digests
+
+
 def model_identity_sha256(model: Any, metadata: Mapping[str, Any], statistics: Mapping[str, Any] | None = None) -> str:
     """The identity of a model version: sha256 over its weights, its configuration and identity metadata.
 

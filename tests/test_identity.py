@@ -115,3 +115,15 @@ def test_an_artifact_without_identity_still_registers_on_its_bytes(runs, platfor
     assert first["created"] and not retry["created"] and retry["version_id"] == first["version_id"]
     sha = directory_sha256(_artifact(old))
     assert platform.registry.get_version("churn-north", first["version_id"]).identity_sha256 == sha
+
+
+def test_segment_data_hashes_from_one_pass_equal_each_segments_own():
+    from fleetops.data.sample import make_churn
+    from fleetops.fingerprints import frame_sha256, frame_sha256_by
+
+    df = make_churn(rows_per_segment=50, segments=5, seed=2)
+    df["__split"] = "train"
+    by = frame_sha256_by(df, "region", drop=("__split",))
+    assert len(by) == 5
+    for name, rows in df.groupby("region"):
+        assert by[str(name)] == frame_sha256(rows.drop(columns=["__split"]))

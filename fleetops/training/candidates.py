@@ -341,6 +341,7 @@ class SegmentRows:
     typed: pd.DataFrame
     classes: list[str]
     statistics: dict[str, Any]
+    data_sha256: str | None = None  # of `raw` without the split column, when known
 
     @property
     def validation(self) -> pd.DataFrame:
@@ -364,7 +365,16 @@ def save_built(
     model = built.get()
     details = built.details | (extra or {})
     metadata = segment_metadata(
-        spec, rows.segment, rows.raw, rows.typed, rows.classes, built.architecture, params, tuning, details
+        spec,
+        rows.segment,
+        rows.raw,
+        rows.typed,
+        rows.classes,
+        built.architecture,
+        params,
+        tuning,
+        details,
+        rows.data_sha256,
     )
     if Architecture(built.architecture).is_keras:
         metadata["litert"] = export_litert(
@@ -428,7 +438,7 @@ def export_choice(
         architecture = f"global_{global_candidate.architecture}"
         details = extra
     metadata = segment_metadata(
-        spec, rows.segment, rows.raw, rows.typed, rows.classes, architecture, params, tuning, details
+        spec, rows.segment, rows.raw, rows.typed, rows.classes, architecture, params, tuning, details, rows.data_sha256
     )
     save_artifact(model, metadata, rows.statistics, directory)
     return architecture, read_metadata(directory)

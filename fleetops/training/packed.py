@@ -909,6 +909,7 @@ def _choose_and_export_segments(
 ) -> list[Any]:
     """Per segment, score every candidate (`fleetops.training.candidates`), keep the best on validation, export it."""
     from fleetops.data.validation import statistics
+    from fleetops.fingerprints import frame_sha256_by
     from fleetops.names import segment_slug
     from fleetops.training.candidates import (
         ENSEMBLE,
@@ -931,6 +932,7 @@ def _choose_and_export_segments(
     exporters: dict[str, SegmentExporter] = {}
     lite = LiteExporter()  # one LiteRT template per layout: each variant's segments share theirs
     raw = {str(name): frame for name, frame in rows.groupby(SEGMENT_COLUMN, sort=True)}
+    hashes = frame_sha256_by(rows, SEGMENT_COLUMN, drop=(SPLIT_COLUMN,))
     results = []
     for s, segment in enumerate(data.segments):
         typed = data.rows[segment]
@@ -995,7 +997,7 @@ def _choose_and_export_segments(
                     if name in by_name
                 }
         stats = statistics(typed[split == TRAIN], spec, typed=True)
-        segment_rows = SegmentRows(segment, raw[segment], typed, classes, stats)
+        segment_rows = SegmentRows(segment, raw[segment], typed, classes, stats, hashes[segment])
         directory = output_dir / segment_slug(segment)
         architecture, metadata = export_choice(
             directory,

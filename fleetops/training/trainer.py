@@ -429,8 +429,12 @@ def segment_metadata(
     params: TrainingSpec,
     tuning: dict[str, Any] | None,
     details: dict[str, Any],
+    data_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """What a segment's model artifact records about how it was made (both trainers write the same keys)."""
+    """What a segment's model artifact records about how it was made (both trainers write the same keys).
+
+    `data_sha256` is `frame_sha256` of `rows` without the split column, when the caller has it already.
+    """
     return {
         "fleet": spec.name,
         "segment": segment,
@@ -445,7 +449,7 @@ def segment_metadata(
             "train": int((typed[SPLIT_COLUMN] == TRAIN).sum()),
             "validation": int((typed[SPLIT_COLUMN] == VALIDATION).sum()),
         },
-        "data_sha256": frame_sha256(rows.drop(columns=[SPLIT_COLUMN], errors="ignore")),
+        "data_sha256": data_sha256 or frame_sha256(rows.drop(columns=[SPLIT_COLUMN], errors="ignore")),
         "spec_sha256": spec.fingerprint(),
         # Which runtime the server may use for this model (`Predictor.load` reads it; the server has no spec).
         "serving": {
