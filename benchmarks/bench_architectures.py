@@ -1,12 +1,14 @@
 """Architectures: what a segment's chosen model is worth against scikit-learn's HistGradientBoosting.
 
-Quality. On data sets that ship inside scikit-learn (nothing is downloaded) and on the sample
-fleet, fleetops trains through the fleet spec with `architectures: [linear, dnn, gbt, ensemble]`
+Quality. On data sets that ship inside scikit-learn (nothing is downloaded: breast_cancer for binary
+classification, diabetes for regression, digits for multiclass) and on the sample fleet, fleetops trains through the fleet spec with `architectures: [linear, dnn, gbt, ensemble]`
 (the validation split chooses per segment), and each candidate's test metric is read from the
 segment's selection record. The baseline is `HistGradientBoostingClassifier/Regressor` with its
 defaults, fitted on the same train and validation rows (ours fit on train and choose on
 validation) and scored on the same test rows, with the same metric code. A fleet's figure is the
 mean over its segments. Lower-is-better metrics are inverted in the ratio, so > 1 is better.
+(scikit-learn's wine set is left out: its test split has 27 rows, on which both sides' log loss is
+near 0 (0.013 and 0.003) and their ratio measures nothing.)
 
 Speed. A 1,000-segment fleet of 500 rows each trained (and exported) by `train_shard` with
 `architectures: [gbt]` against `[dnn]`, the same process and data.
@@ -47,7 +49,7 @@ def main() -> int:
         results = [
             _quality(work, "breast_cancer", _sklearn_frame("breast_cancer"), "binary_classification"),
             _quality(work, "diabetes", _sklearn_frame("diabetes"), "regression"),
-            _quality(work, "wine", _sklearn_frame("wine"), "multiclass_classification"),
+            _quality(work, "digits", _sklearn_frame("digits"), "multiclass_classification"),
             _quality(work, "churn_fleet", None, "binary_classification", fleet_segments=args.fleet_segments),
         ]
         gbt_seconds, dnn_seconds = _speed(work, args.segments, args.rows)
