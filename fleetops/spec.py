@@ -547,12 +547,14 @@ def _tuning_ranges(tuning: TuningSpec) -> list[str]:
     problems = []
     for name, parameter in tuning.parameters.items():
         if name == "architecture":
-            allowed = {a.value for a in Architecture}
+            # A trial trains one architecture; an ensemble is made of several, so it is not one to tune.
+            allowed = {a.value for a in Architecture if a is not Architecture.ENSEMBLE}
             wrong = [v for v in parameter.values or [] if v not in allowed]
             if wrong or parameter.type is not ParameterKind.CATEGORICAL:
                 problems.append(
                     f"tuning.parameters.architecture: must be categorical with values among {sorted(allowed)} "
-                    f"(got {parameter.type.value} {wrong or parameter.values})"
+                    f"(got {parameter.type.value} {wrong or parameter.values}); an ensemble combines the "
+                    "others' models: tune their settings and list ensemble in architectures"
                 )
             continue
         field = TrainingSpec.model_fields.get(name)

@@ -69,3 +69,41 @@ def test_fleet_trains_registers_and_refuses_bad_data(tmp_path):
     assert "numeric feature 'monthly_charges' has non-numeric value 'twelve'" in shown
     after = [(m, [v.version_id for v in registry.list_versions(m)]) for m in registry.list_models()]
     assert after == before
+
+
+def test_a_fleet_of_trees_ensembles_and_the_global_candidate_runs_end_to_end(tmp_path):
+    """architectures [linear, gbt, ensemble] with the global model competing: trained, chosen, registered and
+    deployed on the twin, the choice visible in the summary and the registry's lineage."""
+    from fleetops.serving.predictor import Predictor
+
+    home = tmp_path / "home"
+    data = tmp_path / "churn.csv"
+    make_churn(rows_per_segment=200, segments=4, seed=5).to_csv(data, index=False)
+    spec = parse_spec(SAMPLE_SPEC.format(source=data))
+    document = spec.model_dump(mode="json")
+    document["architectures"] = ["linear", "gbt", "ensemble"]
+    document["training"] |= {"epochs": 6, "candidates": ["segment", "global"], "num_trees": 80}
+    template = compile_all(tmp_path / "build")["fleet_training"]
+    arguments = {"fleet_spec": parse_spec(document).to_json(), "platform": local_uri(home), "serving_image": ""}
+    run = run_compiled(template, arguments, home, out=open(tmp_path / "progress.txt", "w"))
+    assert run.ok, run.log_path.read_text()[-3000:]
+    assert "| architectures |" in run.outputs["Output"]
+
+    platform = connect(local_uri(home))
+    chosen = {}
+    for model in platform.registry.list_models({"fleet": "churn"}):
+        version = platform.registry.get_version(model, "champion")
+        selection = version.lineage["selection"]
+        assert set(selection["candidates"]) == {"linear", "gbt", "ensemble", "global"}
+        assert version.labels["architecture"] == version.lineage["architecture"]
+        chosen[model] = version.lineage["architecture"]
+    assert len(chosen) == 4 and set(chosen.values()) <= {"linear", "gbt", "ensemble", "global_linear", "global_gbt"}
+
+    # Each champion is deployed, and loads as the twin's server loads it (its sha256 checked), whatever its kind.
+    for model in chosen:
+        version = platform.registry.get_version(model, "champion")
+        endpoint = platform.endpoints.get(model)
+        assert [(m.model_id, m.version_id) for m in endpoint.deployed_models] == [(model, version.version_id)]
+        predictor = Predictor.load(platform.registry.artifact_path(version), version.artifact_sha256)
+        instance = {c: 1.0 for c in predictor.numeric} | {c: "basic" for c in predictor.categorical}
+        assert predictor.predict_columns(predictor.columns([instance])).shape == (1, 2)

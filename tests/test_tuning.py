@@ -234,3 +234,29 @@ def test_training_tunes_first_and_records_the_trials(dataset, tmp_path, platform
     [registered] = fleet.register_shard(spec, platform, tmp_path / "model", evaluations)
     lineage = platform.registry.get_version("churn-north", registered["version_id"]).lineage
     assert lineage["tuning"]["trials"] == 2 and lineage["tuning"]["best_parameters"] == tuning["best_parameters"]
+
+
+def test_gbt_hyperparameters_are_tuned_like_the_others(dataset, tmp_path):
+    """Trials are the trainer run as a process with gbt flags; the study keeps the best depth and rate."""
+    data, path = dataset
+    spec = _spec(
+        data,
+        algorithm="grid",
+        max_trial_count=4,
+        parameters={
+            "max_depth": {"type": "discrete", "values": [2, 5]},
+            "tree_learning_rate": {"type": "discrete", "values": [0.05, 0.3]},
+            "architecture": {"type": "categorical", "values": ["gbt"]},
+        },
+    )
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    result = tune_segment(spec, tmp_path / "spec.json", path, "north", tmp_path / "study", log=lambda *_: None)
+    assert sorted((t.parameters["max_depth"], t.parameters["tree_learning_rate"]) for t in result.trials) == [
+        (2, 0.05),
+        (2, 0.3),
+        (5, 0.05),
+        (5, 0.3),
+    ]
+    assert all(t.state == "SUCCEEDED" and t.metric == "auRoc" for t in result.trials)
+    best = max(result.trials, key=lambda t: t.value)
+    assert result.best_parameters == best.parameters

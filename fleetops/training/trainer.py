@@ -542,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     # Each flag also answers to its underscore spelling: Vertex tuning passes --learning_rate=0.01.
     parser.add_argument("--architecture", choices=[a.value for a in Architecture], default=None)
     for name, field in TrainingSpec.model_fields.items():
+        if name == "candidates":  # a trial trains one segment's own models; the global one is not among them
+            continue
         flags = [f"--{name.replace('_', '-')}", f"--{name}"] if "_" in name else [f"--{name}"]
         if name == "hidden_units":
             parser.add_argument(*flags, dest=name, type=lambda s: [int(x) for x in s.split(",")], default=None)
