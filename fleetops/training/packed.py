@@ -577,9 +577,7 @@ def train_global(
     frame = rows.assign(**{SEGMENT_COLUMN: GLOBAL_SEGMENT})
     data = encode(frame, spec, SEGMENT_COLUMN, classes)
     variants = [_Variant(a, "scratch", data, fit_packed(data, spec, a, global_params)) for a in architectures]
-    results = _choose_and_export(
-        frame, spec, global_params, variants, classes, Path(output_dir), tuning=None, log=log, every_variant=True
-    )
+    results = _export_every_variant(frame, spec, global_params, variants, classes, Path(output_dir), log)
     best = results[0]
     summary = {"architecture": best.architecture, "segments": segments, "batch_size": batch}
     (Path(output_dir) / GLOBAL_FILE).write_text(json.dumps(summary | {"candidates": best.candidates}))
@@ -806,89 +804,53 @@ def _fitted(fit: PackedFit, data: PackedData, how: str) -> str:
     return f"packed {fit.architecture.value} {how}: {len(data.segments)} segment(s) in {fit.seconds:.1f}s, {epochs}"
 
 
-def _choose_and_export(
+def _export_every_variant(
     rows: pd.DataFrame,
     spec: FleetSpec,
     params: TrainingSpec,
     variants: list[_Variant],
     classes: list[str],
     output_dir: Path,
-    tuning: dict[str, Any] | None,
     log: Any,
-    every_variant: bool = False,
-    failures: dict[str, str] | None = None,
 ) -> list[Any]:
-    """Per segment, keep the variant best on validation; export it (or, for the global model, every one)."""
+    """The global model: every variant exported to `output_dir/<architecture>/` (a warm start needs each one's
+    weights), and the best on validation first in the returned list (`TrainResult`, one segment)."""
     from fleetops.data.validation import statistics
-    from fleetops.names import segment_slug
     from fleetops.training.artifact import save_artifact
     from fleetops.training.litert import LiteExporter
     from fleetops.training.trainer import SEGMENT_COLUMN, TrainResult, beats, export_litert, segment_metadata
 
     data = variants[0].data
-    n_segments = len(data.segments)
-    validation = {v.name: _per_segment(v, spec, VALIDATION, classes) for v in variants}
-    transfer = any(v.start == "warm_start" for v in variants)
-    tested = {v.name: _per_segment(v, spec, TEST, classes) for v in variants} if transfer else {}
-
-    started = time.perf_counter()
-    exporters: dict[str, SegmentExporter] = {}
-    lite = LiteExporter()  # one LiteRT template per layout: each variant's segments share theirs
-    raw = {str(name): frame for name, frame in rows.groupby(SEGMENT_COLUMN, sort=True)}
+    (segment,) = data.segments
+    validation = {v.name: _per_segment(v, spec, VALIDATION, classes)[0] for v in variants}
+    values = {v.name: validation[v.name].get(spec.primary_metric) for v in variants}
+    typed = data.rows[segment]
+    stats = statistics(typed[typed[SPLIT_COLUMN] == TRAIN], spec, typed=True)
+    lite = LiteExporter()
     results = []
-    for s, segment in enumerate(data.segments):
-        chosen: _Variant | None = None
-        values = {v.name: validation[v.name][s].get(spec.primary_metric) for v in variants}
-        for v in variants:
-            if not np.isfinite(v.fit.best_val_loss[s]):
-                continue  # diverged: never exported
-            if chosen is None or beats(values[v.name], values[chosen.name], spec.metric_goal):
-                chosen = v
-        if chosen is None:
-            reason = "packed training diverged: no architecture reached a finite validation loss"
-            if failures is None:
-                raise ValueError(f"segment {segment!r}: {reason}")
-            failures[segment] = reason
-            log(f"segment {segment}: {reason}")
+    for v in variants:
+        if not np.isfinite(v.fit.best_val_loss[0]):
+            log(f"global model: {v.name} diverged (no finite validation loss); not exported")
             continue
-        typed = data.rows[segment]
-        train = typed[typed[SPLIT_COLUMN] == TRAIN]
+        details: dict[str, Any] = {
+            "epochs_trained": int(v.fit.epochs_trained[0]),
+            "validation_metrics": validation[v.name],
+            "trainer": {"kind": "packed", "segments_in_pack": 1, "start": v.start},
+            "preprocessing": asdict(v.data.preprocessing[0]),
+        }
+        raw = rows[rows[SEGMENT_COLUMN] == segment]
+        architecture = v.architecture.value
+        metadata = segment_metadata(spec, segment, raw, typed, classes, architecture, params, None, details)
+        model = SegmentExporter(v.fit, v.data, spec, params).model_of(0)
+        where = output_dir / architecture
         validation_rows = typed[typed[SPLIT_COLUMN] == VALIDATION]
-        stats = statistics(train, spec)
-        written: dict[str, dict[str, Any]] = {}
-        for v in variants if every_variant else [chosen]:
-            details: dict[str, Any] = {
-                "epochs_trained": int(v.fit.epochs_trained[s]),
-                "validation_metrics": validation[v.name][s],
-                "trainer": {"kind": "packed", "segments_in_pack": n_segments, "start": v.start},
-                "preprocessing": asdict(v.data.preprocessing[s]),
-            }
-            if transfer:
-                details["transfer"] = _transfer(spec, v.architecture, variants, validation, tested, s, chosen)
-            metadata = segment_metadata(
-                spec, segment, raw[segment], typed, classes, v.architecture.value, params, tuning, details
-            )
-            if v.name not in exporters:
-                exporters[v.name] = SegmentExporter(v.fit, v.data, spec, params)
-            where = output_dir / (v.architecture.value if every_variant else segment_slug(segment))
-            model = exporters[v.name].model_of(s)
-            metadata["litert"] = export_litert(lite, model, where, spec, validation_rows, classes, metadata, stats)
-            save_artifact(model, metadata, stats, where)
-            written[v.name] = metadata
-        directory = output_dir / (chosen.architecture.value if every_variant else segment_slug(segment))
-        metadata = written[chosen.name]  # as `train_segment` returns it: what was saved, before the identity
-        results.append(
-            TrainResult(
-                segment,
-                directory,
-                chosen.architecture.value,
-                spec.primary_metric,
-                values[chosen.name],
-                values,
-                metadata,
-            )
-        )
-    log(f"exported {len(results)} standalone model(s) in {time.perf_counter() - started:.1f}s")
+        metadata["litert"] = export_litert(lite, model, where, spec, validation_rows, classes, metadata, stats)
+        save_artifact(model, metadata, stats, where)
+        result = TrainResult(segment, where, architecture, spec.primary_metric, values[v.name], values, metadata)
+        better = not results or beats(values[v.name], results[0].validation_value, spec.metric_goal)
+        results.insert(0 if better else len(results), result)
+    if not results:
+        raise ValueError("the global model diverged: no architecture reached a finite validation loss")
     return results
 
 
@@ -1080,21 +1042,3 @@ def _per_segment(variant: _Variant, spec: FleetSpec, split: str, classes: list[s
             evaluate_predictions(spec.task, data.labels[rows[mine]], outputs[mine], classes) if usable else {}
         )
     return metrics
-
-
-def _transfer(
-    spec: FleetSpec,
-    architecture: Architecture,
-    variants: list[_Variant],
-    validation: dict[str, list[dict[str, Any]]],
-    tested: dict[str, list[dict[str, Any]]],
-    s: int,
-    chosen: _Variant,
-) -> dict[str, Any]:
-    """Segment `s`'s primary metric from scratch and warm-started (validation and test), for its evaluation."""
-    metric = spec.primary_metric
-    out: dict[str, Any] = {"metric": metric, "architecture": architecture.value, "chosen": chosen.start}
-    for v in variants:
-        if v.architecture is architecture:
-            out[v.start] = {"validation": validation[v.name][s].get(metric), "test": tested[v.name][s].get(metric)}
-    return out
