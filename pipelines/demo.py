@@ -1,6 +1,7 @@
 """`fleetops demo`: the whole loop on the local twin, on generated churn data.
 
-month 1: train a model per region; each champion takes its own endpoint.
+month 1: train a model per region (linear, dnn, boosted trees and their ensemble compete on
+         validation); each champion takes its own endpoint.
 month 2: fresh data; new champions join as 10% canaries; traffic through the
          official Vertex client; promote; batch-score the month.
 month 3: customers change in two regions; their traffic is logged; the
@@ -29,12 +30,21 @@ from pipelines.child_server import free_port, start_child, wait_until_answering
 DRIFTED_REGIONS = ("north", "east")
 
 
+def demo_spec() -> str:
+    """The sample spec with every architecture competing per region: linear, dnn, boosted trees, their ensemble."""
+    text = SAMPLE_SPEC.format(source="churn.csv")
+    every = text.replace("architectures: [linear, dnn]", "architectures: [linear, dnn, gbt, ensemble]")
+    if every == text:
+        raise RuntimeError("the sample spec no longer lists 'architectures: [linear, dnn]'; update demo_spec")
+    return every
+
+
 def run_demo(home: Path, segments: int, rows: int, run_training: Any, listing: Any) -> int:
     """`run_training(spec, template_name)` runs a pipeline locally and prints its summary; returns (ok, run)."""
     sample = home / "sample"
     spec_path = sample / "fleet.yaml"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(SAMPLE_SPEC.format(source="churn.csv"))
+    spec_path.write_text(demo_spec())
     print(f"fleetops demo: a churn model per region, local twin at {home}\n", flush=True)
     for step, (label, seed) in enumerate([("month 1", 7), ("month 2, fresh data", 8)], start=1):
         data = write_sample(sample / "churn.csv", rows_per_segment=rows, segments=segments, seed=seed)

@@ -154,6 +154,11 @@ def test_the_global_candidate_competes_and_serves_a_segment_with_its_segment_fix
         if own is not None and selection["candidates"]["global"]["validation"] is not None:
             assert selection["global_margin"] is not None
     segment = winners[0]
+    # The one-at-a-time trainer scores the same global candidate and makes the same choice.
+    alone = train_segment(
+        rows[rows[SEGMENT_COLUMN] == segment], spec, segment, tmp_path / "alone", global_candidate=candidate
+    )
+    assert alone.architecture == f"global_{candidate.architecture}"
     directory = next(r.artifact_dir for r in results if r.segment == segment)
     metadata = read_metadata(directory)
     assert metadata["ensemble"]["fixed_features"] == {"region": segment}
