@@ -21,6 +21,8 @@ install: $(BIN)/python  ## create .venv and install fleetops with its pinned dep
 install-test: $(BIN)/python  ## install fleetops with the test and dev extras
 	$(BIN)/pip install --quiet -e ".[test,dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	# The scorecard test drives Debian's chromium headless (CI runs as root on Debian); it skips without it.
+	command -v chromium > /dev/null || (apt-get update && apt-get install -y chromium)
 
 demo: install  ## the local end-to-end demo on the bundled sample data
 	$(BIN)/fleetops demo

@@ -59,6 +59,9 @@ EXTRAS_REQUIRE = {
         "ipykernel==7.4.0",
         # The tuning notebook plots its trials.
         "matplotlib==3.11.2",
+        # The fleet scorecard's page is checked in headless Chromium (tests/test_scorecard.py). Playwright drives
+        # Debian's chromium (`make install-test` installs it); it never downloads its own browsers.
+        "playwright==1.65.2",
     ],
     "dev": [
         "ruff==0.17.5",

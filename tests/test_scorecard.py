@@ -1,0 +1,176 @@
+"""The fleet scorecard: its content from plain run dicts, and the page itself in headless Chromium
+at 4 and at 1,000 segments (load time, totals, sorting, filtering, a non-blank screenshot)."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetops.scorecard import render_scorecard
+
+FEATURES = [f"f{i}" for i in range(15)]
+
+
+def fleet_inputs(n: int, monitored: bool = True, seed: int = 0) -> dict[str, Any]:
+    """A run of `n` segments as the training pipeline leaves it: one in 50 failed, one in 40 skipped,
+    the rest registered (about a third new champions); monitoring reports for the registered ones."""
+    rng = random.Random(seed)
+    registrations, evaluations, skipped, reports = [], [], {}, []
+    for i in range(n):
+        name = f"seg-{i:04d}"
+        if i % 40 == 7:
+            skipped[name] = f"{rng.randint(3, 40)} rows, fewer than min_rows 50" if i % 80 == 7 else "one class only"
+            continue
+        if i % 50 == 3:
+            registrations.append({"segment": name, "model_id": f"m-{name}", "failed": "OOM", "promoted": False})
+            continue
+        value = round(rng.uniform(0.55, 0.95), 4)
+        champion = None if i % 3 == 0 else round(value + rng.uniform(-0.05, 0.05), 4)
+        promoted = champion is None or value > champion + 0.005
+        architecture = ["linear", "dnn", "gbt", "ensemble"][i % 4]
+        registrations.append(
+            {
+                "segment": name,
+                "model_id": f"m-{name}",
+                "version_id": "2",
+                "created": True,
+                "promoted": promoted,
+                "metric": "auRoc",
+                "value": value,
+                "champion_version": None if champion is None else "1",
+                "champion_value": champion,
+                "reason": "first model" if champion is None else f"new auRoc {value} vs champion {champion}",
+            }
+        )
+        evaluations.append(
+            {
+                "segment": name,
+                "model_id": f"m-{name}",
+                "test_rows": 100 + i,
+                "metric": "auRoc",
+                "metrics": {"auRoc": value},
+                "promote": promoted,
+                "reason": "decided",
+                "architecture": architecture,
+                "selection": {
+                    "metric": "auRoc",
+                    "chosen": architecture,
+                    "reason": "best on validation",
+                    "candidates": {architecture: {"validation": value, "test": value}, "linear": {"validation": 0.5}},
+                    "failed": {"dnn": "diverged"} if i % 7 == 0 else {},
+                },
+            }
+        )
+        if monitored:
+            results = [
+                {"feature": f, "distance": rng.uniform(0, 0.4), "threshold": 0.3, "anomaly": False} for f in FEATURES
+            ]
+            for r in results:
+                r["anomaly"] = r["distance"] > r["threshold"]
+            reports.append({"segment": name, "endpoint_id": f"e-{name}", "window": {"rows": 500}, "skew": results})
+    return {
+        "registrations": registrations,
+        "evaluations": evaluations,
+        "segments": {"skipped": skipped},
+        "monitoring": reports if monitored else None,
+        "fleet": "churn",
+    }
+
+
+def test_totals_reasons_and_details_from_plain_run_dicts():
+    inputs = fleet_inputs(100)
+    page, markdown = render_scorecard(**inputs)
+    rows = [r for r in inputs["registrations"] if not r.get("failed")]
+    champions = sum(r["promoted"] for r in rows)
+    title = f"Fleet scorecard of churn: {len(rows)} model(s), {champions} new champion(s)"
+    assert markdown.startswith(f"# {title}\n")
+    assert f"<h1>{title}</h1>" in page
+    # Totals before anything else; skipped and failed grouped by reason with their counts.
+    assert markdown.index("| skipped | 3 |") < markdown.index("## Segments")
+    assert "- 2 x OOM" in markdown and "- 1 x one class only" in markdown
+    alerting = sum(1 for r in inputs["monitoring"] if any(x["anomaly"] for x in r["skew"]))
+    assert f"| alerting segments | {alerting:,} (" in markdown
+    # One row and one anchored detail section per segment, selection and architecture in it.
+    assert page.count('<tr data-status="') == 100
+    assert page.count('<section class="segment" id="seg-seg-') == 100
+    assert 'id="seg-seg-0003"' in page and "failed in training: OOM" in page
+    assert "Model selection: chose dnn: best on validation" in page and "dnn failed: diverged" in page
+    assert 'id="heatmap"' in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_undefined_metrics_odd_names_and_no_monitoring():
+    registrations = [
+        {"segment": "a<b>&\"c'", "model_id": "m1", "version_id": "1", "promoted": False, "metric": "auRoc"}
+        | {"value": math.nan, "champion_version": None, "champion_value": None, "reason": "auRoc undefined: one class"},
+        {"segment": "a b", "model_id": "m2", "version_id": "1", "promoted": True, "metric": "auRoc", "value": 0.7}
+        | {"champion_version": None, "champion_value": None, "reason": "first model"},
+    ]
+    evaluations = [{"segment": "a<b>&\"c'", "undefined": {"auRoc": "one class in the test rows"}}]
+    page, markdown = render_scorecard(registrations, evaluations)
+    assert "<b>" not in page and "a&lt;b&gt;&amp;&quot;c&#x27;" in page
+    assert "auRoc undefined | 1 |" in markdown
+    assert "test auRoc undefined: one class in the test rows" in page
+    assert 'data-v="nan"' not in page  # undefined sorts last, never as a number
+    assert 'id="heatmap"' not in page and "alerting" not in page
+
+
+def test_an_empty_run_renders():
+    page, markdown = render_scorecard([], segments={"skipped": {"x": "no rows"}}, metric="rmse")
+    assert "No segment has a defined value." in page and "| skipped | 1 |" in markdown
+
+
+def _browser():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (make install-test installs it): no headless page check")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
+    return sync_api, chromium
+
+
+@pytest.mark.parametrize("n", [4, 1000])
+def test_the_page_in_headless_chromium(n, tmp_path: Path):
+    sync_api, chromium = _browser()
+    image = pytest.importorskip("PIL.Image")
+    inputs = fleet_inputs(n, monitored=n > 4)
+    page_html, _ = render_scorecard(**inputs)
+    path = tmp_path / "scorecard.html"
+    path.write_text(page_html)
+    values = sorted(r["value"] for r in inputs["registrations"] if not r.get("failed"))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(path.as_uri(), wait_until="load")
+            page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+            ready = page.evaluate("window.scorecardReady")
+            loaded = page.evaluate("performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd")
+            assert ready < 2000 and loaded < 2000, (ready, loaded)
+            totals = page.locator("#totals")
+            assert totals.is_visible() and "new champions" in totals.inner_text()
+            first = "#segments tbody tr:not([hidden]) td:nth-child(3)"
+            page.click("#segments thead th:nth-child(3)")  # numeric: highest first
+            assert float(page.locator(first).first.inner_text()) == pytest.approx(values[-1])
+            page.click("#segments thead th:nth-child(3)")
+            assert float(page.locator(first).first.inner_text()) == pytest.approx(values[0])
+            page.fill("#filter", "seg-0002")
+            assert page.locator("#shown").inner_text() == "1"
+            assert page.locator("#segments tbody tr:not([hidden])").count() == 1
+            page.fill("#filter", "")
+            page.select_option("#status", "failed")
+            failed = sum(1 for r in inputs["registrations"] if r.get("failed"))
+            assert page.locator("#shown").inner_text() == str(failed)
+            page.select_option("#status", "")
+            shot = tmp_path / "scorecard.png"
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 5_000
+    picture = image.open(shot).convert("RGB")
+    colours = picture.getcolors(maxcolors=1 << 16)
+    assert colours is None or len(colours) > 20, "the screenshot is blank"
+    print(f"scorecard of {n} segments: ready in {ready:.0f} ms, {len(page_html) / 1e6:.2f} MB")
