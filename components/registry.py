@@ -2,7 +2,7 @@
 
 from typing import List
 
-from kfp.dsl import Artifact, Input, Markdown, Model, Output
+from kfp.dsl import HTML, Artifact, Input, Markdown, Model, Output
 
 from components.image import fleetops_component
 
@@ -72,6 +72,7 @@ def summarize(
     evaluations: Input[List[Artifact]],
     segments: Input[Artifact],
     summary: Output[Markdown],
+    scorecard: Output[HTML],
 ) -> str:
     """The fleet summary: totals, the pooled test metric, the per-segment distribution, every segment.
 
@@ -84,6 +85,8 @@ def summarize(
         evaluations: Every evaluate task's results (each segment's test predictions pool the metric).
         segments: The validate step's segment outcomes (skipped segments and their reasons).
         summary: Output. The summary, rendered in the Vertex console.
+        scorecard: Output. The fleet scorecard: one self-contained page (totals, the metric's distribution,
+            a sortable, filterable table of every segment, each segment's detail), rendered in the Vertex console.
 
     Returns:
         The summary as text; past 50 segments, its totals and where the whole summary is (an output
@@ -92,6 +95,7 @@ def summarize(
     import json
 
     from fleetops import fleet
+    from fleetops.scorecard import render_scorecard
     from fleetops.spec import parse_spec
 
     spec = parse_spec(fleet_spec)
@@ -108,5 +112,8 @@ def summarize(
     table = fleet.summarize(rows, evaluated, outcomes, spec)
     with open(summary.path, "w") as handle:
         handle.write(table)
+    page, _ = render_scorecard(rows, evaluated, outcomes, fleet=spec.name, metric=spec.primary_metric)
+    with open(scorecard.path, "w") as handle:
+        handle.write(page)
     fleet.check_failures(spec, rows, outcomes)
     return fleet.summary_head(table, summary.uri)

@@ -3,6 +3,7 @@ at 4 and at 1,000 segments (load time, totals, sorting, filtering, a non-blank s
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -174,3 +175,26 @@ def test_the_page_in_headless_chromium(n, tmp_path: Path):
     colours = picture.getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 20, "the screenshot is blank"
     print(f"scorecard of {n} segments: ready in {ready:.0f} ms, {len(page_html) / 1e6:.2f} MB")
+
+
+def test_the_summarize_component_writes_the_scorecard_artifact(tmp_path: Path, spec):
+    from kfp.dsl import HTML, Artifact, Markdown
+
+    from components import registry
+
+    inputs = fleet_inputs(6, monitored=False)
+    rows = [r for r in inputs["registrations"] if not r.get("failed")]
+    files = {"registered": rows, "evaluation": inputs["evaluations"], "segments": {"skipped": {}}}
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    registry.summarize.python_func(
+        fleet_spec=spec.to_json(),
+        registrations=[Artifact(uri=str(tmp_path / "registered"))],
+        evaluations=[Artifact(uri=str(tmp_path / "evaluation"))],
+        segments=Artifact(uri=str(tmp_path / "segments")),
+        summary=Markdown(uri=str(tmp_path / "summary")),
+        scorecard=HTML(uri=str(tmp_path / "scorecard.html")),
+    )
+    page = (tmp_path / "scorecard.html").read_text()
+    assert f"<h1>Fleet scorecard of {spec.name}: {len(rows)} model(s)" in page
+    assert page.count('<tr data-status="') == len(rows)
