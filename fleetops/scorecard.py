@@ -16,12 +16,17 @@ import json
 import math
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fleetops.errors import UserError
+from fleetops.spec import parse_spec
+
 _BINS = 20
 _REASONS_LISTED = 10  # distinct reasons shown per group; the rest are counted
+_CELL, _TOP = 28, 110  # the heat map's column width and the height of its rotated feature names
 
 
 def render_scorecard(
@@ -90,6 +95,12 @@ def _scorecard(
         records.append(record)
     for name, reason in skipped.items():
         records.append({"segment": name, "status": "skipped", "value": None, "reason": f"skipped: {reason}"})
+    if monitored is not None:  # monitored but not trained in this run (continuous training retrains the drifted)
+        trained = {str(rec["segment"]) for rec in records}
+        for name in sorted(set(monitored["segments"]) - trained):
+            records.append(
+                {"segment": name, "status": "not retrained", "value": None, "reason": "not trained in this run"}
+            )
     records.sort(key=lambda rec: str(rec["segment"]))
     ids: set[str] = set()
     for rec in records:
@@ -106,7 +117,7 @@ def _scorecard(
         "served by the global model": len(fallback & {r["segment"] for r in rows}),
         "skipped": len(skipped),
         "failed": sum(failed.values()),
-        f"{metric} undefined": sum(1 for rec in records if rec["status"] not in ("skipped", "failed")) - len(values),
+        f"{metric} undefined": sum(1 for rec in records if rec.get("version") is not None) - len(values),
     }
     return {
         "fleet": fleet,
@@ -349,15 +360,19 @@ _JS = """
   text.addEventListener('input',filter); status.addEventListener('change',filter);
   var heat=document.getElementById('heatdata');
   if(heat){var d=JSON.parse(heat.textContent), c=document.getElementById('heatmap'), g=c.getContext('2d');
-    var cw=c.width/d.features.length, ch=c.height/d.segments.length;
+    var top=d.top, cw=c.width/d.features.length, ch=(c.height-top)/d.segments.length;
+    g.font='11px sans-serif'; g.fillStyle='#222';
+    d.features.forEach(function(f,k){g.save(); g.translate(k*cw+cw/2+4,top-4); g.rotate(-Math.PI/2.6);
+      g.fillText(f.length>16?f.slice(0,15)+'\u2026':f,0,0); g.restore();});
+    g.translate(0,top);
     for(var r=0;r<d.cells.length;r++){for(var k=0;k<d.cells[r].length;k++){var v=d.cells[r][k];
       if(v===null){g.fillStyle='#eee';}else{var t=Math.min(v/2,1);
         g.fillStyle=v>1?'rgb(200,'+Math.round(80*(1-t))+',40)':'rgb('+Math.round(255*t)+','+Math.round(140+80*t)+','+Math.round(255-155*t)+')';}
       g.fillRect(k*cw,r*ch,Math.ceil(cw),Math.ceil(ch));}}
     c.addEventListener('click',function(ev){var b=c.getBoundingClientRect();
-      var r=Math.floor((ev.clientY-b.top)/ch); if(d.anchors[r]){location.hash=d.anchors[r];}});
+      var r=Math.floor((ev.clientY-b.top-top)/ch); if(d.anchors[r]){location.hash=d.anchors[r];}});
     c.addEventListener('mousemove',function(ev){var b=c.getBoundingClientRect();
-      var r=Math.floor((ev.clientY-b.top)/ch), k=Math.floor((ev.clientX-b.left)/cw);
+      var r=Math.floor((ev.clientY-b.top-top)/ch), k=Math.floor((ev.clientX-b.left)/cw);
       if(d.segments[r]!==undefined&&d.features[k]!==undefined){var v=d.cells[r][k];
         c.title=d.segments[r]+' / '+d.features[k]+': '+(v===null?'not measured':v.toFixed(2)+'x threshold');}});}
   window.scorecardReady=performance.now(); document.body.setAttribute('data-ready','1');
@@ -392,7 +407,7 @@ def _html(card: dict[str, Any]) -> str:
         '<select id="status"><option value="">every status</option>',
         *[
             f'<option value="{e(s)}">{e(s)}</option>'
-            for s in ("new champion", "kept champion", "no champion", "skipped", "failed")
+            for s in ("new champion", "kept champion", "no champion", "skipped", "failed", "not retrained")
         ],
         '<option value="alert">alerting</option>' if m is not None else "",
         "</select></div>",
@@ -444,16 +459,17 @@ def _heatmap(card: dict[str, Any]) -> list[str]:
         names.append(str(rec["segment"]))
         anchors.append(rec["id"])
         cells.append([round(worst[f], 4) if f in worst else None for f in features])
-    row = max(2, min(16, 800 // max(1, len(names))))
-    data = json.dumps({"segments": names, "anchors": anchors, "features": features, "cells": cells})
+    order = sorted(range(len(names)), key=lambda i: -max((v for v in cells[i] if v is not None), default=-1.0))
+    names, anchors, cells = [names[i] for i in order], [anchors[i] for i in order], [cells[i] for i in order]
+    row = max(1, min(16, 800 // max(1, len(names))))  # at most ~800 px tall: 1,000 segments are 1 px rows
+    data = json.dumps({"segments": names, "anchors": anchors, "features": features, "cells": cells, "top": _TOP})
     data = data.replace("</", "<\\/")  # no "</script>" inside the script element
-    labels = "".join(f"<th>{html.escape(f)}</th>" for f in features)
     return [
         '<h2 id="heatmap-title">Skew and drift: segment x feature</h2>',
         "<p>Each cell is the larger of the skew and drift distance as a multiple of its threshold "
-        "(grey: not measured; blue below the threshold, red above). Hover for values, click for the segment.</p>",
-        f'<table class="heatlabels"><tr>{labels}</tr></table>',
-        f'<canvas id="heatmap" width="{24 * len(features)}" height="{row * len(names)}"></canvas>',
+        "(grey: not measured; blue below the threshold, red above); segments worst first. "
+        "Hover for values, click for the segment.</p>",
+        f'<canvas id="heatmap" width="{_CELL * len(features)}" height="{_TOP + row * len(names)}"></canvas>',
         f'<script type="application/json" id="heatdata">{data}</script>',
     ]
 
@@ -509,3 +525,48 @@ def _detail(rec: dict[str, Any], metric: str) -> str:
             parts.append("</table>")
     parts.append('<p><a href="#table">back to the table</a></p></section>')
     return "".join(parts)
+
+
+def run_inputs(run_dir: str | Path) -> dict[str, Any]:
+    """The scorecard's inputs from a local twin run (`<home>/runs/<run>/`): its register, evaluate and validate
+    outputs under the pipeline root its run.log names, and the monitor step's endpoint reports if it ran."""
+    run_dir = Path(run_dir)
+    log = run_dir / "run.log"
+    match = (
+        re.search(r"(/[^\s\"']*/pipeline_root/[^/\s\"']+)/", log.read_text(errors="replace")) if log.is_file() else None
+    )
+    if match is None:
+        raise UserError(f"{run_dir}: no run.log naming the run's pipeline root (a run folder under <home>/runs/)")
+    root = Path(match.group(1))
+    moved = run_dir.parent.parent / "pipeline_root" / root.name
+    root = moved if moved.is_dir() else root  # a home copied or moved since the run: its own outputs
+    registrations = [row for p in sorted(root.glob("**/register/registered")) for row in _json(p)]
+    evaluations = [e for p in sorted(root.glob("**/evaluate/evaluation")) for e in _json(p)]
+    if not registrations and not (root / "validate" / "segments").is_file():
+        raise UserError(f"{run_dir}: the run registered nothing and validated nothing: no scorecard to write")
+    for e in evaluations:
+        e.pop("predictions", None)  # the pooled metric's test rows: not shown, and large
+    segments = _json(root / "validate" / "segments") if (root / "validate" / "segments").is_file() else {}
+    anomalies = root / "monitor" / "anomalies"
+    monitoring = _json(anomalies).get("endpoints") if anomalies.is_file() else None
+    fleet, metric = "", None
+    arguments = run_dir / "arguments.json"
+    if arguments.is_file():
+        text = json.loads(arguments.read_text()).get("fleet_spec") or ""
+        try:
+            spec = parse_spec(text)
+            fleet, metric = spec.name, spec.primary_metric
+        except ValueError:  # a spec this version no longer reads: the page goes without its name
+            pass
+    return {
+        "registrations": registrations,
+        "evaluations": evaluations,
+        "segments": segments,
+        "monitoring": monitoring,
+        "fleet": fleet,
+        "metric": metric,
+    }
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text())

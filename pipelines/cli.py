@@ -336,6 +336,45 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the fleet scorecard (HTML, and Markdown beside it) of the latest training run under the twin home."""
+    from fleetops.scorecard import render_scorecard, run_inputs
+    from fleetops.spec import load_spec
+
+    fleet = load_spec(args.spec).name if args.spec else None
+    home = _home(args.home)
+    runs = home / "runs"
+    candidates = (
+        [Path(args.run).resolve()] if args.run else sorted(runs.iterdir(), reverse=True) if runs.is_dir() else []
+    )
+    found, why = None, []
+    for run_dir in candidates:
+        try:
+            inputs = run_inputs(run_dir)
+        except UserError as exc:  # a monitoring-only or failed-early run: an older one may have trained
+            why.append(str(exc))
+            continue
+        if fleet is None or inputs["fleet"] == fleet:
+            found = (run_dir, inputs)
+            break
+    if found is None:
+        which = f" of fleet {fleet!r}" if fleet else ""
+        detail = f" ({why[0]})" if args.run and why else ""
+        raise UserError(f"no training run{which} under {runs}{detail}: run `fleetops run SPEC` first")
+    run_dir, inputs = found
+    page, markdown = render_scorecard(**inputs)
+    output = Path(args.output).resolve() if args.output else run_dir / "scorecard.html"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(page)
+    output.with_suffix(".md").write_text(markdown)
+    print(output)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(output.as_uri())
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     print(_registry_listing(_home(args.home)))
     print(_endpoint_listing(_home(args.home)))
@@ -661,6 +700,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", default=None, metavar="PATH", help="JSON report (default: <run>/cost.json)")
     p.set_defaults(handler=cmd_cost)
+
+    p = sub.add_parser("report", help="write the fleet scorecard (HTML and Markdown) of the latest training run")
+    p.add_argument("spec", nargs="?", default=None, help="fleet spec YAML: its fleet's latest run (default: any fleet)")
+    p.add_argument("--home", default=None, help="local twin home with runs/")
+    p.add_argument("--run", default=None, metavar="DIR", help="the run (default: the latest that trained)")
+    p.add_argument("--output", default=None, metavar="PATH", help="the page (default: <run>/scorecard.html)")
+    p.add_argument("--open", action="store_true", help="open the page in a web browser")
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("models", help="list the local registry")
     p.add_argument("--home", default=None)

@@ -198,3 +198,58 @@ def test_the_summarize_component_writes_the_scorecard_artifact(tmp_path: Path, s
     page = (tmp_path / "scorecard.html").read_text()
     assert f"<h1>Fleet scorecard of {spec.name}: {len(rows)} model(s)" in page
     assert page.count('<tr data-status="') == len(rows)
+
+
+def _twin_run(home: Path, stamp: str, spec_text: str, inputs: dict[str, Any] | None) -> Path:
+    """A run folder as `fleetops run` leaves it: arguments.json, a run.log naming the pipeline root, and
+    the register, evaluate, validate (and monitor) outputs there; `inputs` None: a run that trained nothing."""
+    run_dir = home / "runs" / stamp
+    run_dir.mkdir(parents=True)
+    (run_dir / "arguments.json").write_text(json.dumps({"fleet_spec": spec_text}))
+    root = home / "pipeline_root" / f"fleetops-training-{stamp}"
+    (run_dir / "run.log").write_text(f'  "uri": "{root}/ingest/raw_data",\n')
+    if inputs is not None:
+        for i, start in enumerate(range(0, len(inputs["registrations"]), 3)):
+            task = root / f"for-loop-1-iteration-{i}"
+            (task / "register").mkdir(parents=True)
+            (task / "register" / "registered").write_text(json.dumps(inputs["registrations"][start : start + 3]))
+            (task / "evaluate").mkdir(parents=True)
+            (task / "evaluate" / "evaluation").write_text(json.dumps(inputs["evaluations"]))
+        (root / "validate").mkdir(parents=True)
+        (root / "validate" / "segments").write_text(json.dumps(inputs["segments"]))
+        if inputs["monitoring"]:
+            (root / "monitor").mkdir(parents=True)
+            (root / "monitor" / "anomalies").write_text(json.dumps({"endpoints": inputs["monitoring"]}))
+    return run_dir
+
+
+def test_fleetops_report_writes_the_latest_training_runs_scorecard(tmp_path: Path, spec, capsys):
+    from pipelines.cli import main
+
+    home, text = tmp_path / "home", spec.to_json()
+    older = _twin_run(home, "20260101-000000-000000", text, fleet_inputs(5, monitored=False))
+    latest = _twin_run(home, "20260102-000000-000000", text, fleet_inputs(12))
+    _twin_run(home, "20260103-000000-000000", text, None)  # newest, but trained nothing (e.g. monitoring only)
+    assert main(["report", "--home", str(home)]) == 0
+    written = latest / "scorecard.html"
+    assert capsys.readouterr().out.strip() == str(written)
+    page = written.read_text()
+    assert f"Fleet scorecard of {spec.name}: 10 model(s)" in page and 'id="heatmap"' in page
+    assert (latest / "scorecard.md").read_text().startswith(f"# Fleet scorecard of {spec.name}")
+    out = tmp_path / "out" / "card.html"
+    assert main(["report", "--home", str(home), "--run", str(older), "--output", str(out)]) == 0
+    assert "4 model(s)" in out.read_text() and out.with_suffix(".md").is_file()
+    assert main(["report", "--home", str(tmp_path / "empty")]) == 2
+    assert "no training run under" in capsys.readouterr().err
+
+
+def test_monitored_segments_not_retrained_and_empty_windows_are_listed():
+    inputs = fleet_inputs(3)
+    reports = inputs["monitoring"] + [
+        {"segment": "quiet", "window": {"rows": 0}, "note": "0 logged request row(s) in the window", "skew": []}
+    ]
+    page, markdown = render_scorecard(**(inputs | {"monitoring": reports}))
+    assert "| quiet | not retrained |" in markdown
+    assert "| monitored segments | 4 (1 not judged: too few rows) |" in markdown
+    assert "monitoring: 0 logged request row(s) in the window" in page
+    assert "| auRoc undefined |" not in markdown  # a segment that was not trained has no metric to miss
