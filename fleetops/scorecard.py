@@ -202,6 +202,11 @@ def _fmt(value: Any) -> str:
 def _title(card: dict[str, Any]) -> str:
     t = card["totals"]
     name = f" of {card['fleet']}" if card["fleet"] else ""
+    m = card["monitoring"]
+    if m is not None and not t["models"] and not t["skipped"] and not t["failed"]:  # a run that only monitored
+        return (
+            f"Fleet monitoring scorecard{name}: {len(m['segments']):,} segment(s) monitored, {m['alerting']:,} alerting"
+        )
     return f"Fleet scorecard{name}: {t['models']:,} model(s), {t['new champions']:,} new champion(s)"
 
 
@@ -529,7 +534,8 @@ def _detail(rec: dict[str, Any], metric: str) -> str:
 
 def run_inputs(run_dir: str | Path) -> dict[str, Any]:
     """The scorecard's inputs from a local twin run (`<home>/runs/<run>/`): its register, evaluate and validate
-    outputs under the pipeline root its run.log names, and the monitor step's endpoint reports if it ran."""
+    outputs under the pipeline root its run.log names, and the monitor step's endpoint reports if it ran
+    (a continuous-training run that found nothing to retrain only monitored)."""
     run_dir = Path(run_dir)
     log = run_dir / "run.log"
     match = (
@@ -542,12 +548,12 @@ def run_inputs(run_dir: str | Path) -> dict[str, Any]:
     root = moved if moved.is_dir() else root  # a home copied or moved since the run: its own outputs
     registrations = [row for p in sorted(root.glob("**/register/registered")) for row in _json(p)]
     evaluations = [e for p in sorted(root.glob("**/evaluate/evaluation")) for e in _json(p)]
-    if not registrations and not (root / "validate" / "segments").is_file():
-        raise UserError(f"{run_dir}: the run registered nothing and validated nothing: no scorecard to write")
+    anomalies = root / "monitor" / "anomalies"
+    if not registrations and not (root / "validate" / "segments").is_file() and not anomalies.is_file():
+        raise UserError(f"{run_dir}: the run trained and monitored nothing: no scorecard to write")
     for e in evaluations:
         e.pop("predictions", None)  # the pooled metric's test rows: not shown, and large
     segments = _json(root / "validate" / "segments") if (root / "validate" / "segments").is_file() else {}
-    anomalies = root / "monitor" / "anomalies"
     monitoring = _json(anomalies).get("endpoints") if anomalies.is_file() else None
     fleet, metric = "", None
     arguments = run_dir / "arguments.json"

@@ -337,7 +337,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write the fleet scorecard (HTML, and Markdown beside it) of the latest training run under the twin home."""
+    """Write the fleet scorecard (HTML, and Markdown beside it) of the latest run that trained or monitored."""
     from fleetops.scorecard import render_scorecard, run_inputs
     from fleetops.spec import load_spec
 
@@ -351,7 +351,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for run_dir in candidates:
         try:
             inputs = run_inputs(run_dir)
-        except UserError as exc:  # a monitoring-only or failed-early run: an older one may have trained
+        except UserError as exc:  # a run that failed early or serves: an older one may have trained or monitored
             why.append(str(exc))
             continue
         if fleet is None or inputs["fleet"] == fleet:
@@ -360,7 +360,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if found is None:
         which = f" of fleet {fleet!r}" if fleet else ""
         detail = f" ({why[0]})" if args.run and why else ""
-        raise UserError(f"no training run{which} under {runs}{detail}: run `fleetops run SPEC` first")
+        raise UserError(f"no run that trained or monitored{which} under {runs}{detail}: `fleetops run SPEC` first")
     run_dir, inputs = found
     page, markdown = render_scorecard(**inputs)
     output = Path(args.output).resolve() if args.output else run_dir / "scorecard.html"
@@ -701,10 +701,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, metavar="PATH", help="JSON report (default: <run>/cost.json)")
     p.set_defaults(handler=cmd_cost)
 
-    p = sub.add_parser("report", help="write the fleet scorecard (HTML and Markdown) of the latest training run")
+    p = sub.add_parser("report", help="write the fleet scorecard (HTML and Markdown) of the latest run")
     p.add_argument("spec", nargs="?", default=None, help="fleet spec YAML: its fleet's latest run (default: any fleet)")
     p.add_argument("--home", default=None, help="local twin home with runs/")
-    p.add_argument("--run", default=None, metavar="DIR", help="the run (default: the latest that trained)")
+    p.add_argument("--run", default=None, metavar="DIR", help="the run (default: the latest that trained or monitored)")
     p.add_argument("--output", default=None, metavar="PATH", help="the page (default: <run>/scorecard.html)")
     p.add_argument("--open", action="store_true", help="open the page in a web browser")
     p.set_defaults(handler=cmd_report)

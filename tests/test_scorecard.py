@@ -240,7 +240,14 @@ def test_fleetops_report_writes_the_latest_training_runs_scorecard(tmp_path: Pat
     assert main(["report", "--home", str(home), "--run", str(older), "--output", str(out)]) == 0
     assert "4 model(s)" in out.read_text() and out.with_suffix(".md").is_file()
     assert main(["report", "--home", str(tmp_path / "empty")]) == 2
-    assert "no training run under" in capsys.readouterr().err
+    assert "no run that trained or monitored under" in capsys.readouterr().err
+    # A continuous-training run that found nothing to retrain only monitored: its scorecard is the alerts.
+    monitored = fleet_inputs(6)
+    only = _twin_run(home, "20260104-000000-000000", text, monitored | {"registrations": [], "evaluations": []})
+    assert main(["report", "--home", str(home)]) == 0
+    page = (only / "scorecard.html").read_text()
+    alerting = sum(1 for r in monitored["monitoring"] if any(x["anomaly"] for x in r["skew"]))
+    assert f"Fleet monitoring scorecard of {spec.name}: 5 segment(s) monitored, {alerting} alerting" in page
 
 
 def test_monitored_segments_not_retrained_and_empty_windows_are_listed():
