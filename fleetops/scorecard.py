@@ -75,7 +75,7 @@ def _scorecard(
             "architecture": r.get("architecture") or e.get("architecture") or "",
             "selection": e.get("selection"),
             "test_rows": e.get("test_rows"),
-            "fallback": r["segment"] in fallback,
+            "fallback": _fallback_reason(r["segment"], e, outcomes) if r["segment"] in fallback else None,
         }
         if r.get("failed"):
             record |= {"status": "failed", "value": None, "reason": f"failed in training: {r['failed']}"}
@@ -129,6 +129,12 @@ def _scorecard(
         "failed": failed,
         "monitoring": monitored,
     }
+
+
+def _fallback_reason(segment: str, evaluation: dict[str, Any], outcomes: dict[str, Any]) -> str:
+    """Why the fleet's global model serves a segment: its evaluation's reason, else the validate step's."""
+    reason = (evaluation.get("fallback") or {}).get("reason") or (outcomes.get("fallback") or {}).get(segment)
+    return str(reason or "no reason recorded")
 
 
 def _monitoring(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -493,7 +499,7 @@ def _detail(rec: dict[str, Any], metric: str) -> str:
     elif rec.get("undefined"):
         parts.append(f"<li>test {e(metric)} undefined: {e(str(rec['undefined']))}</li>")
     if rec.get("fallback"):
-        parts.append("<li>served by the fleet's global model</li>")
+        parts.append(f"<li>served by the fleet's global model: {e(rec['fallback'])}</li>")
     if rec.get("architecture"):
         parts.append(f"<li>architecture: {e(rec['architecture'])}</li>")
     parts.append("</ul>")
@@ -506,9 +512,10 @@ def _detail(rec: dict[str, Any], metric: str) -> str:
             sm = e(str(selection.get("metric", metric)))
             parts.append(f"<table><tr><th>candidate</th><th>validation {sm}</th><th>test {sm}</th></tr>")
             for name, values in candidates.items():
-                mark = " (chosen)" if name == chosen else ""
+                label = f"{name} ({values['architecture']})" if values.get("architecture") else str(name)
+                label += " (chosen)" if name == chosen else ""
                 parts.append(
-                    f"<tr><td>{e(str(name))}{mark}</td><td>{_fmt(values.get('validation'))}</td>"
+                    f"<tr><td>{e(label)}</td><td>{_fmt(values.get('validation'))}</td>"
                     f"<td>{_fmt(values.get('test'))}</td></tr>"
                 )
             parts.append("</table>")

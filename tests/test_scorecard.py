@@ -112,7 +112,10 @@ def test_undefined_metrics_odd_names_and_no_monitoring():
         | {"champion_version": None, "champion_value": None, "reason": "first model"},
     ]
     evaluations = [{"segment": "a<b>&\"c'", "undefined": {"auRoc": "one class in the test rows"}}]
-    page, markdown = render_scorecard(registrations, evaluations)
+    outcomes = {"fallback": {"a b": "12 rows, fewer than min_rows 50"}}
+    page, markdown = render_scorecard(registrations, evaluations, outcomes)
+    assert "served by the fleet's global model: 12 rows, fewer than min_rows 50" in page
+    assert "| served by the global model | 1 |" in markdown
     assert "<b>" not in page and "a&lt;b&gt;&amp;&quot;c&#x27;" in page
     assert "auRoc undefined | 1 |" in markdown
     assert "test auRoc undefined: one class in the test rows" in page
