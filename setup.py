@@ -59,6 +59,9 @@ EXTRAS_REQUIRE = {
         "ipykernel==7.4.0",
         # The tuning notebook plots its trials.
         "matplotlib==3.11.2",
+        # The fairness metrics (computed from counts with numpy, see fleetops/evaluation/fairness.py) are
+        # checked against fairlearn's MetricFrame on the same rows; 0.15.0 installs with the pins above.
+        "fairlearn==0.15.0",
     ],
     "dev": [
         "ruff==0.17.5",
