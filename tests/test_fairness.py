@@ -283,3 +283,12 @@ def test_the_report_pools_the_segments_fairness(tmp_path, platform, north):
     assert gained > 0
     markdown = fleet.evaluation_report(evaluations)
     assert "## Fairness over all 2 segments (their test rows pooled)" in markdown
+
+
+def test_a_segment_without_test_rows_reports_no_slices_and_its_gates_unchecked():
+    report = f.evaluate(f.BINARY, pd.DataFrame({"g": []}), ["g"], None, None)
+    assert report["columns"] == [{"column": "g", "rows": 0, "slices": []}]
+    gate = parse_spec(_spec_dict(fairness=[{"slice": "plan", "metric": "accuracyDifference", "max_abs": 0.1}]))
+    [check] = f.check_gates(report, [gate.evaluation.fairness[0].model_copy(update={"slice": "g"})])
+    assert check["broken"] is None and check["note"] == "accuracyDifference on g: no test rows"
+    assert "- g: no test rows" in fleet._fairness_report(report | {"gates": [check]})
