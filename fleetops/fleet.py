@@ -981,7 +981,8 @@ def _fairness_gate(spec: FleetSpec, result: dict[str, Any]) -> dict[str, Any]:
 
     A model that breaks a gate (|metric| strictly above max_abs on some value of the slice column)
     does not take the champion alias, whatever its primary metric says; it is still registered. The
-    reason names each broken gate and keeps the primary-metric rule's reason. Slices where a gate's
+    reason names each broken gate with its worst value (and how many others break it) and keeps the
+    primary-metric rule's reason. Slices where a gate's
     metric is undefined cannot break it; `fairness.gates` lists them as not checked, with why.
     """
     checks = fairness.check_gates(result.get("fairness"), spec.evaluation.fairness)
@@ -989,7 +990,15 @@ def _fairness_gate(spec: FleetSpec, result: dict[str, Any]) -> dict[str, Any]:
     broken = [check for check in checks if check["broken"]]
     if not broken:
         return {"fairness": report}
-    breaches = "; ".join(f"{check['gate']}: {check['note']}" for check in broken)
+    # The worst breach of each gate, so that a column with many values keeps the reason short.
+    worst: dict[str, list[dict[str, Any]]] = {}
+    for check in broken:
+        worst.setdefault(check["gate"], []).append(check)
+    breaches = "; ".join(
+        f"{gate}: {max(checks, key=lambda c: abs(c['measured']))['note']}"
+        + (f", and {len(checks) - 1} more value(s) of {checks[0]['slice']}" if len(checks) > 1 else "")
+        for gate, checks in worst.items()
+    )
     if not result["promote"]:
         return {"fairness": report, "reason": f"{result['reason']}; it also breaks the fairness gate ({breaches})"}
     champion = result.get("champion_version")

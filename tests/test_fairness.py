@@ -292,3 +292,27 @@ def test_a_segment_without_test_rows_reports_no_slices_and_its_gates_unchecked()
     [check] = f.check_gates(report, [gate.evaluation.fairness[0].model_copy(update={"slice": "g"})])
     assert check["broken"] is None and check["note"] == "accuracyDifference on g: no test rows"
     assert "- g: no test rows" in fleet._fairness_report(report | {"gates": [check]})
+
+
+def test_the_reason_names_each_broken_gate_by_its_worst_value_and_the_champion_stays():
+    report = f.evaluate(f.BINARY, pd.DataFrame({"plan": GROUPS}), ["plan"], TRUTH, scores_of(PREDICTED), min_rows=1)
+    gates = [
+        {"slice": "plan", "metric": "accuracyDifference", "max_abs": 0.1},  # a: -0.25, b: +0.25
+        {"slice": "plan", "metric": "differenceInPopulationSize", "max_abs": 0.1},  # a: +0.2, b: -0.2
+        {"slice": "plan", "metric": "recallDifference", "max_abs": 0.6},  # a: -1/3, b: +1/3: within
+    ]
+    spec = parse_spec(_spec_dict(fairness=gates))
+    result = {"fairness": report, "promote": True, "reason": "new auRoc 0.9 beats champion v3", "champion_version": "3"}
+    decided = fleet._fairness_gate(spec, result)
+    assert decided["promote"] is False
+    assert decided["reason"] == (
+        "not promoted: breaks the fairness gate (evaluation.fairness[0]: accuracyDifference on plan=a is -0.2500: "
+        "|-0.2500| is above max_abs 0.1 (6 rows against 4), and 1 more value(s) of plan; evaluation.fairness[1]: "
+        "differenceInPopulationSize on plan=a is +0.2000: |0.2000| is above max_abs 0.1 (6 rows against 4), and 1 "
+        "more value(s) of plan), so champion v3 stays (without the gate: new auRoc 0.9 beats champion v3)"
+    )
+    assert [c["broken"] for c in decided["fairness"]["gates"]] == [True, True, True, True, False, False]
+    # Not promoted anyway: the reason keeps the rule's words and adds the breach.
+    kept = fleet._fairness_gate(spec, result | {"promote": False, "reason": "new auRoc 0.8 does not beat v3"})
+    assert "promote" not in kept
+    assert kept["reason"].startswith("new auRoc 0.8 does not beat v3; it also breaks the fairness gate (")
