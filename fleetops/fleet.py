@@ -198,7 +198,9 @@ def evaluate_shard(
             "metrics": metrics,
             "undefined": undefined,
             "slices": _slices(spec, test, y, scores, challenger.classes) if y is not None else [],
-            "fairness": fairness.evaluate(spec.task.value, test, spec.evaluation.fairness_columns, y, scores),
+            "fairness": fairness.evaluate(
+                spec.task.value, test, spec.evaluation.fairness_columns, y, scores, classes=challenger.classes
+            ),
             "roc": roc_curve(y, scores) if spec.task.is_classification and y is not None else None,
             # The tuning trials behind this model, for the evaluation report.
             "tuning": challenger.metadata.get("tuning"),
@@ -623,7 +625,11 @@ def _fairness_report(report: dict[str, Any] | None, heading: bool = True) -> lis
     undefined values as "undefined" with their reasons grouped under the table, then the gates' checks."""
     if not report or not report.get("columns"):
         return []
-    lines = ["**Fairness** (each value of the column against the rest of the test rows; slice minus the rest)", ""]
+    positive = f"; positive class {report['positive_class']!r}" if report.get("positive_class") else ""
+    lines = [
+        f"**Fairness** (each value of the column against the rest of the test rows; slice minus the rest{positive})",
+        "",
+    ]
     lines = lines if heading else []
     names = list(_FAIRNESS_HEADINGS)
     for column in report["columns"]:

@@ -236,6 +236,7 @@ def test_a_model_that_breaks_a_gate_is_registered_but_not_champion(platform, nor
     assert {g["gate"] for g in report["gates"] if g["broken"] is None} >= {"evaluation.fairness[2]"}
 
     markdown = fleet.evaluation_report([evaluation])
+    assert "slice minus the rest; positive class '1')" in markdown
     assert "| plan | rows | rest | population | DPPTL | DPPPL | accuracy | recall | specificity | FN/FP |" in markdown
     assert "- evaluation.fairness[0]: **broken**: accuracyDifference on plan=" in markdown
     assert "- evaluation.fairness[2]: not checked: differenceInPopulationSize is undefined: column contract" in markdown

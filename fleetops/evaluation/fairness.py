@@ -147,16 +147,19 @@ def evaluate(
     y: np.ndarray | None,
     scores: np.ndarray | None,
     min_rows: int = MIN_ROWS,
+    classes: list[str] | None = None,
 ) -> dict[str, Any]:
     """The fairness section of a segment's evaluation: `column_report` for each column, on the test rows.
 
     `y`/`scores` are None when the segment has no test rows: each column then reports no slices.
+    `classes` (the model's) names the positive class of a binary model in the result.
     """
     columns_out = []
     for column in columns:
         by_value = counts(task, slice_values(test[column]), y, scores) if y is not None else {}
         columns_out.append(column_report(task, column, by_value, min_rows))
-    return {"task": task, "min_rows": min_rows, "columns": columns_out}
+    positive = classes[1] if task == BINARY and classes and len(classes) == 2 else None
+    return {"task": task, "min_rows": min_rows, "positive_class": positive, "columns": columns_out}
 
 
 def pool(task: str, reports: list[dict[str, Any] | None], min_rows: int = MIN_ROWS) -> dict[str, Any]:
