@@ -317,3 +317,20 @@ def test_the_reason_names_each_broken_gate_by_its_worst_value_and_the_champion_s
     kept = fleet._fairness_gate(spec, result | {"promote": False, "reason": "new auRoc 0.8 does not beat v3"})
     assert "promote" not in kept
     assert kept["reason"].startswith("new auRoc 0.8 does not beat v3; it also breaks the fairness gate (")
+
+
+def test_a_champion_stays_when_the_new_model_breaks_a_gate(platform, north, trained_models):
+    dataset, model_dir, _ = north
+    platform.registry.upload_version("churn-north", trained_models[1], aliases=["champion"])
+    gates = [{"slice": "plan", "metric": "differenceInPopulationSize", "max_abs": 0.0}]
+    spec = parse_spec(_spec_dict(fairness=gates))
+    [evaluation] = fleet.evaluate_shard(spec, platform, dataset, model_dir, ["north"])
+    assert evaluation["promote"] is False and evaluation["champion_version"] == "1"
+    assert (
+        "breaks the fairness gate (evaluation.fairness[0]: differenceInPopulationSize on plan="
+        in (evaluation["reason"])
+    )
+    [registered] = fleet.register_shard(spec, platform, model_dir, [evaluation])
+    assert registered["version_id"] == "2" and not registered["promoted"]
+    assert platform.registry.get_version("churn-north", "champion").version_id == "1"
+    assert registered["reason"] == evaluation["reason"]
