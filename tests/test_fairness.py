@@ -334,3 +334,59 @@ def test_a_champion_stays_when_the_new_model_breaks_a_gate(platform, north, trai
     assert registered["version_id"] == "2" and not registered["promoted"]
     assert platform.registry.get_version("churn-north", "champion").version_id == "1"
     assert registered["reason"] == evaluation["reason"]
+
+
+@pytest.mark.parametrize("task", ["multiclass_classification", "regression"])
+def test_other_tasks_through_evaluate_shard_say_which_metrics_they_define(tmp_path, platform, task):
+    from fleetops.data.split import TRAIN, VALIDATION
+    from fleetops.data.validation import coerce_features, statistics
+    from fleetops.training.artifact import save_artifact
+    from fleetops.training.model import fit_vocabularies
+    from fleetops.training.trainer import class_names, encode_labels
+    from fleetops.training.trees import fit_trees
+
+    # The plan (3 classes) from the charges, or the charges from the rest; contract is the sensitive column.
+    label = "plan" if task.startswith("multiclass") else "monthly_charges"
+    numeric = [c for c in ("tenure_months", "monthly_charges", "support_calls", "data_usage_gb") if c != label]
+    categorical = [c for c in ("plan", "contract", "payment_method") if c != label]
+    base = _spec_dict(primary_metric=None, slice_columns=["contract"])
+    spec = parse_spec(
+        base | {"task": task, "label": label, "features": {"numeric": numeric, "categorical": categorical}}
+    )
+    rows = make_churn(rows_per_segment=1200, segments=1, seed=3)
+    rows = with_splits(rows, spec.data.split, spec.data.split_key)
+    rows[SEGMENT_COLUMN] = segment_values(rows, spec)
+    rows.to_parquet(tmp_path / "dataset.parquet", index=False)
+    typed = coerce_features(rows, numeric, categorical)
+    train, validation = typed[typed[SPLIT_COLUMN] == TRAIN], typed[typed[SPLIT_COLUMN] == VALIDATION]
+    classes = class_names(typed[label]) if spec.task.is_classification else []
+    model, _ = fit_trees(
+        train,
+        validation,
+        encode_labels(train[label], classes),
+        encode_labels(validation[label], classes),
+        spec.task,
+        numeric,
+        categorical,
+        fit_vocabularies(train, spec),
+        spec.training,
+        len(classes),
+    )
+    metadata = {
+        "task": task,
+        "features": {"numeric": numeric, "categorical": categorical},
+        "classes": classes,
+        "architecture": "gbt",
+    }
+    save_artifact(model, metadata, statistics(train, spec), tmp_path / "model" / "north")
+
+    [evaluation] = fleet.evaluate_shard(spec, platform, tmp_path / "dataset.parquet", tmp_path / "model", ["north"])
+    [contract] = evaluation["fairness"]["columns"]
+    assert evaluation["fairness"]["positive_class"] is None
+    for s in contract["slices"]:
+        defined = {name for name, value in s["metrics"].items() if value is not None}
+        assert defined == set(f.DEFINED[task])
+        assert set(s["undefined"]) == set(f.METRICS) - defined
+    report = fleet.evaluation_report([evaluation])
+    no_class = "a regression model has no classes" if task == "regression" else "has no positive class"
+    assert no_class in report
