@@ -62,6 +62,9 @@ EXTRAS_REQUIRE = {
         # The fleet scorecard's page is checked in headless Chromium (tests/test_scorecard.py). Playwright drives
         # Debian's chromium (`make install-test` installs it); it never downloads its own browsers.
         "playwright==1.65.2",
+        # The fairness metrics (computed from counts with numpy, see fleetops/evaluation/fairness.py) are
+        # checked against fairlearn's MetricFrame on the same rows; 0.15.0 installs with the pins above.
+        "fairlearn==0.15.0",
     ],
     "dev": [
         "ruff==0.17.5",

@@ -20,6 +20,7 @@ import pandas as pd
 from fleetops.data.split import SPLIT_COLUMN, TEST, with_splits
 from fleetops.data.validation import ValidationReport, schema, segment_values, statistics, validate
 from fleetops.errors import NotFoundError, UserError
+from fleetops.evaluation import fairness
 from fleetops.evaluation.metrics import (
     CLASSIFICATION_SCHEMA,
     REGRESSION_SCHEMA,
@@ -158,7 +159,9 @@ def evaluate_shard(
 
     Each result carries `undefined`: metric name -> why that metric is undefined on
     the segment's test split (e.g. one class only); those metrics are None in `metrics`.
-    The champion decision (`promote`, `reason`) follows the rule in `_champion`.
+    The champion decision (`promote`, `reason`) follows the rule in `_champion`, then the spec's
+    fairness gates (`_fairness_gate`). `fairness` holds the bias metrics of each sensitive column's
+    values against the rest of the test rows (`fleetops.evaluation.fairness`) and the gates' checks.
     `fallback` segments carry the fleet's global model; one without test rows (or without
     any rows) has every test metric undefined, and the champion rule decides on the rest.
     """
@@ -195,6 +198,9 @@ def evaluate_shard(
             "metrics": metrics,
             "undefined": undefined,
             "slices": _slices(spec, test, y, scores, challenger.classes) if y is not None else [],
+            "fairness": fairness.evaluate(
+                spec.task.value, test, spec.evaluation.fairness_columns, y, scores, classes=challenger.classes
+            ),
             "roc": roc_curve(y, scores) if spec.task.is_classification and y is not None else None,
             # The tuning trials behind this model, for the evaluation report.
             "tuning": challenger.metadata.get("tuning"),
@@ -213,6 +219,7 @@ def evaluate_shard(
         }
         validation = challenger.metadata.get("validation_metrics") or {}
         result |= _champion(spec, platform, test, result["model_id"], metrics, undefined, validation)
+        result |= _fairness_gate(spec, result)
         results.append(result)
     return results
 
@@ -561,6 +568,7 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
             if notes:
                 lines += ["", *[f"- {note}" for note in notes]]
             lines.append("")
+        lines += _fairness_report(e.get("fairness"))
         runtimes = e.get("runtimes")
         if runtimes:
             lines += [f"**Runtimes** (serving: {runtimes['serving']})", ""]
@@ -592,7 +600,64 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
                 values = " | ".join(_cell(t["parameters"].get(n)) for n in names)
                 lines.append(f"| {t['trial_id']} | {t['state']} | {_fmt(t['value'])} | {t['seconds']:.1f} | {values} |")
             lines.append("")
+    reports = [e.get("fairness") for e in evaluations if (e.get("fairness") or {}).get("columns")]
+    if len(reports) > 1:
+        pooled = fairness.pool(reports[0]["task"], reports)
+        lines += [f"## Fairness over all {pooled['segments']} segments (their test rows pooled)", ""]
+        lines += _fairness_report(pooled, heading=False)
     return "\n".join(lines) + "\n"
+
+
+# Column headings of the fairness tables (the full names are in the legend under each table).
+_FAIRNESS_HEADINGS = {
+    fairness.POPULATION: "population",
+    fairness.DPPTL: "DPPTL",
+    fairness.DPPPL: "DPPPL",
+    fairness.ACCURACY: "accuracy",
+    fairness.RECALL: "recall",
+    fairness.SPECIFICITY: "specificity",
+    fairness.ERROR_TYPES: "FN/FP",
+}
+
+
+def _fairness_report(report: dict[str, Any] | None, heading: bool = True) -> list[str]:
+    """The fairness metrics as Markdown: per sensitive column, one row per value (slice minus the rest),
+    undefined values as "undefined" with their reasons grouped under the table, then the gates' checks."""
+    if not report or not report.get("columns"):
+        return []
+    positive = f"; positive class {report['positive_class']!r}" if report.get("positive_class") else ""
+    lines = [
+        f"**Fairness** (each value of the column against the rest of the test rows; slice minus the rest{positive})",
+        "",
+    ]
+    lines = lines if heading else []
+    names = list(_FAIRNESS_HEADINGS)
+    for column in report["columns"]:
+        if not column["slices"]:
+            lines += [f"- {column['column']}: no test rows", ""]
+            continue
+        lines += [f"| {column['column']} | rows | rest | " + " | ".join(_FAIRNESS_HEADINGS.values()) + " |"]
+        lines += ["|---" * (3 + len(names)) + "|"]
+        notes: dict[str, list[str]] = {}
+        for s in column["slices"]:
+            cells = " | ".join(_metric(s["metrics"].get(name)) for name in names)
+            lines.append(f"| {s['value'] or '(missing)'} | {s['rows']} | {s['rest_rows']} | {cells} |")
+            for name, why in s["undefined"].items():
+                notes.setdefault(why.split(" is undefined: ", 1)[-1], []).append(name)
+        if notes:
+            lines += [""]
+            lines += [f"- {', '.join(sorted(set(n)))} undefined: {cause}" for cause, n in notes.items()]
+        lines.append("")
+    legend = ", ".join(f"{short} = {name}" for name, short in _FAIRNESS_HEADINGS.items())
+    lines += [f"_{legend}._", ""]
+    gates = report.get("gates") or []
+    if gates:
+        lines += ["**Fairness gates**", ""]
+        for check in gates:
+            verdict = {True: "**broken**", False: "passed", None: "not checked"}[check["broken"]]
+            lines.append(f"- {check['gate']}: {verdict}: {check['note']}")
+        lines.append("")
+    return lines
 
 
 def _selection_report(selection: dict[str, Any] | None, architecture: str | None) -> list[str]:
@@ -915,6 +980,37 @@ def _champion(
         "promote": promote,
         "reason": reason,
     }
+
+
+def _fairness_gate(spec: FleetSpec, result: dict[str, Any]) -> dict[str, Any]:
+    """The champion decision after the spec's fairness gates (`evaluation.fairness`).
+
+    A model that breaks a gate (|metric| strictly above max_abs on some value of the slice column)
+    does not take the champion alias, whatever its primary metric says; it is still registered. The
+    reason names each broken gate with its worst value (and how many others break it) and keeps the
+    primary-metric rule's reason. Slices where a gate's
+    metric is undefined cannot break it; `fairness.gates` lists them as not checked, with why.
+    """
+    checks = fairness.check_gates(result.get("fairness"), spec.evaluation.fairness)
+    report = (result.get("fairness") or {}) | {"gates": checks}
+    broken = [check for check in checks if check["broken"]]
+    if not broken:
+        return {"fairness": report}
+    # The worst breach of each gate, so that a column with many values keeps the reason short.
+    worst: dict[str, list[dict[str, Any]]] = {}
+    for check in broken:
+        worst.setdefault(check["gate"], []).append(check)
+    breaches = "; ".join(
+        f"{gate}: {max(checks, key=lambda c: abs(c['measured']))['note']}"
+        + (f", and {len(checks) - 1} more value(s) of {checks[0]['slice']}" if len(checks) > 1 else "")
+        for gate, checks in worst.items()
+    )
+    if not result["promote"]:
+        return {"fairness": report, "reason": f"{result['reason']}; it also breaks the fairness gate ({breaches})"}
+    champion = result.get("champion_version")
+    stays = f"champion v{champion} stays" if champion else "the segment has no champion until a model passes"
+    reason = f"not promoted: breaks the fairness gate ({breaches}), so {stays} (without the gate: {result['reason']})"
+    return {"fairness": report, "promote": False, "reason": reason}
 
 
 def _first_champion(

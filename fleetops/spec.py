@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fleetops.errors import SpecError
+from fleetops.evaluation import fairness
 
 FLEET_NAME_PATTERN = r"^[a-z][a-z0-9-]{0,39}$"
 # Vertex label values: at most 64 lowercase letters, digits, '_' and '-'.
@@ -294,10 +295,35 @@ class TuningSpec(_Strict):
         return self
 
 
+class FairnessGate(_Strict):
+    """A bias limit on promotion: a model whose `metric` on any value of `slice` (against the rest of the
+    test rows) has an absolute value above `max_abs` does not take the champion alias."""
+
+    slice: str = Field(description="A categorical feature: the sensitive column whose values are compared.")
+    metric: str = Field(description="A fairness metric (fleetops.evaluation.fairness.METRICS).")
+    max_abs: float = Field(ge=0, description="The largest |slice minus the rest| allowed (strictly above breaks it).")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in fairness.METRICS:
+            raise ValueError(f"unknown fairness metric; allowed: {', '.join(fairness.METRICS)}")
+        return v
+
+
 class EvaluationSpec(_Strict):
     primary_metric: str | None = None
     promote_if_better_by: float = Field(0.0, ge=0)
     slice_columns: list[str] = []
+    fairness: list[FairnessGate] = Field(
+        [],
+        description="Bias gates on promotion. Fairness metrics are reported for slice_columns and these slices.",
+    )
+
+    @property
+    def fairness_columns(self) -> list[str]:
+        """The sensitive columns fairness is reported for: slice_columns, then each gate's slice."""
+        return list(dict.fromkeys([*self.slice_columns, *(gate.slice for gate in self.fairness)]))
 
 
 class RegistrySpec(_Strict):
@@ -501,6 +527,18 @@ class FleetSpec(_Strict):
         unknown_slices = [c for c in self.evaluation.slice_columns if c not in self.features.categorical]
         if unknown_slices:
             problems.append(f"evaluation.slice_columns {unknown_slices} must be categorical features")
+        for index, gate in enumerate(self.evaluation.fairness):
+            where = f"evaluation.fairness.{index}"
+            if gate.slice not in self.features.categorical:
+                problems.append(
+                    f"{where}.slice: {gate.slice!r} must be a categorical feature "
+                    f"(categorical: {self.features.categorical})"
+                )
+            if gate.metric not in fairness.DEFINED[self.task.value]:
+                problems.append(
+                    f"{where}.metric: {gate.metric} is never defined for a {self.task.value} model; allowed: "
+                    + ", ".join(fairness.DEFINED[self.task.value])
+                )
         image = self.registry.serving_image
         if self.serving.cohosting is Cohosting.POOL and image and not is_prebuilt_tf_image(image):
             problems.append(
