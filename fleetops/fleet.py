@@ -745,7 +745,7 @@ def summarize(
         lines += ["", f"## Skipped and failed segments ({len(problems)})", ""]
         lines += [f"- {name}: {why}" for name, why in sorted(problems)[:_LISTED]]
         lines += [f"- ... and {len(problems) - _LISTED} more"] if len(problems) > _LISTED else []
-    table, notes = [], []
+    table, notes, blocked = [], [], []
     for r in rows:
         had_champion = r["champion_version"] is not None
         before = f"v{r['champion_version']} {_fmt(r['champion_value'])}" if had_champion else "none"
@@ -758,8 +758,13 @@ def summarize(
         table.append("| " + " | ".join(map(str, cells)) + " |")
         if r.get("reason") and (r["value"] is None or (had_champion and r["champion_value"] is None)):
             notes.append(f"- {r['segment']}: {r['reason']}")
+        elif not r["promoted"] and "fairness gate" in (r.get("reason") or ""):
+            blocked.append(f"- {r['segment']}: {r['reason']}")
     if notes:  # before the table: a fleet of 1,000 shows its head only, and these explain its totals
         lines += ["", f"## Champion decisions on undefined metrics ({len(notes)})", "", *notes]
+    if blocked:  # a better model kept from champion: the table alone would not say why
+        lines += ["", f"## Kept from champion by a fairness gate ({len(blocked)})", ""]
+        lines += blocked[:_LISTED] + ([f"- ... and {len(blocked) - _LISTED} more"] if len(blocked) > _LISTED else [])
     lines += [
         "",
         "## Segments",

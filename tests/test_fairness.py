@@ -248,6 +248,9 @@ def test_a_model_that_breaks_a_gate_is_registered_but_not_champion(platform, nor
     [registered] = fleet.register_shard(spec, platform, model_dir, [evaluation])
     assert registered["promoted"] is False and registered["reason"] == evaluation["reason"]
     assert registered["version_id"] == "1" and "champion" not in registered["aliases"]
+    summary = fleet.summarize([registered])  # the run summary says why a model was kept from champion
+    assert "## Kept from champion by a fairness gate (1)" in summary
+    assert f"- north: {registered['reason']}" in summary
     with pytest.raises(NotFoundError):
         platform.registry.get_version("churn-north", "champion")
 
