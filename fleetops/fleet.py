@@ -455,7 +455,16 @@ def _upload_request(
     pipeline_job: str,
     serving_image: str | None,
 ) -> UploadRequest:
-    """The registry upload of one segment's model: labels, lineage, its evaluation and the champion aliases."""
+    """The registry upload of one segment's model: labels, lineage, its evaluation and the champion aliases.
+
+    The model card (`fleetops.model_card`) is written into the artifact directory first, so it is
+    registered with the version's bytes; its summary is the version's description and its JSON's
+    sha256 the label `model-card-sha256`. The identity stays the model's (the card is no part of it);
+    an artifact saved without one is identified by its bytes as they were before the card.
+    """
+    from fleetops.fingerprints import directory_sha256
+    from fleetops.model_card import LABEL_MODEL_CARD_SHA256, build_card, card_sha256, card_summary, remove_card
+    from fleetops.model_card import write_card as write_model_card
     from fleetops.training.artifact import read_metadata
 
     segment = evaluation["segment"]
@@ -463,12 +472,20 @@ def _upload_request(
     artifact = Path(model_dir) / slug
     metadata = read_metadata(artifact)
     promote = bool(evaluation["promote"])
+    artifact_uri = f"{model_uri.rstrip('/')}/{slug}" if model_uri else None
+    remove_card(artifact)  # an earlier run's: the bytes as saved are the identity of an artifact without one
+    identity = metadata.get(METADATA_IDENTITY) or directory_sha256(artifact)
+    card = build_card(
+        spec, metadata, evaluation, identity=identity, artifact_uri=artifact_uri, pipeline_job=pipeline_job
+    )
+    write_model_card(artifact, card)
     labels = {
         **spec.registry.labels,
         LABEL_FLEET: spec.name,
         LABEL_SEGMENT: label_value(segment),
         LABEL_ARCHITECTURE: metadata["architecture"],
         LABEL_MANAGED_BY: "fleetops",
+        LABEL_MODEL_CARD_SHA256: card_sha256(card),
     }
     lineage = {
         "pipeline_job": pipeline_job,
@@ -498,9 +515,9 @@ def _upload_request(
     return UploadRequest(
         evaluation["model_id"],
         artifact,
-        artifact_uri=f"{model_uri.rstrip('/')}/{slug}" if model_uri else None,
+        artifact_uri=artifact_uri,
         display_name=f"{spec.name} {segment}"[:128],
-        description=f"fleet {spec.name}, segment {segment}, {metadata['architecture']}",
+        description=card_summary(card),
         labels=labels,
         aliases=[CHAMPION_ALIAS] if promote else [],
         is_default_version=promote,
@@ -512,8 +529,8 @@ def _upload_request(
             display_name=f"{pipeline_job or 'evaluation'}-{slug}"[:128],
             slices=_finite(evaluation["slices"]),
         ),
-        # Artifacts saved before identities existed have none: the registry then uses their bytes.
-        identity=metadata.get(METADATA_IDENTITY),
+        # Artifacts saved before identities existed have none: their bytes before the card stand in.
+        identity=identity,
     )
 
 
