@@ -137,9 +137,10 @@ def build_card(
                 "fairness": evaluation.get("fairness"),
             },
             "considerations": {
-                "users": [{"description": f"owners: {', '.join(o['name'] for o in _owners(spec.registry.labels))}"}]
-                if spec.registry.labels
-                else [],
+                "users": [
+                    {"description": f"applications of {owner['name']} that score segment {segment}"}
+                    for owner in _owners(spec.registry.labels)
+                ],
                 "use_cases": [
                     {
                         "description": f"serving predictions of {spec.label} for rows of segment {segment} "
