@@ -271,3 +271,21 @@ def test_a_long_card_summary_is_cut_to_the_description_budget(run):
     metadata = read_metadata(run.first / "north")
     summary = card_summary(build_card(run.spec, metadata, evaluation, identity=None))
     assert len(summary) == DESCRIPTION_LIMIT and summary.endswith(f"full card: {CARD_MARKDOWN} in the artifact)")
+
+
+def test_a_segment_without_test_rows_gets_a_card_with_its_undefined_metrics_and_why(tmp_path, run, kind_artifacts):
+    shard = tmp_path / "shard"
+    shutil.copytree(kind_artifacts["global"], shard / "nowhere")
+    platform = connect(local_uri(tmp_path / "home"))
+    evaluations = fleet.evaluate_shard(run.spec, platform, run.root / "dataset.parquet", shard, [], ["nowhere"])
+    [row] = fleet.register_shard(run.spec, platform, shard, evaluations, pipeline_job="empty")
+    _, _, (card, markdown) = _stored(platform, row)
+    assert card["model_parameters"]["data"][1]["rows"] == 0
+    assert card["quantitative_analysis"]["performance_metrics"] == [
+        {"type": "auRoc", "value": "undefined", "slice": ""}
+    ]
+    limitations = [x["description"] for x in card["considerations"]["limitations"]]
+    assert limitations[0].startswith("small test split: 0 row(s)")
+    assert f"auRoc undefined: {evaluations[0]['undefined']['auRoc']}" in limitations
+    assert "segment 'nowhere' has no test rows (0 row(s) in all)" in markdown
+    assert card["fleetops"]["champion"]["reason"] == evaluations[0]["reason"] and evaluations[0]["reason"] in markdown
