@@ -4,11 +4,14 @@ Every version a fleet run registers carries a card, in JSON (`model_card.json`) 
 (`model_card.md`). The JSON uses the field names of Google's Model Card Toolkit schema (v0.0.2:
 `model_details`, `model_parameters`, `quantitative_analysis`, `considerations`), written here by
 hand: the toolkit package pins old protobuf and TensorFlow releases, and the schema is plain JSON.
-What the schema has no field for is added under names of our own and said so below:
+What the schema has no field for is added under names of our own, and only these:
 
-- datasets carry `sha256` and `rows` (the schema's `Dataset` has name, description, link only);
+- `model_parameters.architecture` (the architecture's name) and `hyperparameters`;
+- each `model_parameters.data` entry's `sha256`, `rows` (and the training data's `validation_rows`);
+- a sliced `performance_metrics` entry's `rows` (the slice's test rows);
 - `quantitative_analysis.fairness`: the evaluation's `fairness` results as they are, when it has them;
-- `fleetops`: the champion decision and its reason, the architecture selection, the identity.
+- `fleetops`: the champion decision and its reason, the architecture selection (every candidate's
+  validation and test value, the chosen one, why, and the candidates that failed with why), the identity.
 
 Where the card lives: in the artifact directory, written just before the upload (`write_card`).
 So it is stored wherever the version's artifact is (the twin's store, the run's bucket on
@@ -74,7 +77,8 @@ def build_card(
     architecture = metadata.get("architecture", "")
     rows = metadata.get("rows") or {}
     test_rows = int(evaluation.get("test_rows") or 0)
-    selection = evaluation.get("selection") or metadata.get("selection")
+    # The trainer's record in the artifact (the evaluation carries the same one).
+    selection = metadata.get("selection") or evaluation.get("selection")
     references = [f"fleet spec sha256 {metadata.get('spec_sha256')}", f"data source {spec.data.source}"]
     references += [f"pipeline job {pipeline_job}"] if pipeline_job else []
     references += [f"artifact {artifact_uri}"] if artifact_uri else []
@@ -147,7 +151,7 @@ def build_card(
                         f"(features {', '.join(_feature_names(metadata))})"
                     }
                 ],
-                "limitations": [{"description": text} for text in _limitations(evaluation, test_rows, metric)],
+                "limitations": [{"description": text} for text in _limitations(evaluation, test_rows, selection)],
                 "tradeoffs": [],
                 "ethical_considerations": _ethical(evaluation),
             },
@@ -324,7 +328,7 @@ def _performance(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     return result
 
 
-def _limitations(evaluation: dict[str, Any], test_rows: int, metric: str) -> list[str]:
+def _limitations(evaluation: dict[str, Any], test_rows: int, selection: dict[str, Any] | None) -> list[str]:
     notes = []
     if test_rows < SMALL_TEST_ROWS:
         notes.append(
@@ -337,7 +341,7 @@ def _limitations(evaluation: dict[str, Any], test_rows: int, metric: str) -> lis
     fallback = evaluation.get("fallback")
     if fallback:
         notes.append(f"the fleet's global model stands in for this segment: {fallback.get('reason')}")
-    failed = (evaluation.get("selection") or {}).get("failed") or {}
+    failed = (selection or {}).get("failed") or {}
     notes += [f"candidate {name} failed to train: {why}" for name, why in sorted(failed.items())]
     return notes
 
