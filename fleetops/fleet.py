@@ -360,7 +360,7 @@ def register_shard(
         for evaluation in evaluations:
             export_savedmodel(Path(model_dir) / segment_slug(evaluation["segment"]))
     requests = [
-        _upload_request(spec, model_dir, evaluation, model_uri, pipeline_job, serving_image)
+        _upload_request(spec, platform, model_dir, evaluation, model_uri, pipeline_job, serving_image)
         for evaluation in evaluations
     ]
     registrations = platform.registry.upload_versions(requests)
@@ -449,6 +449,7 @@ def _check_servable(
 
 def _upload_request(
     spec: FleetSpec,
+    platform: Platform,
     model_dir: str | Path,
     evaluation: dict[str, Any],
     model_uri: str | None,
@@ -460,11 +461,19 @@ def _upload_request(
     The model card (`fleetops.model_card`) is written into the artifact directory first, so it is
     registered with the version's bytes; its summary is the version's description and its JSON's
     sha256 the label `model-card-sha256`. The identity stays the model's (the card is no part of it);
-    an artifact saved without one is identified by its bytes as they were before the card.
+    an artifact saved without one is identified by its bytes as they were before the card. A folder
+    that is already a registered version's artifact keeps its card (`place_card`): its bytes are that
+    version's.
     """
     from fleetops.fingerprints import directory_sha256
-    from fleetops.model_card import LABEL_MODEL_CARD_SHA256, build_card, card_sha256, card_summary, remove_card
-    from fleetops.model_card import write_card as write_model_card
+    from fleetops.model_card import (
+        LABEL_MODEL_CARD_SHA256,
+        build_card,
+        card_sha256,
+        card_summary,
+        place_card,
+        remove_card,
+    )
     from fleetops.training.artifact import read_metadata
 
     segment = evaluation["segment"]
@@ -473,12 +482,25 @@ def _upload_request(
     metadata = read_metadata(artifact)
     promote = bool(evaluation["promote"])
     artifact_uri = f"{model_uri.rstrip('/')}/{slug}" if model_uri else None
-    remove_card(artifact)  # an earlier run's: the bytes as saved are the identity of an artifact without one
-    identity = metadata.get(METADATA_IDENTITY) or directory_sha256(artifact)
+    identity = metadata.get(METADATA_IDENTITY)
+    if identity is None:
+        remove_card(artifact)  # an earlier run's: the bytes as saved are the identity of an artifact without one
+        identity = directory_sha256(artifact)
     card = build_card(
         spec, metadata, evaluation, identity=identity, artifact_uri=artifact_uri, pipeline_job=pipeline_job
     )
-    write_model_card(artifact, card)
+
+    def registered_here() -> bool:
+        """Whether a version's artifact is this very folder (on Vertex: a run's folder, registered in place)."""
+        if not artifact_uri:
+            return False
+        try:
+            versions = platform.registry.list_versions(evaluation["model_id"])
+        except NotFoundError:
+            return False
+        return any(v.artifact_uri.rstrip("/") == artifact_uri for v in versions)
+
+    card = place_card(artifact, card, registered_here)
     labels = {
         **spec.registry.labels,
         LABEL_FLEET: spec.name,

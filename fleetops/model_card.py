@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,26 @@ def write_card(artifact: str | Path, card: dict[str, Any]) -> None:
     root = Path(artifact)
     (root / CARD_JSON).write_bytes(card_bytes(card))
     (root / CARD_MARKDOWN).write_text(card_markdown(card))
+
+
+def place_card(artifact: str | Path, card: dict[str, Any], registered_here: Callable[[], bool]) -> dict[str, Any]:
+    """Write `card` into the artifact unless that would change a registered version's bytes; the card it holds.
+
+    An artifact folder that already holds a card of the same model (same identity) with other content,
+    and is itself a registered version's artifact (`registered_here()`: on Vertex a version's
+    `artifact_uri` is the run's folder, not a copy), keeps its card: rewriting it would change that
+    version's bytes, which its `artifact-sha256` label guards, and the serving container would refuse
+    them. That happens when a later run registers the same folder again (a cached train step); the
+    version it finds is the one the kept card describes. Elsewhere (the twin copies artifacts into its
+    store) the card is written.
+    """
+    existing = read_card(artifact)
+    if existing is not None and existing[0] != card:
+        same_model = existing[0].get("fleetops", {}).get("identity_sha256") == card["fleetops"]["identity_sha256"]
+        if same_model and registered_here():
+            return existing[0]
+    write_card(artifact, card)
+    return card
 
 
 def remove_card(artifact: str | Path) -> None:

@@ -265,6 +265,26 @@ def test_the_vertex_request_carries_the_card_summary_and_its_sha256_label(tmp_pa
         assert [(r["version_id"], r["created"]) for r in again] == [("1", False), ("1", False)]
         assert len(fake.calls("POST", "models:upload")) == 2
 
+        # Another run registering the same folder (say its train step was cached): on Vertex the folder is
+        # version 1's artifact itself, so its card stays, and its bytes still match the version's sha256 label.
+        before = (shard / "north" / CARD_JSON).read_bytes()
+        later = fleet.register_shard(
+            run.spec, vertex, shard, run.evaluated[:2], model_uri="gs://b/run/model", pipeline_job="job-2",
+            serving_image=IMAGE,
+        )  # fmt: skip
+        assert [(r["version_id"], r["created"]) for r in later] == [("1", False), ("1", False)]
+        assert (shard / "north" / CARD_JSON).read_bytes() == before
+        assert read_card(shard / "north")[0]["fleetops"]["pipeline_job"] == "job-1"
+        assert directory_sha256(shard / "north") == vertex.registry.get_version("churn-north", "1").artifact_sha256
+        # A copy of the folder elsewhere is no version's artifact: it gets the card of the run registering it.
+        shutil.copytree(shard, tmp_path / "copy")
+        [moved, _] = fleet.register_shard(
+            run.spec, vertex, tmp_path / "copy", run.evaluated[:2], model_uri="gs://b/copy/model",
+            pipeline_job="job-3", serving_image=IMAGE,
+        )  # fmt: skip
+        assert (moved["version_id"], moved["created"]) == ("1", False)  # the same model: no version
+        assert read_card(tmp_path / "copy" / "north")[0]["fleetops"]["pipeline_job"] == "job-3"
+
 
 def test_a_long_card_summary_is_cut_to_the_description_budget(run):
     evaluation = dict(run.evaluated[0], reason="x" * 5000)
