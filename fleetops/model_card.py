@@ -19,8 +19,9 @@ Vertex), `fleetops models --card` reads it back through `ModelRegistry.artifact_
 artifact's sha256 (the serving tamper check) covers it. The version's identity does not move: it is
 computed when the model is saved, from its weights, configuration and `IDENTITY_METADATA_KEYS`
 (`fleetops.fingerprints`), none of which the card touches; an artifact saved without an identity
-gets its bytes' sha256 from before the card as one (`write_card` returns it). The card holds no
-clock time, so registering the same evaluation again writes the same bytes.
+gets its bytes' sha256 from before the card as one. The card holds no clock time, so registering
+the same evaluation again writes the same bytes, and a folder that already is a registered
+version's artifact keeps its card (`place_card`).
 
 On Vertex the version's description carries a short Markdown summary (`card_summary`), and the
 label `model-card-sha256` the JSON card's sha256.
