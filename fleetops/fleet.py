@@ -367,7 +367,7 @@ def register_shard(
         for evaluation in evaluations:
             export_savedmodel(Path(model_dir) / segment_slug(evaluation["segment"]))
     requests = [
-        _upload_request(spec, model_dir, evaluation, model_uri, pipeline_job, serving_image)
+        _upload_request(spec, platform, model_dir, evaluation, model_uri, pipeline_job, serving_image)
         for evaluation in evaluations
     ]
     registrations = platform.registry.upload_versions(requests)
@@ -456,13 +456,31 @@ def _check_servable(
 
 def _upload_request(
     spec: FleetSpec,
+    platform: Platform,
     model_dir: str | Path,
     evaluation: dict[str, Any],
     model_uri: str | None,
     pipeline_job: str,
     serving_image: str | None,
 ) -> UploadRequest:
-    """The registry upload of one segment's model: labels, lineage, its evaluation and the champion aliases."""
+    """The registry upload of one segment's model: labels, lineage, its evaluation and the champion aliases.
+
+    The model card (`fleetops.model_card`) is written into the artifact directory first, so it is
+    registered with the version's bytes; its summary is the version's description and its JSON's
+    sha256 the label `model-card-sha256`. The identity stays the model's (the card is no part of it);
+    an artifact saved without one is identified by its bytes as they were before the card. A folder
+    that is already a registered version's artifact keeps its card (`place_card`): its bytes are that
+    version's.
+    """
+    from fleetops.fingerprints import directory_sha256
+    from fleetops.model_card import (
+        LABEL_MODEL_CARD_SHA256,
+        build_card,
+        card_sha256,
+        card_summary,
+        place_card,
+        remove_card,
+    )
     from fleetops.training.artifact import read_metadata
 
     segment = evaluation["segment"]
@@ -470,12 +488,33 @@ def _upload_request(
     artifact = Path(model_dir) / slug
     metadata = read_metadata(artifact)
     promote = bool(evaluation["promote"])
+    artifact_uri = f"{model_uri.rstrip('/')}/{slug}" if model_uri else None
+    identity = metadata.get(METADATA_IDENTITY)
+    if identity is None:
+        remove_card(artifact)  # an earlier run's: the bytes as saved are the identity of an artifact without one
+        identity = directory_sha256(artifact)
+    card = build_card(
+        spec, metadata, evaluation, identity=identity, artifact_uri=artifact_uri, pipeline_job=pipeline_job
+    )
+
+    def registered_here() -> bool:
+        """Whether a version's artifact is this very folder (on Vertex: a run's folder, registered in place)."""
+        if not artifact_uri:
+            return False
+        try:
+            versions = platform.registry.list_versions(evaluation["model_id"])
+        except NotFoundError:
+            return False
+        return any(v.artifact_uri.rstrip("/") == artifact_uri for v in versions)
+
+    card = place_card(artifact, card, registered_here)
     labels = {
         **spec.registry.labels,
         LABEL_FLEET: spec.name,
         LABEL_SEGMENT: label_value(segment),
         LABEL_ARCHITECTURE: metadata["architecture"],
         LABEL_MANAGED_BY: "fleetops",
+        LABEL_MODEL_CARD_SHA256: card_sha256(card),
     }
     lineage = {
         "pipeline_job": pipeline_job,
@@ -505,9 +544,9 @@ def _upload_request(
     return UploadRequest(
         evaluation["model_id"],
         artifact,
-        artifact_uri=f"{model_uri.rstrip('/')}/{slug}" if model_uri else None,
+        artifact_uri=artifact_uri,
         display_name=f"{spec.name} {segment}"[:128],
-        description=f"fleet {spec.name}, segment {segment}, {metadata['architecture']}",
+        description=card_summary(card),
         labels=labels,
         aliases=[CHAMPION_ALIAS] if promote else [],
         is_default_version=promote,
@@ -519,8 +558,8 @@ def _upload_request(
             display_name=f"{pipeline_job or 'evaluation'}-{slug}"[:128],
             slices=_finite(evaluation["slices"]),
         ),
-        # Artifacts saved before identities existed have none: the registry then uses their bytes.
-        identity=metadata.get(METADATA_IDENTITY),
+        # Artifacts saved before identities existed have none: their bytes before the card stand in.
+        identity=identity,
     )
 
 

@@ -6,7 +6,7 @@ fleetops compile --image URI          every pipeline to build/pipelines/*.yaml
 fleetops run fleet.yaml               run the training pipeline locally (kfp.local + local twin)
 fleetops submit fleet.yaml --platform vertex://PROJECT/REGION?staging_bucket=gs://b
 fleetops submit fleet.yaml --kfp-host http://kfp.example:8080
-fleetops models                       what the local registry holds
+fleetops models [--card MODEL[@V]]    what the local registry holds; a version's model card
 fleetops cost fleet.yaml              monthly serving cost per hosting option, and a training run's cost
 """
 
@@ -376,9 +376,39 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.card:
+        print(_model_card(_home(args.home), args.card), end="")
+        return 0
     print(_registry_listing(_home(args.home)))
     print(_endpoint_listing(_home(args.home)))
     return 0
+
+
+def _model_card(home: Path, reference: str) -> str:
+    """`MODEL[@VERSION|@ALIAS]`'s model card (Markdown), as registered with the version (the default version
+    without @), after one line saying which version it is, its aliases now, and whether the card's JSON still
+    has the sha256 its `model-card-sha256` label recorded at registration."""
+    from fleetops.fingerprints import directory_sha256
+    from fleetops.model_card import CARD_JSON, LABEL_MODEL_CARD_SHA256, read_card
+    from fleetops.platform import connect, local_uri
+
+    model_id, _, version = reference.partition("@")
+    registry = connect(local_uri(home)).registry
+    found = registry.get_version(model_id, version or None)  # NotFoundError: a UserError, reported as such
+    path = registry.artifact_path(found)
+    stored = read_card(path)
+    if stored is None:
+        raise UserError(
+            f"version {found.version_id} of model {model_id!r} has no model card: it was registered before "
+            "fleetops wrote cards, or not by a fleet run"
+        )
+    recorded = found.labels.get(LABEL_MODEL_CARD_SHA256)
+    check = ""
+    if recorded:
+        ok = directory_sha256(path / CARD_JSON) == recorded
+        check = "; card sha256 matches its label" if ok else "; WARNING: the card's sha256 differs from its label"
+    aliases = ", ".join(found.aliases) or "none"
+    return f"<!-- {model_id} version {found.version_id}, aliases now: {aliases}{check} -->\n\n{stored[1]}"
 
 
 def cmd_release(args: argparse.Namespace) -> int:
@@ -709,8 +739,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--open", action="store_true", help="open the page in a web browser")
     p.set_defaults(handler=cmd_report)
 
-    p = sub.add_parser("models", help="list the local registry")
+    p = sub.add_parser("models", help="list the local registry, or print a version's model card")
     p.add_argument("--home", default=None)
+    p.add_argument(
+        "--card",
+        default=None,
+        metavar="MODEL[@VERSION|@ALIAS]",
+        help="print the model card (Markdown) registered with this version (default: the default version)",
+    )
     p.set_defaults(handler=cmd_models)
     return parser
 

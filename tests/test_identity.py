@@ -12,6 +12,7 @@ from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.data.split import with_splits
 from fleetops.data.validation import segment_values
 from fleetops.fingerprints import directory_sha256, model_identity_sha256
+from fleetops.model_card import remove_card
 from fleetops.names import MODEL_METADATA_FILE, MODEL_STATISTICS_FILE, segment_slug
 from fleetops.spec import parse_spec
 from fleetops.training.artifact import load_artifact, read_metadata
@@ -110,11 +111,15 @@ def test_an_artifact_without_identity_still_registers_on_its_bytes(runs, platfor
     metadata = json.loads(metadata_file.read_text())
     del metadata["identity_sha256"]  # as saved before identities existed
     metadata_file.write_text(json.dumps(metadata))
+    remove_card(_artifact(old))  # the copy has the card an earlier test's registration wrote
+    saved = directory_sha256(_artifact(old))
     first = _register(spec, platform, dataset, old)
     retry = _register(spec, platform, dataset, old)
     assert first["created"] and not retry["created"] and retry["version_id"] == first["version_id"]
-    sha = directory_sha256(_artifact(old))
-    assert platform.registry.get_version("churn-north", first["version_id"]).identity_sha256 == sha
+    # Its identity is its bytes as saved: the model card registration writes into it is no part of them.
+    version = platform.registry.get_version("churn-north", first["version_id"])
+    assert version.identity_sha256 == saved
+    assert version.artifact_sha256 == directory_sha256(platform.registry.artifact_path(version)) != saved
 
 
 def test_segment_data_hashes_from_one_pass_equal_each_segments_own():
