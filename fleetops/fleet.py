@@ -607,7 +607,7 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
             if notes:
                 lines += ["", *[f"- {note}" for note in notes]]
             lines.append("")
-        lines += _fairness_report(e.get("fairness"))
+        lines += fairness.markdown_lines(e.get("fairness"))
         runtimes = e.get("runtimes")
         if runtimes:
             lines += [f"**Runtimes** (serving: {runtimes['serving']})", ""]
@@ -643,60 +643,8 @@ def evaluation_report(evaluations: list[dict[str, Any]]) -> str:
     if len(reports) > 1:
         pooled = fairness.pool(reports[0]["task"], reports)
         lines += [f"## Fairness over all {pooled['segments']} segments (their test rows pooled)", ""]
-        lines += _fairness_report(pooled, heading=False)
+        lines += fairness.markdown_lines(pooled, heading=False)
     return "\n".join(lines) + "\n"
-
-
-# Column headings of the fairness tables (the full names are in the legend under each table).
-_FAIRNESS_HEADINGS = {
-    fairness.POPULATION: "population",
-    fairness.DPPTL: "DPPTL",
-    fairness.DPPPL: "DPPPL",
-    fairness.ACCURACY: "accuracy",
-    fairness.RECALL: "recall",
-    fairness.SPECIFICITY: "specificity",
-    fairness.ERROR_TYPES: "FN/FP",
-}
-
-
-def _fairness_report(report: dict[str, Any] | None, heading: bool = True) -> list[str]:
-    """The fairness metrics as Markdown: per sensitive column, one row per value (slice minus the rest),
-    undefined values as "undefined" with their reasons grouped under the table, then the gates' checks."""
-    if not report or not report.get("columns"):
-        return []
-    positive = f"; positive class {report['positive_class']!r}" if report.get("positive_class") else ""
-    lines = [
-        f"**Fairness** (each value of the column against the rest of the test rows; slice minus the rest{positive})",
-        "",
-    ]
-    lines = lines if heading else []
-    names = list(_FAIRNESS_HEADINGS)
-    for column in report["columns"]:
-        if not column["slices"]:
-            lines += [f"- {column['column']}: no test rows", ""]
-            continue
-        lines += [f"| {column['column']} | rows | rest | " + " | ".join(_FAIRNESS_HEADINGS.values()) + " |"]
-        lines += ["|---" * (3 + len(names)) + "|"]
-        notes: dict[str, list[str]] = {}
-        for s in column["slices"]:
-            cells = " | ".join(_metric(s["metrics"].get(name)) for name in names)
-            lines.append(f"| {s['value'] or '(missing)'} | {s['rows']} | {s['rest_rows']} | {cells} |")
-            for name, why in s["undefined"].items():
-                notes.setdefault(why.split(" is undefined: ", 1)[-1], []).append(name)
-        if notes:
-            lines += [""]
-            lines += [f"- {', '.join(sorted(set(n)))} undefined: {cause}" for cause, n in notes.items()]
-        lines.append("")
-    legend = ", ".join(f"{short} = {name}" for name, short in _FAIRNESS_HEADINGS.items())
-    lines += [f"_{legend}._", ""]
-    gates = report.get("gates") or []
-    if gates:
-        lines += ["**Fairness gates**", ""]
-        for check in gates:
-            verdict = {True: "**broken**", False: "passed", None: "not checked"}[check["broken"]]
-            lines.append(f"- {check['gate']}: {verdict}: {check['note']}")
-        lines.append("")
-    return lines
 
 
 def _selection_report(selection: dict[str, Any] | None, architecture: str | None) -> list[str]:

@@ -193,7 +193,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += [f"| {d['name']} | {d['rows']} | {d['sha256']} | {d['description']} |" for d in parameters["data"]]
     lines += ["", "## Quantitative analysis", "", "| metric | slice | value |", "|---|---|---|"]
     lines += [f"| {m['type']} | {_slice(m)} | {_shown(m['value'])} |" for m in analysis["performance_metrics"]]
-    lines += ["", "### Fairness", "", *_generic(analysis.get("fairness"))]
+    lines += ["", "### Fairness", "", *_fairness(analysis.get("fairness"))]
     lines += ["", "## Champion decision", ""]
     champion = ours["champion"]
     lines.append(f"- {'promoted' if champion['promoted'] else 'not promoted'}: {champion['reason']}")
@@ -256,7 +256,8 @@ def write_card(artifact: str | Path, card: dict[str, Any]) -> None:
     """Write the card's JSON and Markdown into the artifact directory (replacing an earlier run's)."""
     root = Path(artifact)
     (root / CARD_JSON).write_bytes(card_bytes(card))
-    (root / CARD_MARKDOWN).write_text(card_markdown(card))
+    # Rendered from the card as stored (sorted keys, JSON values), so the Markdown is what the JSON says.
+    (root / CARD_MARKDOWN).write_text(card_markdown(json.loads(card_bytes(card))))
 
 
 def place_card(artifact: str | Path, card: dict[str, Any], registered_here: Callable[[], bool]) -> dict[str, Any]:
@@ -399,6 +400,15 @@ def _selection(selection: dict[str, Any] | None) -> dict[str, Any] | None:
         },
         "failed": dict(selection.get("failed") or {}),
     }
+
+
+def _fairness(report: Any) -> list[str]:
+    """The evaluation's fairness tables as its report shows them; any other shape as a generic list."""
+    from fleetops.evaluation.fairness import markdown_lines
+
+    if isinstance(report, dict) and report.get("columns"):
+        return markdown_lines(report, heading=False)
+    return _generic(report)
 
 
 def _generic(value: Any, depth: int = 0) -> list[str]:

@@ -295,7 +295,7 @@ def test_a_segment_without_test_rows_reports_no_slices_and_its_gates_unchecked()
     gate = parse_spec(_spec_dict(fairness=[{"slice": "plan", "metric": "accuracyDifference", "max_abs": 0.1}]))
     [check] = f.check_gates(report, [gate.evaluation.fairness[0].model_copy(update={"slice": "g"})])
     assert check["broken"] is None and check["note"] == "accuracyDifference on g: no test rows"
-    assert "- g: no test rows" in fleet._fairness_report(report | {"gates": [check]})
+    assert "- g: no test rows" in f.markdown_lines(report | {"gates": [check]})
 
 
 def test_the_reason_names_each_broken_gate_by_its_worst_value_and_the_champion_stays():

@@ -147,10 +147,11 @@ def test_the_card_describes_each_architecture_its_selection_and_its_caveats(run)
     assert "features fixed for this segment: region=south" in text
     assert ensemble["model_parameters"]["model_architecture"].endswith("members and weights: gbt 0.6, linear 0.4")
     assert ensemble["fleetops"]["selection"]["chosen"] == "ensemble"
-    # No fairness results in these evaluations: said so, never shown as a clean bill.
-    assert ensemble["quantitative_analysis"]["fairness"] is None
-    assert "### Fairness\n\n- none in the evaluation" in ensemble_md
-    assert "not measured" in ensemble["considerations"]["ethical_considerations"][0]["mitigation_strategy"]
+    # The evaluation's fairness results (the spec slices on plan), as its report shows them.
+    assert ensemble["quantitative_analysis"]["fairness"]["columns"][0]["column"] == "plan"
+    assert "### Fairness\n\n| plan | rows | rest | population |" in ensemble_md
+    ethics = ensemble["considerations"]["ethical_considerations"][0]
+    assert "measured in the evaluation" in ethics["mitigation_strategy"]
 
 
 def test_fairness_results_and_undefined_metrics_are_carried_as_the_evaluation_gives_them(run):
