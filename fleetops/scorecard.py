@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fleetops.errors import UserError
+from fleetops.evaluation import fairness
 from fleetops.spec import parse_spec
 
 _BINS = 20
@@ -76,6 +77,7 @@ def _scorecard(
             "selection": e.get("selection"),
             "test_rows": e.get("test_rows"),
             "fallback": _fallback_reason(r["segment"], e, outcomes) if r["segment"] in fallback else None,
+            "fairness": e.get("fairness"),
         }
         if r.get("failed"):
             record |= {"status": "failed", "value": None, "reason": f"failed in training: {r['failed']}"}
@@ -118,7 +120,12 @@ def _scorecard(
         "skipped": len(skipped),
         "failed": sum(failed.values()),
         f"{metric} undefined": sum(1 for rec in records if rec.get("version") is not None) - len(values),
+        "kept from champion by a fairness gate": sum(
+            1 for r in rows if not r.get("promoted") and "fairness gate" in (r.get("reason") or "")
+        ),
     }
+    reports = [e.get("fairness") for e in evaluations if (e.get("fairness") or {}).get("columns")]
+    pooled = fairness.pool(reports[0]["task"], reports) if reports else None
     return {
         "fleet": fleet,
         "metric": metric,
@@ -128,6 +135,7 @@ def _scorecard(
         "skipped": Counter(str(reason) for reason in skipped.values()),
         "failed": failed,
         "monitoring": monitored,
+        "fairness": pooled,
     }
 
 
@@ -257,6 +265,10 @@ def _markdown(card: dict[str, Any]) -> str:
                 "",
                 *[f"- {x}" for x in _reason_lines(card[label])],
             ]
+    if card["fairness"]:
+        pooled = card["fairness"]
+        lines += ["", f"## Fairness, fleet-wide ({pooled['segments']:,} segments' test rows pooled)", ""]
+        lines += fairness.markdown_lines(pooled, heading=False)
     m = card["monitoring"]
     if m is not None and m["alerting"]:
         alerting = sorted(
@@ -409,6 +421,10 @@ def _html(card: dict[str, Any]) -> str:
             out += [f"<li>{e(line)}</li>" for line in _reason_lines(card[label])]
             out.append("</ul>")
     out += [f'<h2 id="distribution">Per-segment test {e(metric)}</h2>', _histogram_svg(card["values"], metric)]
+    if card["fairness"]:
+        pooled = card["fairness"]
+        out.append(f'<h2 id="fairness">Fairness, fleet-wide ({pooled["segments"]:,} segments\' test rows pooled)</h2>')
+        out += _fairness_tables(pooled)
     m = card["monitoring"]
     if m is not None and m["features"]:
         out += _heatmap(card)
@@ -451,6 +467,31 @@ def _html(card: dict[str, Any]) -> str:
     out += [_detail(rec, metric) for rec in records]
     out += [f"<script>{_JS}</script>", "</body></html>"]
     return "\n".join(out)
+
+
+def _fairness_tables(report: dict[str, Any]) -> list[str]:
+    """Each sensitive column's values against the rest (slice minus the rest), undefined cells with their reasons."""
+    e = html.escape
+    names = list(fairness.HEADINGS)
+    out = []
+    for column in report["columns"]:
+        out.append(f"<table><tr><th>{e(column['column'])}</th><th>rows</th><th>rest</th>")
+        out += [f"<th>{e(fairness.HEADINGS[name])}</th>" for name in names]
+        out.append("</tr>")
+        for s in column["slices"]:
+            cells = "".join(
+                f'<td class="num" title="{e(s["undefined"].get(name, ""))}">'
+                f"{_fmt(s['metrics'].get(name)) or 'undefined'}</td>"
+                for name in names
+            )
+            out.append(
+                f'<tr><td>{e(s["value"] or "(missing)")}</td><td class="num">{s["rows"]:,}</td>'
+                f'<td class="num">{s["rest_rows"]:,}</td>{cells}</tr>'
+            )
+        out.append("</table>")
+    legend = ", ".join(f"{short} = {name}" for name, short in fairness.HEADINGS.items())
+    out.append(f"<p><small>{e(legend)}; an undefined cell's reason is its tooltip.</small></p>")
+    return out
 
 
 def _heatmap(card: dict[str, Any]) -> list[str]:
@@ -521,6 +562,11 @@ def _detail(rec: dict[str, Any], metric: str) -> str:
             parts.append("</table>")
         for name, why in sorted((selection.get("failed") or {}).items()):
             parts.append(f"<p>{e(str(name))} failed: {e(str(why))}</p>")
+    report = rec.get("fairness") or {}
+    for check in report.get("gates") or []:
+        verdict = {True: "broken", False: "passed", None: "not checked"}[check["broken"]]
+        css = ' class="alert"' if check["broken"] else ""
+        parts.append(f"<p>fairness gate {e(check['gate'])}: <span{css}>{verdict}</span>: {e(check['note'])}</p>")
     mon = rec.get("monitoring")
     if mon:
         if mon["note"]:

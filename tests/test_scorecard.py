@@ -263,3 +263,47 @@ def test_monitored_segments_not_retrained_and_empty_windows_are_listed():
     assert "| monitored segments | 4 (1 not judged: too few rows) |" in markdown
     assert "monitoring: 0 logged request row(s) in the window" in page
     assert "| auRoc undefined |" not in markdown  # a segment that was not trained has no metric to miss
+
+
+def test_fairness_fleet_wide_and_each_segments_gates():
+    """The scorecard pools every segment's fairness counts and shows each segment's gate verdicts."""
+    import numpy as np
+    import pandas as pd
+
+    from fleetops.evaluation import fairness
+    from fleetops.spec import FairnessGate
+
+    rng = np.random.default_rng(3)
+    evaluations, registrations = [], []
+    for i, segment in enumerate(["north", "south"]):
+        test = pd.DataFrame({"plan": rng.choice(["basic", "premium"], 60)})
+        y = rng.integers(0, 2, 60)
+        scores = rng.dirichlet([1, 1], 60)
+        report = fairness.evaluate("binary_classification", test, ["plan"], y, scores, classes=["0", "1"])
+        report["gates"] = fairness.check_gates(
+            report, [FairnessGate(slice="plan", metric=fairness.ACCURACY, max_abs=0.0 if i == 0 else 1.0)]
+        )
+        blocked = i == 0
+        reason = "not promoted: breaks the fairness gate (x)" if blocked else "first champion"
+        evaluations.append({"segment": segment, "fairness": report, "reason": reason})
+        registrations.append(
+            {
+                "segment": segment,
+                "model_id": f"churn-{segment}",
+                "version_id": "1",
+                "promoted": not blocked,
+                "metric": "auRoc",
+                "value": 0.7,
+                "champion_version": None,
+                "champion_value": None,
+                "reason": reason,
+            }
+        )
+    page, markdown = render_scorecard(registrations, evaluations, {}, fleet="churn")
+    pooled = fairness.pool("binary_classification", [e["fairness"] for e in evaluations])
+    assert "## Fairness, fleet-wide (2 segments' test rows pooled)" in markdown
+    assert "\n".join(fairness.markdown_lines(pooled, heading=False)) in markdown
+    assert "| kept from champion by a fairness gate | 1 |" in markdown
+    assert 'id="fairness"' in page and "fairness gate evaluation.fairness[0]" in page
+    basic = next(s for s in pooled["columns"][0]["slices"] if s["value"] == "basic")
+    assert basic["rows"] + basic["rest_rows"] == 120

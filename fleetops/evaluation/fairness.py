@@ -317,7 +317,7 @@ def _short(column: str, value: str, n1: int, n2: int, kind: str, min_rows: int) 
 
 
 # Column headings of the fairness tables (the full names are in the legend under each table).
-_FAIRNESS_HEADINGS = {
+HEADINGS = {
     POPULATION: "population",
     DPPTL: "DPPTL",
     DPPPL: "DPPPL",
@@ -339,12 +339,12 @@ def markdown_lines(report: dict[str, Any] | None, heading: bool = True) -> list[
         "",
     ]
     lines = lines if heading else []
-    names = list(_FAIRNESS_HEADINGS)
+    names = list(HEADINGS)
     for column in report["columns"]:
         if not column["slices"]:
             lines += [f"- {column['column']}: no test rows", ""]
             continue
-        lines += [f"| {column['column']} | rows | rest | " + " | ".join(_FAIRNESS_HEADINGS.values()) + " |"]
+        lines += [f"| {column['column']} | rows | rest | " + " | ".join(HEADINGS.values()) + " |"]
         lines += ["|---" * (3 + len(names)) + "|"]
         notes: dict[str, list[str]] = {}
         for s in column["slices"]:
@@ -356,7 +356,7 @@ def markdown_lines(report: dict[str, Any] | None, heading: bool = True) -> list[
             lines += [""]
             lines += [f"- {', '.join(sorted(set(n)))} undefined: {cause}" for cause, n in notes.items()]
         lines.append("")
-    legend = ", ".join(f"{short} = {name}" for name, short in _FAIRNESS_HEADINGS.items())
+    legend = ", ".join(f"{short} = {name}" for name, short in HEADINGS.items())
     lines += [f"_{legend}._", ""]
     gates = report.get("gates") or []
     if gates:
