@@ -94,11 +94,17 @@ def compare(
     for name in features:
         threshold = (thresholds or {}).get(name, default_threshold)
         base, cur = baseline["features"].get(name), current["features"].get(name)
-        results.append(_compare_feature(name, base, cur, threshold, current.get("rows", 0)))
+        results.append(compare_feature(name, base, cur, threshold, current.get("rows", 0)))
     return results
 
 
-def _compare_feature(name: str, base: dict | None, cur: dict | None, threshold: float, rows: int) -> FeatureResult:
+_COMPUTE = object()
+
+
+def compare_feature(
+    name: str, base: dict | None, cur: dict | None, threshold: float, rows: int, distance: Any = _COMPUTE
+) -> FeatureResult:
+    """One feature's finding; `distance` when it was already computed (the fleet pass), else computed here."""
     kind = (base or {}).get("type", "unknown")
     metric = "jensen_shannon" if kind == "numeric" else "l_infinity"
     result = FeatureResult(name, kind, metric, None, threshold, False)
@@ -119,7 +125,9 @@ def _compare_feature(name: str, base: dict | None, cur: dict | None, threshold: 
     if cur.get("type_problem"):
         result.note = f"type changed: the baseline is numeric, the window has {cur['type_problem']}"
         result.anomaly = True
-    if kind == "numeric":
+    if distance is not _COMPUTE:
+        result.distance = distance
+    elif kind == "numeric":
         result.distance = jensen_shannon(base.get("histogram", {}), cur.get("histogram", {}))
     else:
         result.distance = l_infinity(base.get("values", {}), cur.get("values", {}))
