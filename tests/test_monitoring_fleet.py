@@ -14,7 +14,7 @@ from fleetops.serving.request_log import RequestLogWriter
 from fleetops.spec import parse_spec
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-NUMERIC, CATEGORICAL = ["a", "b", "c"], ["k", "n"]
+NUMERIC, CATEGORICAL = ["a", "b", "c", "d"], ["k", "n"]
 
 
 def _messy_fleet(groups=40, seed=0):
@@ -28,6 +28,7 @@ def _messy_fleet(groups=40, seed=0):
                 "a": rng.normal(g, 1 + g % 3, n),
                 "b": rng.exponential(2, n).round(1),
                 "c": np.full(n, 3.0),
+                "d": rng.integers(0, 21, n),  # values on the bucket edges: np.histogram's one-ULP corrections
                 "k": rng.choice(["x", "y", "z", "w"], n),
                 "n": rng.integers(0, 5, n),
             }
@@ -53,6 +54,7 @@ def _baselines(groups, seed=1):
                     "a": rng.normal(g, 1, 500),
                     "b": rng.exponential(2, 500),
                     "c": rng.normal(3, 0.1, 500) if g % 2 else np.full(500, 3.0),
+                    "d": rng.integers(0, 31, 500),
                     "k": rng.choice(["x", "y", "z"], 500),
                     "n": rng.integers(0, 6, 500),
                 }

@@ -15,11 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from fleetops.monitoring.compare import FeatureResult, compare, distributions
-from fleetops.monitoring.fleet import fleet_compare, fleet_distributions
+from fleetops.monitoring.fleet import fleet_compare, windows_distributions
 from fleetops.names import LABEL_FLEET, MODEL_STATISTICS_FILE
 from fleetops.platform import Platform
 from fleetops.serving.request_log import read_request_log
@@ -88,14 +87,14 @@ def monitor_fleet(
     thresholds, monitoring = spec.monitoring.feature_thresholds, spec.monitoring
     skewed = [w for w in windows if w.baseline is not None]
     if skewed:
-        currents = _fleet_stats([w.served for w in skewed], numeric, categorical)
+        currents = windows_distributions([w.served for w in skewed], numeric, categorical)
         found = fleet_compare([w.baseline for w in skewed], currents, features, thresholds, monitoring.skew_threshold)
         for w, results in zip(skewed, found, strict=True):
             w.report.skew = results
     drifting = [w for w in windows if w.previous is not None]
     if drifting:
-        before = _fleet_stats([w.previous for w in drifting], numeric, categorical)
-        after = _fleet_stats([w.current for w in drifting], numeric, categorical)
+        before = windows_distributions([w.previous for w in drifting], numeric, categorical)
+        after = windows_distributions([w.current for w in drifting], numeric, categorical)
         found = fleet_compare(before, after, features, thresholds, monitoring.drift_threshold)
         for w, results in zip(drifting, found, strict=True):
             w.report.drift = results
@@ -109,16 +108,6 @@ class _Windows:
     baseline: dict[str, Any] | None = None
     current: pd.DataFrame | None = None
     previous: pd.DataFrame | None = None
-
-
-def _fleet_stats(frames: list[pd.DataFrame], numeric: list[str], categorical: list[str]) -> list[dict[str, Any]]:
-    """`distributions` of each frame, computed over all of them at once."""
-    wanted = [*numeric, *categorical]
-    absent = [{c for c in wanted if c not in f.columns} for f in frames]
-    parts = [f.reindex(columns=wanted) for f in frames]
-    groups = np.repeat(np.arange(len(frames)), [len(f) for f in frames])
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=wanted)
-    return fleet_distributions(frame, groups, len(frames), numeric, categorical, absent)
 
 
 def monitor_endpoint(
