@@ -80,6 +80,10 @@ def test_fleet_pass_is_the_per_segment_job_value_for_value():
     ]
     found = fleet_compare(baselines, at_once, NUMERIC + CATEGORICAL, {"b": 0.2}, 0.3)
     assert [[r.to_dict() for r in row] for row in found] == [[r.to_dict() for r in row] for row in expected]
+    shuffled = frame.sample(frac=1.0, random_state=3)  # rows of all segments interleaved, as a shared log holds them
+    assert fleet_distributions(shuffled, shuffled["g"].to_numpy(), groups, NUMERIC, []) == [
+        distributions(shuffled[shuffled["g"] == g], NUMERIC, []) for g in range(groups)
+    ]
     distances = [r.distance for row in found for r in row if r.distance is not None]
     assert len(distances) > 100 and len(set(distances)) > 50  # real distances were compared, not Nones
 

@@ -25,7 +25,7 @@ DEFAULT_THRESHOLD = 0.3
 TOP_VALUES = 1000
 
 
-@dataclass
+@dataclass(slots=True)
 class FeatureResult:
     feature: str
     kind: str

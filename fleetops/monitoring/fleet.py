@@ -133,30 +133,38 @@ def _numeric(
     column: _NumericColumn, groups: np.ndarray, n_groups: int, rows: np.ndarray, starts: np.ndarray | None
 ) -> list[dict[str, Any]]:
     values = column.values
-    missing = np.bincount(groups[column.missing], minlength=n_groups)
     finite = np.isfinite(values)
-    kept = np.where(finite, values, np.nan) if np.isinf(values).any() else values
     if starts is not None:
-        low, high = np.full(n_groups, np.nan), np.full(n_groups, np.nan)
         filled = rows > 0
+        low, high = np.full(n_groups, np.nan), np.full(n_groups, np.nan)
         with np.errstate(invalid="ignore"):
-            low[filled] = np.fmin.reduceat(kept, starts[filled])
-            high[filled] = np.fmax.reduceat(kept, starts[filled])
+            low[filled] = np.fmin.reduceat(values, starts[filled])  # NaN is skipped; an inf is not:
+            high[filled] = np.fmax.reduceat(values, starts[filled])
+            if np.isinf(low).any() or np.isinf(high).any():  # then again without the infinities
+                kept = np.where(finite, values, np.nan)
+                low[filled] = np.fmin.reduceat(kept, starts[filled])
+                high[filled] = np.fmax.reduceat(kept, starts[filled])
+        missing = _per_group(column.missing, starts, filled)
+        finite_counts = _per_group(finite, starts, filled)
     else:
+        kept = np.where(finite, values, np.nan)
         by_group = pd.Series(kept).groupby(groups)
         low = by_group.min().reindex(range(n_groups)).to_numpy(dtype="float64")
         high = by_group.max().reindex(range(n_groups)).to_numpy(dtype="float64")
+        missing = np.bincount(groups[column.missing], minlength=n_groups)
+        finite_counts = np.bincount(groups[finite], minlength=n_groups)
     spread = np.isfinite(low) & (low < high)
     # np.histogram(bins=BUCKETS, range=(low, high)) puts x in the bucket its edges (np.linspace) say:
     # edges[i] <= x < edges[i + 1], the last one closed. A scaled estimate finds it; the few values
     # within a hair of an edge are settled by comparing with that edge, as np.histogram does.
     edges = np.linspace(np.where(spread, low, 0.0), np.where(spread, high, 1.0), BUCKETS + 1, axis=1)
     scale = np.where(spread, BUCKETS / np.where(spread, high - low, 1.0), 0.0)
-    use = finite & spread[groups]
+    use = finite & (np.repeat(spread, rows) if starts is not None else spread[groups])
     g, x = (groups, values) if use.all() else (groups[use], values[use])
     position = (x - low[g]) * scale[g]
-    index = position.astype(np.intp)
-    near = np.abs(position - np.rint(position)) < 1e-6
+    fraction, whole = np.modf(position)
+    index = whole.astype(np.intp)
+    near = (fraction < 1e-6) | (fraction > 1 - 1e-6)
     if near.any():
         rows_near = np.flatnonzero(near)
         xs, gs = x[rows_near], g[rows_near]
@@ -165,8 +173,8 @@ def _numeric(
         fixed[xs < flat[gs * (BUCKETS + 1) + fixed]] -= 1
         fixed[(xs >= flat[gs * (BUCKETS + 1) + fixed + 1]) & (fixed != BUCKETS - 1)] += 1
         index[rows_near] = fixed
-    counts = np.bincount(g * BUCKETS + index, minlength=n_groups * BUCKETS).reshape(n_groups, BUCKETS)
-    finite_counts = np.bincount(groups[finite], minlength=n_groups)
+    index += g * BUCKETS
+    counts = np.bincount(index, minlength=n_groups * BUCKETS).reshape(n_groups, BUCKETS)
     result = []
     counts_f, edges_l = counts.astype(float).tolist(), edges.tolist()
     for gi in range(n_groups):
@@ -182,6 +190,14 @@ def _numeric(
             stats["histogram"] = {"boundaries": edges_l[gi], "counts": counts_f[gi]}
         result.append(stats)
     return result
+
+
+def _per_group(mask: np.ndarray, starts: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """How many rows of each group (rows in group order, groups starting at `starts`) are set in `mask`."""
+    counts = np.zeros(len(starts), dtype=np.int64)
+    if len(mask):
+        counts[filled] = np.add.reduceat(mask.view(np.uint8), starts[filled], dtype=np.int64)
+    return counts
 
 
 def _categorical(array: pa.Array, groups: np.ndarray, n_groups: int, rows: np.ndarray) -> list[dict[str, Any]]:
