@@ -7,9 +7,13 @@ import pandas as pd
 import pytest
 
 from fleetops.data.sample import make_churn
+from fleetops.errors import UserError
+from fleetops.monitoring.alerts import send_alerts
+from fleetops.monitoring.calibrate import calibrate, calibration_tests, null_distances, p_value, reset_cache
 from fleetops.monitoring.compare import compare, distributions
-from fleetops.monitoring.fleet import fleet_compare, fleet_distributions
+from fleetops.monitoring.fleet import fleet_compare, fleet_distributions, windows_distributions, windows_frame
 from fleetops.monitoring.jobs import monitor_endpoint, monitor_fleet
+from fleetops.monitoring.report import render_markdown
 from fleetops.serving.request_log import RequestLogWriter
 from fleetops.spec import parse_spec
 
@@ -148,3 +152,109 @@ def test_monitor_fleet_gives_each_endpoint_what_monitor_endpoint_gives(fleet):
     assert {r.feature: r.note for r in south.skew}["plan"] == "feature 'plan' is absent from the serving data"
     assert "drift needs 50 rows in both windows (previous: 0)" in south.note
     assert east.note == "nothing is deployed on this endpoint" and east.skew == [] and east.drift == []
+
+
+# The calibrated policy.
+
+
+def test_policy_settings_are_validated(spec):
+    base = spec.model_dump(mode="json")
+    assert parse_spec(base).monitoring.policy == "fixed"  # Vertex's rule stays the default
+    assert parse_spec(base | {"monitoring": {"policy": "calibrated", "alpha": 0.05}}).monitoring.alpha == 0.05
+    for bad in (
+        {"policy": "adaptive"},
+        {"alpha": 0.0},
+        {"alpha": 0.6},
+        {"false_discovery_rate": 1.0},
+        {"resamples": 5},
+    ):
+        with pytest.raises(UserError):
+            parse_spec(base | {"monitoring": bad})
+
+
+def test_p_values_have_the_plus_one_correction_and_resamples_are_seeded_and_cached():
+    expected = np.array([50.0, 30, 20])
+    null = null_distances("jensen_shannon", expected, 200, 999, seed=4)
+    assert null_distances("jensen_shannon", expected, 200, 999, seed=4) is null  # cached per baseline and size
+    reset_cache()
+    assert np.array_equal(null_distances("jensen_shannon", expected, 200, 999, seed=4), null)  # seeded
+    assert not np.array_equal(null_distances("jensen_shannon", expected, 50, 999, seed=4), null)
+    assert p_value(0.0, null) == 1.0
+    assert p_value(float(null[-1]), null) == 2 / 1000  # the largest resample itself: (1 + 1) / (B + 1)
+    assert 0 < p_value(float(null[-1]) * 3, null) <= 1 / 1000  # beyond every resample: the fitted tail
+    assert 0.4 < p_value(float(np.median(null)), null) < 0.6
+
+
+def _synthetic_fleet(segments, sizes, drift=()):
+    rng = np.random.default_rng(8)
+    baselines = []
+    for s in range(segments):
+        training = pd.DataFrame(
+            {"a": rng.normal(s, 1, 5000), "b": rng.gamma(2, 1, 5000), "k": rng.choice(["x", "y", "z"], 5000)}
+        )
+        baselines.append(distributions(training, ["a", "b"], ["k"]))
+    windows = []
+    for s, n in enumerate(sizes):
+        window = pd.DataFrame({"a": rng.normal(s, 1, n), "b": rng.gamma(2, 1, n), "k": rng.choice(["x", "y", "z"], n)})
+        if s in drift:
+            window["a"] += 1.0
+        windows.append(window)
+    return baselines, windows
+
+
+def _judge(baselines, windows, threshold=0.3, policy="calibrated"):
+    frame, groups, _ = windows_frame(windows, ["a", "b", "k"])
+    currents = windows_distributions(windows, ["a", "b"], ["k"])
+    found = fleet_compare(baselines, currents, ["a", "b", "k"], {}, threshold)
+    if policy == "calibrated":
+        calibrate(calibration_tests(found, baselines, currents, frame, groups, ["a", "b"]), 0.01, 0.05, 999, 0)
+    return found
+
+
+def test_calibrated_is_quiet_on_small_windows_where_a_fixed_threshold_alerts_and_finds_real_drift():
+    sizes = [40, 60, 80, 100, 150, 200, 300, 500, 1000, 2000] * 3
+    baselines, windows = _synthetic_fleet(len(sizes), sizes, drift={4, 17})
+    fixed = _judge(baselines, windows, threshold=0.05, policy="fixed")
+    noisy = [s for s, row in enumerate(fixed) if any(r.anomaly for r in row) and s not in {4, 17}]
+    assert len(noisy) >= 5  # a threshold low enough to matter alerts on the noise of small windows
+    calibrated = _judge(baselines, windows)
+    alerting = {s for s, row in enumerate(calibrated) if any(r.anomaly for r in row)}
+    assert alerting == {4, 17}
+    [shifted] = [r for r in calibrated[17] if r.anomaly]
+    assert shifted.feature == "a" and shifted.policy == "calibrated" and shifted.p_value < 1e-4
+    low, high = shifted.no_drift_range
+    assert 0 <= low < high < shifted.distance and shifted.threshold == high
+    quiet = calibrated[0][0]
+    assert quiet.policy == "calibrated" and quiet.p_value > 1e-3 and quiet.distance <= 1.0
+    assert calibrated[0][0].no_drift_range[1] > calibrated[9][0].no_drift_range[1]  # 40 rows vary more than 2,000
+
+
+def test_calibrated_keeps_the_other_reasons_to_alert_and_reports_empty_windows():
+    sizes = [300, 300, 0]
+    baselines, windows = _synthetic_fleet(3, sizes)
+    windows[1] = windows[1].drop(columns=["k"])
+    found = _judge(baselines, windows)
+    assert not any(r.anomaly for r in found[0])
+    [absent] = [r for r in found[1] if r.feature == "k"]
+    assert absent.anomaly and absent.note == "feature 'k' is absent from the serving data" and absent.p_value is None
+    assert all(r.distance is None and not r.anomaly and "no rows" in r.note for r in found[2])
+
+
+def test_monitor_fleet_under_the_calibrated_policy_reports_range_and_policy(fleet):
+    platform, spec = fleet
+    spec = parse_spec(
+        spec.model_dump(mode="json") | {"monitoring": {"window_hours": 1.0, "min_rows": 50, "policy": "calibrated"}}
+    )
+    normal = make_churn(rows_per_segment=300, segments=1, seed=21)
+    _log(platform, "churn-north", normal.assign(tenure_months=normal["tenure_months"] + 60), T0 + timedelta(minutes=70))
+    _log(platform, "churn-south", normal.iloc[:120], T0 + timedelta(minutes=70), drop=("plan",))
+    reports = {r.endpoint_id: r for r in monitor_fleet(spec, platform, platform.home, now=T0 + timedelta(minutes=100))}
+    north, south = reports["churn-north"], reports["churn-south"]
+    assert "skew tenure_months" in north.anomalies and "skew plan" in south.anomalies
+    tenure = {r.feature: r for r in north.skew}["tenure_months"].to_dict()
+    assert tenure["policy"] == "calibrated" and tenure["distance"] > tenure["no_drift_range"][1]
+    markdown = render_markdown("churn", list(reports.values()))
+    assert "| north | skew tenure_months |" in markdown and "| calibrated |" in markdown
+    [alert] = [a for a in send_alerts("churn", [north]) if a["segment"] == "north"]
+    detail = {d["finding"]: d for d in alert["details"]}["skew tenure_months"]
+    assert detail["policy"] == "calibrated" and len(detail["no_drift_range"]) == 2

@@ -38,6 +38,9 @@ class FeatureResult:
     note: str = ""
     baseline: dict[str, Any] = field(default_factory=dict)
     current: dict[str, Any] = field(default_factory=dict)
+    policy: str = "fixed"  # fixed: distance above threshold; calibrated: see calibrate.py
+    p_value: float | None = None  # calibrated: chance of this distance or more without drift
+    no_drift_range: list[float] | None = None  # calibrated: the alpha and 1 - alpha quantiles without drift
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -44,17 +44,23 @@ def fleet_distributions(
     return _assemble(groups, n_groups, numeric_columns, text_columns, absent)
 
 
+def windows_frame(frames: list[pd.DataFrame], columns: list[str]) -> tuple[pd.DataFrame, np.ndarray, list[set[str]]]:
+    """The windows' rows in one frame, each row's window, and the columns each window did not have."""
+    absent = [{c for c in columns if c not in f.columns} for f in frames]
+    groups = np.repeat(np.arange(len(frames), dtype=np.int64), [len(f) for f in frames])
+    if not frames:
+        return pd.DataFrame(columns=columns), groups, absent
+    parts = [f.reindex(columns=columns) if a else f for f, a in zip(frames, absent, strict=True)]
+    return pd.concat(parts, ignore_index=True), groups, absent
+
+
 def windows_distributions(
     frames: list[pd.DataFrame], numeric: list[str], categorical: list[str]
 ) -> list[dict[str, Any]]:
     """`distributions` of each window (one endpoint's logged rows each), computed over all of them at once."""
-    wanted = [*numeric, *categorical]
-    absent = [{c for c in wanted if c not in f.columns} for f in frames]
-    groups = np.repeat(np.arange(len(frames), dtype=np.int64), [len(f) for f in frames])
     if not frames:
         return []
-    parts = [f.reindex(columns=wanted) if a else f for f, a in zip(frames, absent, strict=True)]
-    frame = pd.concat(parts, ignore_index=True)
+    frame, groups, absent = windows_frame(frames, [*numeric, *categorical])
     numeric_columns = {n: _numeric_column(frame[n], groups) for n in numeric}
     dtypes = [f.dtypes for f in frames]
     text_columns = {}
@@ -63,7 +69,14 @@ def windows_distributions(
         if len(kinds) <= 1:  # one dtype: the concatenated column converts as each window's would
             text_columns[name] = _text_array(frame[name])
         else:  # windows disagree (ints here, text there): convert each as `distributions` would, then join
-            text_columns[name] = pa.concat_arrays([_chunks(_text_array(p[name])).cast(pa.string()) for p in parts])
+            text_columns[name] = pa.concat_arrays(
+                [
+                    _chunks(
+                        _text_array(f[name] if name in f.columns else pd.Series([None] * len(f), dtype=object))
+                    ).cast(pa.string())
+                    for f in frames
+                ]
+            )
     return _assemble(groups, len(frames), numeric_columns, text_columns, absent)
 
 

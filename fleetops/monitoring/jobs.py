@@ -17,12 +17,13 @@ from typing import Any
 
 import pandas as pd
 
+from fleetops.monitoring.calibrate import calibrate, calibration_tests
 from fleetops.monitoring.compare import FeatureResult, compare, distributions
-from fleetops.monitoring.fleet import fleet_compare, windows_distributions
+from fleetops.monitoring.fleet import fleet_compare, windows_distributions, windows_frame
 from fleetops.names import LABEL_FLEET, MODEL_STATISTICS_FILE
 from fleetops.platform import Platform
 from fleetops.serving.request_log import read_request_log
-from fleetops.spec import FleetSpec
+from fleetops.spec import FleetSpec, MonitoringPolicy
 from fleetops.training.artifact import read_metadata
 
 
@@ -77,7 +78,8 @@ def monitor_fleet(
 
     Each endpoint's windows are read as `monitor_endpoint` reads them; then skew
     and drift of all of them are computed together (`fleet.py`), with the same
-    results as `monitor_endpoint` one endpoint at a time.
+    results as `monitor_endpoint` one endpoint at a time. Under the `calibrated` policy the
+    distance tests of all endpoints are then judged together (calibrate.py).
     """
     windows = [
         _windows(spec, platform, home, endpoint.endpoint_id, now)
@@ -86,11 +88,18 @@ def monitor_fleet(
     numeric, categorical, features = spec.features.numeric, spec.features.categorical, spec.features.all
     thresholds, monitoring = spec.monitoring.feature_thresholds, spec.monitoring
     skewed = [w for w in windows if w.baseline is not None]
+    calibrated = monitoring.policy is MonitoringPolicy.CALIBRATED
+    tests = []
     if skewed:
-        currents = windows_distributions([w.served for w in skewed], numeric, categorical)
-        found = fleet_compare([w.baseline for w in skewed], currents, features, thresholds, monitoring.skew_threshold)
+        served = [w.served for w in skewed]
+        baselines = [w.baseline for w in skewed]
+        currents = windows_distributions(served, numeric, categorical)
+        found = fleet_compare(baselines, currents, features, thresholds, monitoring.skew_threshold)
         for w, results in zip(skewed, found, strict=True):
             w.report.skew = results
+        if calibrated:
+            frame, groups, _ = windows_frame(served, features)
+            tests += calibration_tests(found, baselines, currents, frame, groups, numeric)
     drifting = [w for w in windows if w.previous is not None]
     if drifting:
         before = windows_distributions([w.previous for w in drifting], numeric, categorical)
@@ -98,6 +107,11 @@ def monitor_fleet(
         found = fleet_compare(before, after, features, thresholds, monitoring.drift_threshold)
         for w, results in zip(drifting, found, strict=True):
             w.report.drift = results
+        if calibrated:
+            frame, groups, _ = windows_frame([w.current for w in drifting], features)
+            tests += calibration_tests(found, before, after, frame, groups, numeric)
+    if calibrated:
+        calibrate(tests, monitoring.alpha, monitoring.false_discovery_rate, monitoring.resamples, monitoring.seed)
     return [w.report for w in windows]
 
 
