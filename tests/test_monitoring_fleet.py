@@ -255,6 +255,8 @@ def test_monitor_fleet_under_the_calibrated_policy_reports_range_and_policy(flee
     assert tenure["policy"] == "calibrated" and tenure["distance"] > tenure["no_drift_range"][1]
     markdown = render_markdown("churn", list(reports.values()))
     assert "| north | skew tenure_months |" in markdown and "| calibrated |" in markdown
+    alone = monitor_endpoint(spec, platform, platform.home, "churn-north", now=T0 + timedelta(minutes=100))
+    assert "skew tenure_months" in alone.anomalies and {r.policy for r in alone.skew} == {"calibrated"}
     [alert] = [a for a in send_alerts("churn", [north]) if a["segment"] == "north"]
     detail = {d["finding"]: d for d in alert["details"]}["skew tenure_months"]
     assert detail["policy"] == "calibrated" and len(detail["no_drift_range"]) == 2

@@ -85,6 +85,11 @@ def monitor_fleet(
         _windows(spec, platform, home, endpoint.endpoint_id, now)
         for endpoint in platform.endpoints.list({LABEL_FLEET: spec.name})
     ]
+    return _judge(spec, windows)
+
+
+def _judge(spec: FleetSpec, windows: list[_Windows]) -> list[EndpointReport]:
+    """Skew and drift of every window in one pass; under `calibrated`, all their tests judged together."""
     numeric, categorical, features = spec.features.numeric, spec.features.categorical, spec.features.all
     thresholds, monitoring = spec.monitoring.feature_thresholds, spec.monitoring
     skewed = [w for w in windows if w.baseline is not None]
@@ -127,8 +132,13 @@ class _Windows:
 def monitor_endpoint(
     spec: FleetSpec, platform: Platform, home: str | Path, endpoint_id: str, now: datetime | None = None
 ) -> EndpointReport:
-    """One endpoint's skew and drift on its own (the fleet pass gives the same results for all at once)."""
+    """One endpoint's skew and drift on its own (the fleet pass gives the same results for all at once).
+
+    Under the `calibrated` policy the endpoint's tests are judged as a fleet of one.
+    """
     w = _windows(spec, platform, home, endpoint_id, now)
+    if spec.monitoring.policy is MonitoringPolicy.CALIBRATED:
+        return _judge(spec, [w])[0]
     numeric, categorical, features = spec.features.numeric, spec.features.categorical, spec.features.all
     thresholds = spec.monitoring.feature_thresholds
     if w.baseline is not None:
