@@ -44,7 +44,8 @@ from scipy import stats as scipy_stats
 from fleetops.monitoring.compare import FeatureResult
 
 _CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
-_CACHE_SIZE = 50_000
+_CACHED = 0
+_CACHE_FLOATS = 16_000_000  # 128 MB of resampled distances (16,000 tests at 1,000 resamples), least recent out
 
 
 @dataclass
@@ -110,6 +111,7 @@ def distance(metric: str, expected: np.ndarray, observed: np.ndarray) -> np.ndar
 
 def null_distances(metric: str, expected: np.ndarray, size: int, resamples: int, seed: int) -> np.ndarray:
     """Distances of `resamples` multinomial resamples of the baseline, of `size` rows, to the baseline (cached)."""
+    global _CACHED
     digest = hashlib.blake2b(expected.tobytes() + metric.encode(), digest_size=8).digest()
     key = (digest, size, resamples, seed)
     found = _CACHE.get(key)
@@ -121,8 +123,9 @@ def null_distances(metric: str, expected: np.ndarray, size: int, resamples: int,
     draws = rng.multinomial(size, shares, size=resamples).astype(float)
     found = np.sort(distance(metric, expected, draws))
     _CACHE[key] = found
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    _CACHED += found.size
+    while _CACHED > _CACHE_FLOATS and len(_CACHE) > 1:
+        _CACHED -= _CACHE.popitem(last=False)[1].size
     return found
 
 
@@ -207,4 +210,6 @@ def calibration_tests(
 
 
 def reset_cache() -> None:
+    global _CACHED
     _CACHE.clear()
+    _CACHED = 0
