@@ -18,8 +18,12 @@ def monitor(
 ) -> bool:
     """Skew (against each model's training statistics) and drift (against the previous window) per endpoint.
 
+    Every endpoint and feature is computed in one vectorised pass. `monitoring.policy` judges the distances:
+    `fixed` (Vertex's rule, above the threshold) or `calibrated` (above the no-drift range at the window's
+    size, false discoveries controlled across the fleet).
+
     Args:
-        fleet_spec: The fleet spec, YAML or JSON text (its `monitoring` section sets thresholds and windows).
+        fleet_spec: The fleet spec, YAML or JSON text (its `monitoring` section sets thresholds, windows, policy).
         platform: The local twin's URI (`local:///path`); its request-response log is the serving data.
         report: Output. HTML with a baseline-vs-current chart per feature.
         summary: Output. A Markdown table per segment.

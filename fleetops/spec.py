@@ -413,6 +413,11 @@ class ServingSpec(_Strict):
         return self
 
 
+class MonitoringPolicy(StrEnum):
+    FIXED = "fixed"
+    CALIBRATED = "calibrated"
+
+
 class MonitoringSpec(_Strict):
     skew_threshold: float = Field(0.3, gt=0, le=1, description="Alert when a feature's skew is above this.")
     drift_threshold: float = Field(0.3, gt=0, le=1, description="Alert when a feature's drift is above this.")
@@ -423,6 +428,17 @@ class MonitoringSpec(_Strict):
     sampling_rate: float = Field(1.0, gt=0, le=1, description="Share of requests Vertex-managed monitoring samples.")
     alert_emails: list[str] = []
     webhook: str | None = Field(None, description="POST each alert as JSON to this URL.")
+    policy: MonitoringPolicy = Field(
+        MonitoringPolicy.FIXED,
+        description="fixed: Vertex's rule, a distance above its threshold; calibrated: above its own no-drift "
+        "range at the window's size, with false discoveries controlled across the fleet.",
+    )
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="calibrated: a test's threshold is the 1 - alpha quantile.")
+    false_discovery_rate: float = Field(
+        0.05, gt=0, lt=1, description="calibrated: Benjamini-Hochberg level across every test of the run."
+    )
+    resamples: int = Field(1000, ge=99, le=100_000, description="calibrated: bootstrap resamples per test.")
+    seed: int = Field(0, ge=0, description="calibrated: the resamples' seed.")
 
     @field_validator("feature_thresholds")
     @classmethod

@@ -42,6 +42,19 @@ def send_alerts(
         if not report.anomalies:
             continue
         results = {r.feature: r.distance for r in [*report.skew, *report.drift] if r.anomaly}
+        details = [
+            {
+                "finding": f"{kind} {r.feature}",
+                "distance": r.distance,
+                "no_drift_range": r.no_drift_range if r.no_drift_range is not None else [0.0, r.threshold],
+                "p_value": r.p_value,
+                "policy": r.policy,
+                "note": r.note,
+            }
+            for kind, found in (("skew", getattr(report, "skew", [])), ("drift", getattr(report, "drift", [])))
+            for r in found
+            if r.anomaly
+        ]
         alert = {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "fleet": fleet,
@@ -50,6 +63,7 @@ def send_alerts(
             "model": f"{report.model_id}@{report.version_id}",
             "anomalies": report.anomalies,
             "distances": results,
+            "details": details,
         }
         alert["delivery"] = _post(webhook, alert) if webhook else "no webhook configured"
         print(

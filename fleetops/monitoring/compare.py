@@ -25,7 +25,7 @@ DEFAULT_THRESHOLD = 0.3
 TOP_VALUES = 1000
 
 
-@dataclass
+@dataclass(slots=True)
 class FeatureResult:
     feature: str
     kind: str
@@ -38,6 +38,9 @@ class FeatureResult:
     note: str = ""
     baseline: dict[str, Any] = field(default_factory=dict)
     current: dict[str, Any] = field(default_factory=dict)
+    policy: str = "fixed"  # fixed: distance above threshold; calibrated: see calibrate.py
+    p_value: float | None = None  # calibrated: chance of this distance or more without drift
+    no_drift_range: list[float] | None = None  # calibrated: the alpha and 1 - alpha quantiles without drift
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,48 +97,56 @@ def compare(
     for name in features:
         threshold = (thresholds or {}).get(name, default_threshold)
         base, cur = baseline["features"].get(name), current["features"].get(name)
-        results.append(_compare_feature(name, base, cur, threshold, current.get("rows", 0)))
+        results.append(compare_feature(name, base, cur, threshold, current.get("rows", 0)))
     return results
 
 
-def _compare_feature(name: str, base: dict | None, cur: dict | None, threshold: float, rows: int) -> FeatureResult:
-    kind = (base or {}).get("type", "unknown")
-    metric = "jensen_shannon" if kind == "numeric" else "l_infinity"
-    result = FeatureResult(name, kind, metric, None, threshold, False)
+_COMPUTE = object()
+
+
+def compare_feature(
+    name: str, base: dict | None, cur: dict | None, threshold: float, rows: int, distance: Any = _COMPUTE
+) -> FeatureResult:
+    """One feature's finding; `distance` when it was already computed (the fleet pass), else computed here."""
     if base is None:
-        result.note = f"feature {name!r} is not in the baseline, so it cannot be compared; retrain to include it"
-        return result
-    result.baseline_missing_rate = _missing_rate(base)
-    result.baseline = _summary(base)
+        kind = "unknown"
+        note = f"feature {name!r} is not in the baseline, so it cannot be compared; retrain to include it"
+        return FeatureResult(name, kind, "l_infinity", None, threshold, False, note=note)
+    kind = base.get("type", "unknown")
+    metric = "jensen_shannon" if kind == "numeric" else "l_infinity"
+    base_rate, base_summary = _missing_rate(base), _summary(base)
     if rows == 0:
-        result.note = "the serving window has no rows: nothing to compare"
-        return result
+        note = "the serving window has no rows: nothing to compare"
+        return FeatureResult(name, kind, metric, None, threshold, False, base_rate, note=note, baseline=base_summary)
     if cur is None or cur.get("type") == "absent":
-        result.note = f"feature {name!r} is absent from the serving data"
-        result.anomaly = True
-        return result
-    result.current_missing_rate = _missing_rate(cur)
-    result.current = _summary(cur)
+        note = f"feature {name!r} is absent from the serving data"
+        return FeatureResult(name, kind, metric, None, threshold, True, base_rate, note=note, baseline=base_summary)
+    cur_rate = _missing_rate(cur)
+    note, anomaly = "", False
     if cur.get("type_problem"):
-        result.note = f"type changed: the baseline is numeric, the window has {cur['type_problem']}"
-        result.anomaly = True
-    if kind == "numeric":
-        result.distance = jensen_shannon(base.get("histogram", {}), cur.get("histogram", {}))
-    else:
-        result.distance = l_infinity(base.get("values", {}), cur.get("values", {}))
-    if result.distance is not None:
+        note, anomaly = f"type changed: the baseline is numeric, the window has {cur['type_problem']}", True
+    if distance is _COMPUTE:
+        if kind == "numeric":
+            distance = jensen_shannon(base.get("histogram", {}), cur.get("histogram", {}))
+        else:
+            distance = l_infinity(base.get("values", {}), cur.get("values", {}))
+    if distance is not None:
         # Rounded so float noise (0.8 - 0.5 = 0.30000000000000004) cannot cross a threshold.
-        result.distance = round(result.distance, 10)
-    rates = f"missing rate {result.baseline_missing_rate:.0%} -> {result.current_missing_rate:.0%}"
-    if result.distance is None:
+        distance = round(distance, 10)
+        anomaly = anomaly or distance > threshold
+    elif not note:
         side = "serving window" if cur.get("count", 0) == 0 else "baseline"
-        result.note = result.note or f"every value is missing in the {side} ({rates}): no distribution to compare"
-    elif result.distance > threshold:
-        result.anomaly = True
-    if (result.current_missing_rate or 0) - (result.baseline_missing_rate or 0) > threshold:
-        result.anomaly = True
-        result.note = result.note or f"missing values jumped: {rates}"
-    return result
+        note = f"every value is missing in the {side} ({_rates(base_rate, cur_rate)}): no distribution to compare"
+    if cur_rate - base_rate > threshold:
+        anomaly = True
+        note = note or f"missing values jumped: {_rates(base_rate, cur_rate)}"
+    return FeatureResult(
+        name, kind, metric, distance, threshold, anomaly, base_rate, cur_rate, note, base_summary, _summary(cur)
+    )
+
+
+def _rates(base: float, cur: float) -> str:
+    return f"missing rate {base:.0%} -> {cur:.0%}"
 
 
 def _missing_rate(stats: dict[str, Any]) -> float:

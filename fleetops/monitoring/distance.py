@@ -57,8 +57,13 @@ def l_infinity(p_counts: dict[str, float], q_counts: dict[str, float]) -> float 
     p_total, q_total = sum(p_counts.values()), sum(q_counts.values())
     if not p_total or not q_total:
         return None
-    values = set(p_counts) | set(q_counts)
-    return float(max(abs(p_counts.get(v, 0) / p_total - q_counts.get(v, 0) / q_total) for v in values))
+    largest = 0.0  # every term is >= 0; a value on one side only counts 0 on the other
+    for value, count in p_counts.items():
+        largest = max(largest, abs(count / p_total - q_counts.get(value, 0) / q_total))
+    for value, count in q_counts.items():
+        if value not in p_counts:
+            largest = max(largest, abs(0 / p_total - count / q_total))
+    return float(largest)
 
 
 def _buckets(hist: dict[str, Any]) -> np.ndarray | None:

@@ -17,11 +17,13 @@ from typing import Any
 
 import pandas as pd
 
+from fleetops.monitoring.calibrate import calibrate, calibration_tests
 from fleetops.monitoring.compare import FeatureResult, compare, distributions
+from fleetops.monitoring.fleet import fleet_compare, windows_distributions, windows_frame
 from fleetops.names import LABEL_FLEET, MODEL_STATISTICS_FILE
 from fleetops.platform import Platform
 from fleetops.serving.request_log import read_request_log
-from fleetops.spec import FleetSpec
+from fleetops.spec import FleetSpec, MonitoringPolicy
 from fleetops.training.artifact import read_metadata
 
 
@@ -72,16 +74,86 @@ class EndpointReport:
 def monitor_fleet(
     spec: FleetSpec, platform: Platform, home: str | Path, now: datetime | None = None
 ) -> list[EndpointReport]:
-    """One report per endpoint of the fleet (endpoints labelled `fleet=<name>`)."""
-    return [
-        monitor_endpoint(spec, platform, home, endpoint.endpoint_id, now)
+    """One report per endpoint of the fleet (endpoints labelled `fleet=<name>`), every segment in one pass.
+
+    Each endpoint's windows are read as `monitor_endpoint` reads them; then skew
+    and drift of all of them are computed together (`fleet.py`), with the same
+    results as `monitor_endpoint` one endpoint at a time. Under the `calibrated` policy the
+    distance tests of all endpoints are then judged together (calibrate.py).
+    """
+    windows = [
+        _windows(spec, platform, home, endpoint.endpoint_id, now)
         for endpoint in platform.endpoints.list({LABEL_FLEET: spec.name})
     ]
+    return _judge(spec, windows)
+
+
+def _judge(spec: FleetSpec, windows: list[_Windows]) -> list[EndpointReport]:
+    """Skew and drift of every window in one pass; under `calibrated`, all their tests judged together."""
+    numeric, categorical, features = spec.features.numeric, spec.features.categorical, spec.features.all
+    thresholds, monitoring = spec.monitoring.feature_thresholds, spec.monitoring
+    skewed = [w for w in windows if w.baseline is not None]
+    calibrated = monitoring.policy is MonitoringPolicy.CALIBRATED
+    tests = []
+    if skewed:
+        served = [w.served for w in skewed]
+        baselines = [w.baseline for w in skewed]
+        currents = windows_distributions(served, numeric, categorical)
+        found = fleet_compare(baselines, currents, features, thresholds, monitoring.skew_threshold)
+        for w, results in zip(skewed, found, strict=True):
+            w.report.skew = results
+        if calibrated:
+            frame, groups, _ = windows_frame(served, features)
+            tests += calibration_tests(found, baselines, currents, frame, groups, numeric)
+    drifting = [w for w in windows if w.previous is not None]
+    if drifting:
+        before = windows_distributions([w.previous for w in drifting], numeric, categorical)
+        after = windows_distributions([w.current for w in drifting], numeric, categorical)
+        found = fleet_compare(before, after, features, thresholds, monitoring.drift_threshold)
+        for w, results in zip(drifting, found, strict=True):
+            w.report.drift = results
+        if calibrated:
+            frame, groups, _ = windows_frame([w.current for w in drifting], features)
+            tests += calibration_tests(found, before, after, frame, groups, numeric)
+    if calibrated:
+        calibrate(tests, monitoring.alpha, monitoring.false_discovery_rate, monitoring.resamples, monitoring.seed)
+    return [w.report for w in windows]
+
+
+@dataclass
+class _Windows:
+    report: EndpointReport
+    served: pd.DataFrame | None = None
+    baseline: dict[str, Any] | None = None
+    current: pd.DataFrame | None = None
+    previous: pd.DataFrame | None = None
 
 
 def monitor_endpoint(
     spec: FleetSpec, platform: Platform, home: str | Path, endpoint_id: str, now: datetime | None = None
 ) -> EndpointReport:
+    """One endpoint's skew and drift on its own (the fleet pass gives the same results for all at once).
+
+    Under the `calibrated` policy the endpoint's tests are judged as a fleet of one.
+    """
+    w = _windows(spec, platform, home, endpoint_id, now)
+    if spec.monitoring.policy is MonitoringPolicy.CALIBRATED:
+        return _judge(spec, [w])[0]
+    numeric, categorical, features = spec.features.numeric, spec.features.categorical, spec.features.all
+    thresholds = spec.monitoring.feature_thresholds
+    if w.baseline is not None:
+        served_stats = distributions(w.served, numeric, categorical)
+        w.report.skew = compare(w.baseline, served_stats, features, thresholds, spec.monitoring.skew_threshold)
+    if w.previous is not None:
+        before, after = distributions(w.previous, numeric, categorical), distributions(w.current, numeric, categorical)
+        w.report.drift = compare(before, after, features, thresholds, spec.monitoring.drift_threshold)
+    return w.report
+
+
+def _windows(
+    spec: FleetSpec, platform: Platform, home: str | Path, endpoint_id: str, now: datetime | None = None
+) -> _Windows:
+    """An endpoint's report (without findings) and the windows to judge: those with enough rows."""
     endpoint = platform.endpoints.get(endpoint_id)
     end = now or datetime.now(UTC)
     start = end - timedelta(hours=spec.monitoring.window_hours)
@@ -91,32 +163,29 @@ def monitor_endpoint(
     previous = log[times < start]
     window = (start.isoformat(), end.isoformat(), len(current), len(previous))
     if not endpoint.deployed_models:
-        return EndpointReport(endpoint_id, endpoint_id, "", "", *window, note="nothing is deployed on this endpoint")
+        report = EndpointReport(endpoint_id, endpoint_id, "", "", *window, note="nothing is deployed on this endpoint")
+        return _Windows(report)
     serving = max(endpoint.deployed_models, key=lambda m: endpoint.traffic_split.get(m.deployed_model_id, 0))
     version = platform.registry.get_version(serving.model_id, serving.version_id)
     artifact = platform.registry.artifact_path(version)
     segment = read_metadata(artifact)["segment"]
-    report = EndpointReport(endpoint_id, segment, serving.model_id, serving.version_id, *window)
-    numeric, categorical, features = spec.features.numeric, spec.features.categorical, spec.features.all
-    thresholds, min_rows = spec.monitoring.feature_thresholds, spec.monitoring.min_rows
+    w = _Windows(EndpointReport(endpoint_id, segment, serving.model_id, serving.version_id, *window))
+    min_rows = spec.monitoring.min_rows
     served = current[current["version_id"] == serving.version_id] if not current.empty else current
     if len(served) >= min_rows:
-        baseline = json.loads((artifact / MODEL_STATISTICS_FILE).read_text())
-        served_stats = distributions(served, numeric, categorical)
-        report.skew = compare(baseline, served_stats, features, thresholds, spec.monitoring.skew_threshold)
+        w.served, w.baseline = served, json.loads((artifact / MODEL_STATISTICS_FILE).read_text())
     else:
-        report.note = (
+        w.report.note = (
             f"{len(served)} logged request row(s) for v{serving.version_id} in the window; "
             f"at least {min_rows} are needed to judge skew"
         )
     if len(current) >= min_rows and len(previous) >= min_rows:
-        before, after = distributions(previous, numeric, categorical), distributions(current, numeric, categorical)
-        report.drift = compare(before, after, features, thresholds, spec.monitoring.drift_threshold)
+        w.current, w.previous = current, previous
     else:
-        report.note = " ".join(
-            filter(None, [report.note, f"drift needs {min_rows} rows in both windows (previous: {len(previous)})"])
+        w.report.note = " ".join(
+            filter(None, [w.report.note, f"drift needs {min_rows} rows in both windows (previous: {len(previous)})"])
         )
-    return report
+    return w
 
 
 def drifted_segments(reports: list[EndpointReport]) -> list[str]:

@@ -44,7 +44,22 @@ def render_markdown(fleet: str, reports: list[EndpointReport]) -> str:
             f"| {r.segment} | {r.model_id}@{r.version_id} | {r.rows} | {_fmt(_max(r.skew))} | {_fmt(_max(r.drift))} "
             f"| {', '.join(r.anomalies) or 'none'} | {r.note} |"
         )
+    alerts = [(r.segment, kind, f) for r in reports for kind, fs in (("skew", r.skew), ("drift", r.drift)) for f in fs]
+    alerts = [a for a in alerts if a[2].anomaly]
+    if alerts:
+        lines += ["", "## Alerts", "", "| segment | finding | distance | no-drift range at this size | policy |"]
+        lines.append("|---|---|---|---|---|")
+        for segment, kind, f in sorted(alerts, key=lambda a: (a[0], a[1], a[2].feature)):
+            lines.append(f"| {segment} | {kind} {f.feature} | {_fmt(f.distance)} | {no_drift_range(f)} | {f.policy} |")
     return "\n".join(lines) + "\n"
+
+
+def no_drift_range(result: FeatureResult) -> str:
+    """Where the distance falls without drift: calibrated, the resampled range; fixed, at most the threshold."""
+    if result.no_drift_range is not None:
+        low, high = result.no_drift_range
+        return f"{low:.3f} to {high:.3f} (p {result.p_value:.2g})"
+    return f"at most {result.threshold} (fixed threshold)"
 
 
 def render_html(fleet: str, reports: list[EndpointReport]) -> str:
@@ -84,7 +99,10 @@ def metrics(reports: list[EndpointReport]) -> dict[str, float]:
 
 def _card(result: FeatureResult, kind: str, against: str) -> str:
     distance = "n/a" if result.distance is None else f"{result.distance:.3f}"
-    meta = f"{kind} vs {against}: {result.metric} {distance} (threshold {result.threshold})"
+    if result.no_drift_range is not None:
+        meta = f"{kind} vs {against}: {result.metric} {distance}, no-drift {no_drift_range(result)}, {result.policy}"
+    else:
+        meta = f"{kind} vs {against}: {result.metric} {distance} (threshold {result.threshold})"
     note = f"<div class='note'>{html.escape(result.note)}</div>" if result.note else ""
     css = "card anomaly" if result.anomaly else "card"
     return (
