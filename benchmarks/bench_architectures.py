@@ -1,8 +1,9 @@
 """Architectures: what a segment's chosen model is worth against scikit-learn's HistGradientBoosting.
 
 Quality. On data sets that ship inside scikit-learn (nothing is downloaded: breast_cancer for binary
-classification, diabetes for regression, digits for multiclass) and on the sample fleet, fleetops trains through the fleet spec with `architectures: [linear, dnn, gbt, ensemble]`
-(the validation split chooses per segment), and each candidate's test metric is read from the
+classification, diabetes for regression, digits for multiclass) and on the sample fleet, fleetops
+trains through the fleet spec with `architectures: [linear, dnn, gbt, ensemble]` (the validation
+split chooses per segment), and each candidate's test metric is read from the
 segment's selection record. The baseline is `HistGradientBoostingClassifier/Regressor` with its
 defaults, fitted on the same train and validation rows (ours fit on train and choose on
 validation) and scored on the same test rows, with the same metric code. A fleet's figure is the
