@@ -15,6 +15,7 @@ def monitor(
     summary: Output[Markdown],
     metrics: Output[Metrics],
     anomalies: Output[Artifact],
+    scorecard: Output[HTML],
 ) -> bool:
     """Skew (against each model's training statistics) and drift (against the previous window) per endpoint.
 
@@ -29,6 +30,8 @@ def monitor(
         summary: Output. A Markdown table per segment.
         metrics: Output. The largest skew and drift per segment, and how many segments were flagged.
         anomalies: Output. Every endpoint's findings (JSON); `segments` lists those to retrain.
+        scorecard: Output. The monitoring run's fleet scorecard: totals, the segment x feature heat map of
+            skew and drift, a sortable table of segments and each segment's findings (readable at 1,000).
 
     Returns:
         Whether any segment went over a threshold: the task's single output, for dsl.If
@@ -38,15 +41,21 @@ def monitor(
 
     from fleetops.monitoring.service import run_monitoring
     from fleetops.platform import connect
+    from fleetops.scorecard import render_scorecard
     from fleetops.spec import parse_spec
 
-    result = run_monitoring(parse_spec(fleet_spec), connect(platform))
+    spec = parse_spec(fleet_spec)
+    result = run_monitoring(spec, connect(platform))
     with open(report.path, "w") as handle:
         handle.write(result.html)
     with open(summary.path, "w") as handle:
         handle.write(result.markdown)
+    endpoints = [r.to_dict() for r in result.reports]
     with open(anomalies.path, "w") as handle:
-        json.dump({"segments": result.drifted, "endpoints": [r.to_dict() for r in result.reports]}, handle)
+        json.dump({"segments": result.drifted, "endpoints": endpoints}, handle)
+    page, _ = render_scorecard([], [], {}, monitoring=endpoints, fleet=spec.name, metric=spec.primary_metric)
+    with open(scorecard.path, "w") as handle:
+        handle.write(page)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     anomalies.metadata["segments"] = result.drifted

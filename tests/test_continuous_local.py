@@ -63,6 +63,10 @@ def test_drift_in_one_segment_retrains_that_segment_only(tmp_path):
     assert [a["segment"] for a in alerts] == ["north"] and "skew tenure_months" in alerts[0]["anomalies"]
     reports = list((home / "pipeline_root").glob("fleetops-continuous-training-*/monitor/report"))
     assert reports and "tenure_months" in reports[0].read_text()
+    # The monitoring run's fleet scorecard: its heat map and the drifted segment's findings.
+    [scorecard] = list((home / "pipeline_root").glob("fleetops-continuous-training-*/monitor/scorecard"))
+    page = scorecard.read_text()
+    assert 'id="heatmap-title"' in page and "tenure_months" in page
 
     # The local schedule runs the same pipeline again; with no new traffic nothing more is retrained.
     sleeps = []
