@@ -85,6 +85,10 @@ def run_demo(home: Path, segments: int, rows: int, run_training: Any, listing: A
     print(f"request log:       {home / LOG_FILE} (table prediction_log)")
     print(f"alerts:            {home / ALERTS_FILE} (table alerts)\nrun log:           {run.log_path}")
     print(f"monitoring report: {report}")
+    for step in ("monitor", "summarize"):  # the monitoring run's page, and its retraining's (`fleetops report`)
+        page = report.parent.parent / step / "scorecard"
+        if page.exists():
+            print(f"fleet scorecard:   {page} (HTML, {step})")
     return 0
 
 
