@@ -100,9 +100,13 @@ def _scorecard(
     if monitored is not None:  # monitored but not trained in this run (continuous training retrains the drifted)
         trained = {str(rec["segment"]) for rec in records}
         for name in sorted(set(monitored["segments"]) - trained):
-            records.append(
-                {"segment": name, "status": "not retrained", "value": None, "reason": "not trained in this run"}
-            )
+            if registrations or skipped:
+                status, reason = "not retrained", "not trained in this run"
+            else:  # a run that only monitored: what monitoring found is the status
+                alerts = monitored["segments"][name]["alerts"]
+                status = "alerting" if alerts else "within thresholds"
+                reason = f"{len(alerts)} alert(s): {', '.join(alerts)}" if alerts else "no feature over its threshold"
+            records.append({"segment": name, "status": status, "value": None, "reason": reason})
     records.sort(key=lambda rec: str(rec["segment"]))
     ids: set[str] = set()
     for rec in records:
@@ -217,16 +221,23 @@ def _title(card: dict[str, Any]) -> str:
     t = card["totals"]
     name = f" of {card['fleet']}" if card["fleet"] else ""
     m = card["monitoring"]
-    if m is not None and not t["models"] and not t["skipped"] and not t["failed"]:  # a run that only monitored
+    if _monitoring_only(card):
         return (
             f"Fleet monitoring scorecard{name}: {len(m['segments']):,} segment(s) monitored, {m['alerting']:,} alerting"
         )
     return f"Fleet scorecard{name}: {t['models']:,} model(s), {t['new champions']:,} new champion(s)"
 
 
+def _monitoring_only(card: dict[str, Any]) -> bool:
+    t = card["totals"]
+    return card["monitoring"] is not None and not t["models"] and not t["skipped"] and not t["failed"]
+
+
 def _total_lines(card: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) for the totals table, the same in HTML and Markdown."""
     t, lines = card["totals"], []
+    if _monitoring_only(card):  # no training in this run: its totals would all read 0
+        t = {"segments": t["segments"]}
     for label, value in t.items():
         if value or label in ("segments", "models", "new champions", "skipped", "failed"):
             lines.append((label, f"{value:,}"))
@@ -420,7 +431,8 @@ def _html(card: dict[str, Any]) -> str:
             out.append(f'<h2 id="{label}">{label.capitalize()} segments by reason</h2><ul>')
             out += [f"<li>{e(line)}</li>" for line in _reason_lines(card[label])]
             out.append("</ul>")
-    out += [f'<h2 id="distribution">Per-segment test {e(metric)}</h2>', _histogram_svg(card["values"], metric)]
+    if not _monitoring_only(card):
+        out += [f'<h2 id="distribution">Per-segment test {e(metric)}</h2>', _histogram_svg(card["values"], metric)]
     if card["fairness"]:
         pooled = card["fairness"]
         out.append(f'<h2 id="fairness">Fairness, fleet-wide ({pooled["segments"]:,} segments\' test rows pooled)</h2>')
@@ -435,6 +447,7 @@ def _html(card: dict[str, Any]) -> str:
         *[
             f'<option value="{e(s)}">{e(s)}</option>'
             for s in ("new champion", "kept champion", "no champion", "skipped", "failed", "not retrained")
+            + (("alerting", "within thresholds") if m is not None else ())
         ],
         '<option value="alert">alerting</option>' if m is not None else "",
         "</select></div>",

@@ -307,3 +307,14 @@ def test_fairness_fleet_wide_and_each_segments_gates():
     assert 'id="fairness"' in page and "fairness gate evaluation.fairness[0]" in page
     basic = next(s for s in pooled["columns"][0]["slices"] if s["value"] == "basic")
     assert basic["rows"] + basic["rest_rows"] == 120
+
+
+def test_a_run_that_only_monitored_shows_what_monitoring_found():
+    """No training in the run: no training totals or metric chart; each segment's status is its findings."""
+    reports = fleet_inputs(6)["monitoring"]
+    page, markdown = render_scorecard([], [], {}, monitoring=reports, fleet="churn", metric="auRoc")
+    assert markdown.startswith(f"# Fleet monitoring scorecard of churn: {len(reports)} segment(s) monitored")
+    assert "| models |" not in markdown and "| new champions |" not in markdown
+    assert 'id="distribution"' not in page and "not retrained" not in markdown
+    statuses = {line.split(" | ")[1] for line in markdown.splitlines() if line.startswith("| seg-")}
+    assert statuses <= {"alerting", "within thresholds"} and statuses
