@@ -305,15 +305,6 @@ def encode_tree_inputs(typed: dict[str, pd.DataFrame], spec: FleetSpec, classes:
     return TreeInputs(x, y, split, starts, vocabularies)
 
 
-def tree_outputs(fit: TreeFit, task: Task, rows: pd.DataFrame) -> np.ndarray | None:
-    """Shaped outputs of a segment's trees on typed rows (None when they failed)."""
-    from fleetops.training.artifact import shape_outputs
-
-    if fit.model is None:
-        return None
-    return shape_outputs(task.value, fit.model.predict_matrix(fit.model.frame_matrix(rows)))
-
-
 @dataclass
 class Built:
     """A trained candidate that can be saved: its model (or a function giving it), architecture and details.
