@@ -89,18 +89,24 @@ def full_metrics(task: Task, y: np.ndarray, shaped: np.ndarray | None, classes: 
     return classification_metrics(y, shaped, classes)
 
 
-def ensemble_of(
+def add_ensemble(
     spec: FleetSpec,
     classes: list[str],
     y_validation: np.ndarray,
     y_test: np.ndarray,
+    scored: list[Scored],
     members: list[Scored],
-) -> tuple[Scored, dict[str, float]] | None:
-    """The ensemble of `members` (at least two with finite validation outputs): its scores and weights."""
+    failed: dict[str, str],
+) -> dict[str, float] | None:
+    """Score the ensemble of `members` into `scored` and return its weights; or record in `failed` why not.
+
+    It needs at least two members with finite validation outputs.
+    """
     from fleetops.training.ensemble import combine, cross_fitted, fit_weights
 
     usable = [m for m in members if m.validation_metrics and m.validation is not None and m.test is not None]
     if len(usable) < 2 or len(y_validation) < 2:
+        failed[ENSEMBLE] = "fewer than two members have finite validation outputs"
         return None
     task = spec.task.value
     validation = {m.name: m.validation for m in usable}
@@ -108,7 +114,24 @@ def ensemble_of(
     honest = cross_fitted(task, y_validation, validation)
     test = combine({m.name: m.test for m in usable}, weights)
     # Its validation outputs are the cross-fitted ones: what its validation metrics are computed on.
-    return score(ENSEMBLE, spec, classes, y_validation, y_test, honest, test), weights
+    scored.append(score(ENSEMBLE, spec, classes, y_validation, y_test, honest, test))
+    return weights
+
+
+def add_global(
+    spec: FleetSpec,
+    classes: list[str],
+    y_validation: np.ndarray,
+    y_test: np.ndarray,
+    scored: list[Scored],
+    global_candidate: Any,
+    segment: str,
+    validation: pd.DataFrame,
+    test: pd.DataFrame,
+) -> None:
+    """Score the fleet's global candidate on the segment's typed validation and test rows into `scored`."""
+    outputs = [global_candidate.outputs(segment, rows) for rows in (validation, test)]
+    scored.append(score(GLOBAL, spec, classes, y_validation, y_test, outputs[0], outputs[1]))
 
 
 def choose(spec: FleetSpec, candidates: list[Scored]) -> Scored | None:
@@ -136,12 +159,13 @@ def selection_record(
     candidates: list[Scored],
     chosen: Scored,
     failed: dict[str, str],
-    architectures: dict[str, str] | None = None,
+    global_candidate: Any = None,
 ) -> dict[str, Any]:
     """What the artifact keeps of the choice: every candidate's validation and test value, the winner and why.
 
-    `architectures` names what a candidate is where its name does not (global -> its architecture).
+    The global candidate's entry also names its architecture (its name does not).
     """
+    architectures = {GLOBAL: global_candidate.architecture} if global_candidate is not None else None
     metric = spec.primary_metric
     table: dict[str, dict[str, Any]] = {}
     for candidate in candidates:

@@ -874,12 +874,11 @@ def _choose_and_export_segments(
     from fleetops.fingerprints import frame_sha256_by
     from fleetops.names import segment_slug
     from fleetops.training.candidates import (
-        ENSEMBLE,
-        GLOBAL,
         Built,
         SegmentRows,
+        add_ensemble,
+        add_global,
         choose,
-        ensemble_of,
         export_choice,
         score,
         selection_record,
@@ -924,16 +923,11 @@ def _choose_and_export_segments(
                 built["gbt"] = Built(tree.model, "gbt", details)
         weights = None
         if with_ensemble:
-            members = [c for c in scored if c.name in built]
-            ensemble = ensemble_of(spec, classes, y_val, y_test, _best_per_architecture(spec, members, built))
-            if ensemble is None:
-                failed[ENSEMBLE] = "fewer than two members have finite validation outputs"
-            else:
-                scored.append(ensemble[0])
-                weights = ensemble[1]
+            members = _best_per_architecture(spec, [c for c in scored if c.name in built], built)
+            weights = add_ensemble(spec, classes, y_val, y_test, scored, members, failed)
         if global_candidate is not None:
-            val_out, test_out = (global_candidate.outputs(segment, typed[split == part]) for part in (VALIDATION, TEST))
-            scored.append(score(GLOBAL, spec, classes, y_val, y_test, val_out, test_out))
+            validation_rows, test_rows = typed[split == VALIDATION], typed[split == TEST]
+            add_global(spec, classes, y_val, y_test, scored, global_candidate, segment, validation_rows, test_rows)
         chosen = choose(spec, scored)
         if chosen is None:
             reason = "no candidate trained (" + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())) + ")"
@@ -942,8 +936,7 @@ def _choose_and_export_segments(
             failures[segment] = reason
             log(f"segment {segment}: {reason}")
             continue
-        architectures = {GLOBAL: global_candidate.architecture} if global_candidate is not None else None
-        record = selection_record(spec, scored, chosen, failed, architectures)
+        record = selection_record(spec, scored, chosen, failed, global_candidate)
         common: dict[str, Any] = {}
         if transfer:
             metric = spec.primary_metric

@@ -295,12 +295,11 @@ def train_segment(
     """
     from fleetops.training.artifact import shape_outputs
     from fleetops.training.candidates import (
-        ENSEMBLE,
-        GLOBAL,
         Built,
         SegmentRows,
+        add_ensemble,
+        add_global,
         choose,
-        ensemble_of,
         export_choice,
         fit_tree_segments,
         score,
@@ -351,21 +350,14 @@ def train_segment(
         scored.append(score(name, spec, classes, y_val, y_test, outputs[0], outputs[1]))
     weights = None
     if Architecture.ENSEMBLE in architectures:
-        ensemble = ensemble_of(spec, classes, y_val, y_test, list(scored))
-        if ensemble is None:
-            failed[ENSEMBLE] = "fewer than two members have finite validation outputs"
-        else:
-            scored.append(ensemble[0])
-            weights = ensemble[1]
+        weights = add_ensemble(spec, classes, y_val, y_test, scored, list(scored), failed)
     if global_candidate is not None:
-        outputs = [global_candidate.outputs(segment, part) for part in (validation, test)]
-        scored.append(score(GLOBAL, spec, classes, y_val, y_test, outputs[0], outputs[1]))
+        add_global(spec, classes, y_val, y_test, scored, global_candidate, segment, validation, test)
     chosen = choose(spec, scored)
     if chosen is None:
         problems = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())) or "every value is undefined"
         raise UserError(f"segment {segment!r}: no candidate has a validation value ({problems})")
-    labels = {GLOBAL: global_candidate.architecture} if global_candidate is not None else None
-    record = selection_record(spec, scored, chosen, failed, labels)
+    record = selection_record(spec, scored, chosen, failed, global_candidate)
     segment_rows = SegmentRows(segment, rows, typed, classes, statistics(train, spec, typed=True))
     architecture, metadata = export_choice(
         output_dir,
