@@ -548,6 +548,20 @@ class GlobalModel:
         return self.directory / self.architecture
 
 
+def _fleet_wide(
+    rows: pd.DataFrame, spec: FleetSpec, params: TrainingSpec | None, classes: list[str] | None
+) -> tuple[int, TrainingSpec, list[str]]:
+    """A model on every segment's rows: the segment count, the settings with its bigger batch, the classes."""
+    from fleetops.training.trainer import SEGMENT_COLUMN, class_names
+
+    params = params or spec.training
+    segments = int(rows[SEGMENT_COLUMN].nunique())
+    batch = min(GLOBAL_MAX_BATCH, max(params.batch_size, params.batch_size * segments))
+    if classes is None:
+        classes = class_names(rows[spec.label]) if spec.task.is_classification else []
+    return segments, params.model_copy(update={"batch_size": batch}), classes
+
+
 def train_global(
     rows: pd.DataFrame,
     spec: FleetSpec,
@@ -563,17 +577,13 @@ def train_global(
     (`training.warm_start: global`) begins. Each architecture is exported to `output_dir/<architecture>/`
     (the warm start needs each one's weights); `global.json` names the best on validation.
     """
-    from fleetops.training.trainer import SEGMENT_COLUMN, class_names
+    from fleetops.training.trainer import SEGMENT_COLUMN
 
-    params = params or spec.training
     # Its Keras models' weights are what a warm start starts from: the spec's Keras architectures
     # (linear alone for a fleet of trees, so that a fallback segment still has a model).
     architectures = [a for a in architectures or spec.architectures if a.is_keras] or [Architecture.LINEAR]
-    segments = int(rows[SEGMENT_COLUMN].nunique())
-    batch = min(GLOBAL_MAX_BATCH, max(params.batch_size, params.batch_size * segments))
-    global_params = params.model_copy(update={"batch_size": batch})
-    if classes is None:
-        classes = class_names(rows[spec.label]) if spec.task.is_classification else []
+    segments, global_params, classes = _fleet_wide(rows, spec, params, classes)
+    batch = global_params.batch_size
     frame = rows.assign(**{SEGMENT_COLUMN: GLOBAL_SEGMENT})
     data = encode(frame, spec, SEGMENT_COLUMN, classes)
     variants = [_Variant(a, "scratch", data, fit_packed(data, spec, a, global_params)) for a in architectures]
@@ -663,14 +673,9 @@ def train_global_candidate(
     Keras models take bigger batches, as the global model's do (`GLOBAL_MAX_BATCH`).
     """
     from fleetops.names import segment_slug
-    from fleetops.training.trainer import SEGMENT_COLUMN, class_names
+    from fleetops.training.trainer import SEGMENT_COLUMN
 
-    params = params or spec.training
-    segments = int(rows[SEGMENT_COLUMN].nunique())
-    batch = min(GLOBAL_MAX_BATCH, max(params.batch_size, params.batch_size * segments))
-    global_params = params.model_copy(update={"batch_size": batch})
-    if classes is None:
-        classes = class_names(rows[spec.label]) if spec.task.is_classification else []
+    segments, global_params, classes = _fleet_wide(rows, spec, params, classes)
     wide = candidate_spec(spec)
     frame = rows.assign(**{SEGMENT_COLUMN: CANDIDATE_SEGMENT})
     frame[spec.data.segment_column] = frame[spec.data.segment_column].astype(str)
