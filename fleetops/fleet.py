@@ -27,6 +27,7 @@ from fleetops.evaluation.metrics import (
     classification_metrics,
     headline,
     is_better,
+    json_safe,
     regression_metrics,
     roc_curve,
     undefined_reasons,
@@ -554,9 +555,9 @@ def _upload_request(
         serving_image=serving_image,
         evaluation=EvaluationInput(
             metrics_schema_uri=schema_uri,
-            metrics=_finite(evaluation["metrics"]),
+            metrics=json_safe(evaluation["metrics"]),
             display_name=f"{pipeline_job or 'evaluation'}-{slug}"[:128],
-            slices=_finite(evaluation["slices"]),
+            slices=json_safe(evaluation["slices"]),
         ),
         # Artifacts saved before identities existed have none: their bytes before the card stand in.
         identity=identity,
@@ -1054,19 +1055,6 @@ def _challenge(
     return promote, (
         f"new {metric} {value:.4f} {verdict} champion v{champion_version} {champion_value:.4f} by more than {margin}"
     )
-
-
-def _finite(obj: Any) -> Any:
-    """JSON-safe metrics: None for undefined values (NaN, inf) instead of invalid JSON."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _metric(value: float | None) -> str:

@@ -36,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fleetops.evaluation.metrics import json_safe
+
 CARD_JSON = "model_card.json"
 CARD_MARKDOWN = "model_card.md"
 CARD_FILES = (CARD_JSON, CARD_MARKDOWN)
@@ -85,7 +87,7 @@ def build_card(
     references += [f"pipeline job {pipeline_job}"] if pipeline_job else []
     references += [f"artifact {artifact_uri}"] if artifact_uri else []
     classes = metadata.get("classes") or []
-    return _finite(
+    return json_safe(
         {
             "schema_version": SCHEMA_VERSION,
             "model_details": {
@@ -455,20 +457,3 @@ def _shown(value: Any) -> str:
         except ValueError:
             return value
     return str(value)
-
-
-def _finite(obj: Any) -> Any:
-    """JSON-safe: None for NaN and inf, plain ints and floats for numpy's."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj

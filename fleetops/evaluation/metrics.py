@@ -111,6 +111,22 @@ def _at_thresholds(truth: np.ndarray, scores: np.ndarray, thresholds: list[float
     ]
 
 
+def json_safe(obj: Any) -> Any:
+    """Metrics (and what holds them) as JSON can carry them: None for undefined values (NaN, inf) instead of
+    invalid JSON, plain Python numbers and bools for numpy's, string keys."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
 def _finite_or_none(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
