@@ -349,14 +349,13 @@ class Built:
 
 @dataclass
 class SegmentRows:
-    """What saving a segment's model needs of its data: raw and typed rows, classes, statistics."""
+    """What saving a segment's model needs of its data: typed rows, classes, statistics and the data's hash."""
 
     segment: str
-    raw: pd.DataFrame
     typed: pd.DataFrame
     classes: list[str]
     statistics: dict[str, Any]
-    data_sha256: str | None = None  # of `raw` without the split column, when known
+    data_sha256: str  # `frame_sha256` of the segment's rows as read, without the split column
 
     @property
     def validation(self) -> pd.DataFrame:
@@ -382,7 +381,7 @@ def save_built(
     metadata = segment_metadata(
         spec,
         rows.segment,
-        rows.raw,
+        None,
         rows.typed,
         rows.classes,
         built.architecture,
@@ -453,7 +452,7 @@ def export_choice(
         architecture = f"global_{global_candidate.architecture}"
         details = extra
     metadata = segment_metadata(
-        spec, rows.segment, rows.raw, rows.typed, rows.classes, architecture, params, tuning, details, rows.data_sha256
+        spec, rows.segment, None, rows.typed, rows.classes, architecture, params, tuning, details, rows.data_sha256
     )
     save_artifact(model, metadata, rows.statistics, directory)
     return architecture, read_metadata(directory)

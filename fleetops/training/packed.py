@@ -897,7 +897,6 @@ def _choose_and_export_segments(
     transfer = any(v.start == "warm_start" for v in variants)
     exporters: dict[str, SegmentExporter] = {}
     lite = LiteExporter()  # one LiteRT template per layout: each variant's segments share theirs
-    raw = {str(name): frame for name, frame in rows.groupby(SEGMENT_COLUMN, sort=True)}
     hashes = frame_sha256_by(rows, SEGMENT_COLUMN, drop=(SPLIT_COLUMN,))
     results = []
     for s, segment in enumerate(data.segments):
@@ -957,7 +956,7 @@ def _choose_and_export_segments(
                     if name in by_name
                 }
         stats = statistics(typed[split == TRAIN], spec, typed=True)
-        segment_rows = SegmentRows(segment, raw[segment], typed, classes, stats, hashes[segment])
+        segment_rows = SegmentRows(segment, typed, classes, stats, hashes[segment])
         directory = output_dir / segment_slug(segment)
         architecture, metadata = export_choice(
             directory,

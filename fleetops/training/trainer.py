@@ -358,7 +358,8 @@ def train_segment(
         problems = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())) or "every value is undefined"
         raise UserError(f"segment {segment!r}: no candidate has a validation value ({problems})")
     record = selection_record(spec, scored, chosen, failed, global_candidate)
-    segment_rows = SegmentRows(segment, rows, typed, classes, statistics(train, spec, typed=True))
+    data_sha256 = frame_sha256(rows.drop(columns=[SPLIT_COLUMN], errors="ignore"))
+    segment_rows = SegmentRows(segment, typed, classes, statistics(train, spec, typed=True), data_sha256)
     architecture, metadata = export_choice(
         output_dir,
         chosen,
@@ -414,7 +415,7 @@ def export_litert(
 def segment_metadata(
     spec: FleetSpec,
     segment: str,
-    rows: pd.DataFrame,
+    rows: pd.DataFrame | None,
     typed: pd.DataFrame,
     classes: list[str],
     architecture: str,
@@ -425,7 +426,8 @@ def segment_metadata(
 ) -> dict[str, Any]:
     """What a segment's model artifact records about how it was made (both trainers write the same keys).
 
-    `data_sha256` is `frame_sha256` of `rows` without the split column, when the caller has it already.
+    `data_sha256` is `frame_sha256` of `rows` without the split column, when the caller has it already
+    (`rows` is then not needed).
     """
     return {
         "fleet": spec.name,
