@@ -11,7 +11,15 @@ from fleetops.errors import UserError
 from fleetops.monitoring.alerts import send_alerts
 from fleetops.monitoring.calibrate import calibrate, calibration_tests, null_distances, p_value, reset_cache
 from fleetops.monitoring.compare import compare, distributions
-from fleetops.monitoring.fleet import fleet_compare, fleet_distributions, windows_distributions, windows_frame
+from fleetops.monitoring.fleet import (
+    FleetStatistics,
+    fleet_compare,
+    fleet_distributions,
+    fleet_findings,
+    fleet_statistics,
+    windows_distributions,
+    windows_frame,
+)
 from fleetops.monitoring.jobs import monitor_endpoint, monitor_fleet
 from fleetops.monitoring.report import render_markdown
 from fleetops.serving.request_log import RequestLogWriter
@@ -90,6 +98,36 @@ def test_fleet_pass_is_the_per_segment_job_value_for_value():
     ]
     distances = [r.distance for row in found for r in row if r.distance is not None]
     assert len(distances) > 100 and len(set(distances)) > 50  # real distances were compared, not Nones
+
+
+def test_the_arrays_hold_every_distance_and_verdict_of_the_per_segment_job():
+    """What alerts and the scorecard read (the arrays) is what the reports say, case by case."""
+    frame, groups = _messy_fleet(seed=4), 40
+    rng = np.random.default_rng(9)
+    many = pd.DataFrame({"a": rng.normal(0, 1, 4000), "b": 1.0, "c": 3.0, "d": 1, "n": 2, "g": 7})
+    many["k"] = [f"v{i}" for i in rng.integers(0, 1500, 4000)]  # more distinct values than the reports keep
+    frame = pd.concat([frame, many], ignore_index=True)  # and segment 7's rows no longer one after the other
+    baselines = _baselines(groups, seed=5)
+    for b in baselines[::5]:
+        del b["features"]["b"]  # a feature the model's statistics do not have: reported, never an alert
+    baselines[3]["features"]["n"] = baselines[3]["features"]["a"]  # the baseline's type differs from the window's
+    one_by_one = [distributions(frame[frame["g"] == g], NUMERIC, CATEGORICAL) for g in range(groups)]
+    expected = [
+        compare(b, c, NUMERIC + CATEGORICAL, {"k": 0.1}, 0.2) for b, c in zip(baselines, one_by_one, strict=True)
+    ]
+    stats = fleet_statistics(frame, frame["g"].to_numpy(), groups, NUMERIC, CATEGORICAL)
+    for currents in (stats, FleetStatistics.from_dicts(one_by_one, NUMERIC + CATEGORICAL)):
+        found = fleet_findings(baselines, currents, NUMERIC + CATEGORICAL, {"k": 0.1}, 0.2)
+        assert found.anomaly.tolist() == [[r.anomaly for r in row] for row in expected]
+        assert [[None if d != d else d for d in row] for row in found.distance.tolist()] == [
+            [r.distance for r in row] for row in expected
+        ]
+        assert [[r.to_dict() for r in row] for row in found.results()] == [
+            [r.to_dict() for r in row] for row in expected
+        ]
+    assert len(stats.to_dicts()[7]["features"]["k"]["values"]) == 1000
+    assert found.anomaly.any() and not found.anomaly.all()
+    assert {r.kind for row in expected for r in row} >= {"numeric", "categorical", "unknown"}
 
 
 def test_bad_windows_are_reported_with_a_reason_never_a_silent_zero():

@@ -353,6 +353,22 @@ def test_request_response_log_samples_requests(twin, serve):
     assert log.loc[0, "plan"] == "premium" and log.loc[0, "prediction"]["classes"] == ["0", "1"]
 
 
+def test_the_log_reads_back_what_json_wrote_nan_included(tmp_path):
+    from types import SimpleNamespace
+
+    from fleetops.serving.request_log import RequestLogWriter
+
+    writer = RequestLogWriter(tmp_path)
+    deployed = SimpleNamespace(deployed_model_id="1", model_id="m", version_id="1")
+    rows = [{"a": 1.5, "b": "x"}, {"a": float("nan"), "b": None}, {"a": 2**70, "b": "é"}]
+    writer.log("e", deployed, rows, [0.1, float("inf"), 0.3])
+    writer.close()
+    log = read_request_log(tmp_path, "e")
+    assert log["a"].iloc[0] == 1.5 and np.isnan(log["a"].iloc[1]) and log["a"].iloc[2] == 2**70
+    assert log["b"].iloc[[0, 2]].tolist() == ["x", "é"] and log["b"].isna().tolist() == [False, True, False]
+    assert log["prediction"].tolist() == [0.1, float("inf"), 0.3]
+
+
 def test_a_tampered_artifact_is_refused_at_load(twin, serve):
     stored = twin.registry.artifact_path(twin.registry.get_version("churn-north", "2"))
     shutil.copy(stored / "metadata.json", stored / "metadata.json.bak")

@@ -1,20 +1,30 @@
-"""Skew and drift of every segment and feature of a fleet in one vectorised pass.
+"""Skew and drift of every segment and feature of a fleet in one vectorised pass, kept as arrays.
 
-`fleet_distributions(frame, groups, ...)` is `distributions` of each group's rows
-(the same dicts, value for value), computed once over the whole frame:
-per-group finite min/max with one pandas groupby, each value's bucket with
-np.histogram's own arithmetic (its equal-width edges from np.linspace, its
-index and its one-ULP corrections) against its group's edges, counts with one
-bincount over (group, bucket); categorical counts with one bincount over
-(group, value code). `fleet_distances` is `jensen_shannon` of many histogram
-pairs at once: the pairs are grouped by how many distinct edges their union
-has, so every sum adds the same numbers in the same order as the per-pair
-function, and the distances are identical, not just close.
+`fleet_statistics(frame, groups, ...)` holds `distributions` of each group's rows
+as arrays (`FleetStatistics`; `.to_dicts()` gives the same dicts, value for
+value, and `fleet_distributions` is that): per-group finite min/max with one
+reduction, each value's bucket with np.histogram's own arithmetic (its
+equal-width edges from np.linspace, its index and its one-ULP corrections)
+against its group's edges, counts with one bincount over (group, bucket);
+categorical counts with one bincount over (group, value code).
+
+`fleet_findings(baselines, currents, ...)` is `compare` of every group at once,
+as arrays too (`FleetFindings`: each segment x feature's distance and verdict);
+`.results()` builds the `FeatureResult`s the reports show, through the same
+`compare_feature` the per-endpoint job runs. Jensen-Shannon of many histogram
+pairs is computed at once: the pairs are grouped by how many distinct edges their
+union has, so every sum adds the same numbers in the same order as the per-pair
+function; L-infinity divides and subtracts the same numbers as the per-pair
+function. The distances are identical, not just close.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,8 +32,163 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetops.monitoring.compare import TOP_VALUES, FeatureResult, _text_array, compare_feature
-from fleetops.monitoring.distance import BUCKETS, l_infinity
+from fleetops.monitoring.compare import DEFAULT_THRESHOLD, TOP_VALUES, FeatureResult, _text_array, compare_feature
+from fleetops.monitoring.distance import BUCKETS
+
+# A feature's kind in one group: not in the statistics at all, absent from the window, numeric, categorical.
+NOT_THERE, ABSENT, NUMERIC, CATEGORICAL = 0, 1, 2, 3
+
+
+@dataclass
+class FeatureArrays:
+    """One feature of every group: the arrays behind `distributions`' dicts."""
+
+    kind: np.ndarray  # (G,) int8, one of NOT_THERE, ABSENT, NUMERIC, CATEGORICAL
+    count: np.ndarray  # (G,) values present
+    missing: np.ndarray  # (G,) values missing
+    problems: dict[int, str] = field(default_factory=dict)  # group -> its type problem (non-numbers)
+    # Numeric: each group's buckets, padded to the widest (buckets[g] = 0: no finite value; a point has low == high).
+    low: np.ndarray | None = None  # (G, K)
+    high: np.ndarray | None = None  # (G, K)
+    weight: np.ndarray | None = None  # (G, K) values per bucket
+    buckets: np.ndarray | None = None  # (G,)
+    # Categorical: each group's top values as cells (group, value code, count), grouped, in distributions' order.
+    dictionary: list[Any] = field(default_factory=list)
+    cell_group: np.ndarray | None = None
+    cell_value: np.ndarray | None = None
+    cell_count: np.ndarray | None = None
+
+    @property
+    def missing_rate(self) -> np.ndarray:
+        """`compare`'s missing rate: missing / (count + missing), 0 without values."""
+        total = self.count + self.missing
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(total > 0, self.missing / np.where(total > 0, total, 1), 0.0)
+
+    def as_dict(self, g: int) -> dict[str, Any] | None:
+        """Group g's statistics of this feature, as `distributions` writes them."""
+        kind = int(self.kind[g])
+        if kind == NOT_THERE:
+            return None
+        if kind == ABSENT:
+            return {"type": "absent"}
+        stats: dict[str, Any] = {
+            "type": "numeric" if kind == NUMERIC else "categorical",
+            "count": int(self.count[g]),
+            "missing": int(self.missing[g]),
+        }
+        if kind == NUMERIC:
+            if g in self.problems:
+                stats["type_problem"] = self.problems[g]
+            n = int(self.buckets[g])
+            edges = [*self.low[g, :n].tolist(), *self.high[g, n - 1 : n].tolist()]
+            stats["histogram"] = {"boundaries": edges, "counts": self.weight[g, :n].tolist()}
+        else:
+            lo, hi = np.searchsorted(self.cell_group, [g, g + 1])
+            values, counts = self.cell_value[lo:hi].tolist(), self.cell_count[lo:hi].tolist()
+            stats["values"] = {self.dictionary[v]: c for v, c in zip(values, counts, strict=True)}
+        return stats
+
+
+@dataclass
+class FleetStatistics:
+    """`distributions` of many groups (windows, or training sets), feature by feature as arrays."""
+
+    rows: np.ndarray  # (G,)
+    features: dict[str, FeatureArrays]
+    _dicts: list[dict[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """Each group's `distributions` dict (the ones it was made from, when it was made from dicts)."""
+        if self._dicts is None:
+            found: list[dict[str, Any]] = [{} for _ in range(len(self))]
+            for name, arrays in self.features.items():
+                for g, stats in enumerate(found):
+                    value = arrays.as_dict(g)
+                    if value is not None:
+                        stats[name] = value
+            self._dicts = [{"rows": int(r), "features": f} for r, f in zip(self.rows.tolist(), found, strict=True)]
+        return self._dicts
+
+    @classmethod
+    def from_dicts(cls, stats: list[dict[str, Any]], features: list[str]) -> FleetStatistics:
+        """The arrays of `distributions` dicts (or training statistics, which have the same fields)."""
+        rows = np.asarray([s.get("rows", 0) for s in stats], dtype=np.int64)
+        arrays = {name: _from_dicts([s["features"].get(name) for s in stats]) for name in features}
+        return cls(rows, arrays, list(stats))
+
+
+_KINDS = {"numeric": NUMERIC, "absent": ABSENT}
+
+
+def _from_dicts(found: list[dict[str, Any] | None]) -> FeatureArrays:
+    """One feature's arrays from each group's dict (None: not there); any other type counts as categorical."""
+    kind = np.asarray([NOT_THERE if d is None else _KINDS.get(d.get("type"), CATEGORICAL) for d in found], np.int8)
+    there = [d or {} for d in found]
+    count = np.asarray([d.get("count", 0) for d in there], dtype=np.int64)
+    missing = np.asarray([d.get("missing", 0) for d in there], dtype=np.int64)
+    problems = {g: d["type_problem"] for g, d in enumerate(there) if d.get("type_problem")}
+    numeric = (kind == NUMERIC).tolist()
+    hists = [d.get("histogram") or {} if is_numeric else {} for d, is_numeric in zip(there, numeric, strict=True)]
+    low, high, weight, buckets = _bucket_arrays(hists)
+    codes: dict[Any, int] = {}
+    categorical = np.flatnonzero(kind == CATEGORICAL)
+    values = [there[g].get("values") or {} for g in categorical.tolist()]
+    cell_group = np.repeat(categorical.astype(np.int64), [len(counted) for counted in values])
+    cell_value = [codes.setdefault(v, len(codes)) for counted in values for v in counted]
+    cell_count = [c for counted in values for c in counted.values()]
+    return FeatureArrays(
+        kind,
+        count,
+        missing,
+        problems,
+        low,
+        high,
+        weight,
+        buckets,
+        list(codes),
+        cell_group,
+        np.asarray(cell_value, dtype=np.int64),
+        np.asarray(cell_count, dtype=float),
+    )
+
+
+def _bucket_arrays(hists: list[dict[str, Any]]) -> tuple[np.ndarray, ...]:
+    """(groups, k) arrays of bucket low, high and count, and the buckets of each (histograms padded)."""
+    counted = [h.get("counts") or [] for h in hists]
+    k = np.asarray([len(c) for c in counted], dtype=np.int64)
+    edges = [e for h, c in zip(hists, counted, strict=True) if c for e in h["boundaries"]]
+    width = max(int(k.max()) if len(k) else 0, 1)
+    valid = np.arange(width)[None, :] < k[:, None]
+    edge_start = np.concatenate([[0], np.cumsum(np.where(k > 0, k + 1, 0))[:-1]]).astype(np.int64)
+    position = np.where(valid, edge_start[:, None] + np.arange(width)[None, :], 0)
+    flat_edges = np.asarray(edges, dtype=float) if edges else np.zeros(1)
+    low = np.where(valid, flat_edges[position], 0.0)
+    high = np.where(valid, flat_edges[np.where(valid, position + 1, 0)], 0.0)
+    weight = np.zeros((len(hists), width))
+    weight[valid] = np.asarray([x for c in counted for x in c], dtype=float)
+    return low, high, weight, k
+
+
+def fleet_statistics(
+    frame: pd.DataFrame,
+    groups: np.ndarray,
+    n_groups: int,
+    numeric: list[str],
+    categorical: list[str],
+    absent: list[set[str]] | None = None,
+) -> FleetStatistics:
+    """`distributions(frame[groups == g], ...)` for every g in range(n_groups), in one pass, as arrays.
+
+    `absent[g]` names the columns group g's own rows did not have: reported as absent.
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    numeric_columns = {n: _numeric_column(frame[n], groups) if n in frame.columns else None for n in numeric}
+    text_columns = {n: _text_array(frame[n]) if n in frame.columns else None for n in categorical}
+    return _assemble(groups, n_groups, numeric_columns, text_columns, absent)
 
 
 def fleet_distributions(
@@ -34,14 +199,8 @@ def fleet_distributions(
     categorical: list[str],
     absent: list[set[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """`distributions(frame[groups == g], ...)` for every g in range(n_groups), in one pass.
-
-    `absent[g]` names the columns group g's own rows did not have: reported as absent.
-    """
-    groups = np.asarray(groups, dtype=np.int64)
-    numeric_columns = {n: _numeric_column(frame[n], groups) if n in frame.columns else None for n in numeric}
-    text_columns = {n: _text_array(frame[n]) if n in frame.columns else None for n in categorical}
-    return _assemble(groups, n_groups, numeric_columns, text_columns, absent)
+    """`distributions(frame[groups == g], ...)` for every g in range(n_groups): `fleet_statistics`' dicts."""
+    return fleet_statistics(frame, groups, n_groups, numeric, categorical, absent).to_dicts()
 
 
 def windows_frame(frames: list[pd.DataFrame], columns: list[str]) -> tuple[pd.DataFrame, np.ndarray, list[set[str]]]:
@@ -54,12 +213,8 @@ def windows_frame(frames: list[pd.DataFrame], columns: list[str]) -> tuple[pd.Da
     return pd.concat(parts, ignore_index=True), groups, absent
 
 
-def windows_distributions(
-    frames: list[pd.DataFrame], numeric: list[str], categorical: list[str]
-) -> list[dict[str, Any]]:
+def windows_statistics(frames: list[pd.DataFrame], numeric: list[str], categorical: list[str]) -> FleetStatistics:
     """`distributions` of each window (one endpoint's logged rows each), computed over all of them at once."""
-    if not frames:
-        return []
     frame, groups, absent = windows_frame(frames, [*numeric, *categorical])
     numeric_columns = {n: _numeric_column(frame[n], groups) for n in numeric}
     dtypes = [f.dtypes for f in frames]
@@ -78,6 +233,13 @@ def windows_distributions(
                 ]
             )
     return _assemble(groups, len(frames), numeric_columns, text_columns, absent)
+
+
+def windows_distributions(
+    frames: list[pd.DataFrame], numeric: list[str], categorical: list[str]
+) -> list[dict[str, Any]]:
+    """`distributions` of each window: `windows_statistics`' dicts."""
+    return windows_statistics(frames, numeric, categorical).to_dicts() if frames else []
 
 
 @dataclass
@@ -119,32 +281,34 @@ def _assemble(
     numeric: dict[str, _NumericColumn | None],
     categorical: dict[str, pa.Array | None],
     absent: list[set[str]] | None,
-) -> list[dict[str, Any]]:
+) -> FleetStatistics:
     rows = np.bincount(groups, minlength=n_groups)
     starts = None
     if len(groups) and np.all(groups[1:] >= groups[:-1]):  # windows one after the other: reduce by slices
         starts = np.searchsorted(groups, np.arange(n_groups))
-    features: list[dict[str, Any]] = [{} for _ in range(n_groups)]
+    jobs: dict[str, Callable[[], FeatureArrays] | None] = {}
     for name, column in numeric.items():
-        found = (
-            _numeric(column, groups, n_groups, rows, starts) if column is not None else [{"type": "absent"}] * n_groups
-        )
-        for g, stats in enumerate(found):
-            features[g][name] = stats
+        jobs[name] = partial(_numeric, column, groups, n_groups, rows, starts) if column is not None else None
     for name, array in categorical.items():
-        found = _categorical(array, groups, n_groups, rows) if array is not None else [{"type": "absent"}] * n_groups
-        for g, stats in enumerate(found):
-            features[g][name] = stats
-    if absent is not None:
-        for g, names in enumerate(absent):
-            for name in names:
-                features[g][name] = {"type": "absent"}
-    return [{"rows": int(rows[g]), "features": features[g]} for g in range(n_groups)]
+        jobs[name] = partial(_categorical, array, groups, n_groups, rows) if array is not None else None
+    # Column by column on every core: numpy and Arrow let go of the GIL in their loops over the rows.
+    with ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1, 8))) as pool:
+        running = {name: pool.submit(job) for name, job in jobs.items() if job is not None}
+        features = {name: running[name].result() if name in running else _absent(n_groups) for name in jobs}
+    for g, names in enumerate(absent or []):
+        for name in names:
+            features[name].kind[g] = ABSENT
+    return FleetStatistics(rows, features)
+
+
+def _absent(n_groups: int) -> FeatureArrays:
+    zeros = np.zeros(n_groups, dtype=np.int64)
+    return FeatureArrays(np.full(n_groups, ABSENT, dtype=np.int8), zeros, zeros)
 
 
 def _numeric(
     column: _NumericColumn, groups: np.ndarray, n_groups: int, rows: np.ndarray, starts: np.ndarray | None
-) -> list[dict[str, Any]]:
+) -> FeatureArrays:
     values = column.values
     finite = np.isfinite(values)
     if starts is not None:
@@ -172,37 +336,42 @@ def _numeric(
     # within a hair of an edge are settled by comparing with that edge, as np.histogram does.
     edges = np.linspace(np.where(spread, low, 0.0), np.where(spread, high, 1.0), BUCKETS + 1, axis=1)
     scale = np.where(spread, BUCKETS / np.where(spread, high - low, 1.0), 0.0)
-    use = finite & (np.repeat(spread, rows) if starts is not None else spread[groups])
-    g, x = (groups, values) if use.all() else (groups[use], values[use])
-    position = (x - low[g]) * scale[g]
-    fraction, whole = np.modf(position)
-    index = whole.astype(np.intp)
+
+    def per_row(of_group: np.ndarray) -> np.ndarray:
+        """Each row's value of its group: repeated when the rows come group after group, else gathered."""
+        return np.repeat(of_group, rows) if starts is not None else of_group[groups]
+
+    use = finite & per_row(spread)
+    with np.errstate(invalid="ignore"):
+        position = values - per_row(np.where(spread, low, 0.0))
+        position *= per_row(scale)
+    np.copyto(position, 0.0, where=~use)  # rows not counted (no number, a group without spread): dropped below
+    index = position.astype(np.intp)
+    fraction = position - index
     near = (fraction < 1e-6) | (fraction > 1 - 1e-6)
+    near &= use
     if near.any():
         rows_near = np.flatnonzero(near)
-        xs, gs = x[rows_near], g[rows_near]
+        xs, gs = values[rows_near], groups[rows_near]
         fixed = np.minimum(index[rows_near], BUCKETS - 1)
         flat = edges.ravel()
         fixed[xs < flat[gs * (BUCKETS + 1) + fixed]] -= 1
         fixed[(xs >= flat[gs * (BUCKETS + 1) + fixed + 1]) & (fixed != BUCKETS - 1)] += 1
         index[rows_near] = fixed
-    index += g * BUCKETS
-    counts = np.bincount(index, minlength=n_groups * BUCKETS).reshape(n_groups, BUCKETS)
-    result = []
-    counts_f, edges_l = counts.astype(float).tolist(), edges.tolist()
-    for gi in range(n_groups):
-        stats: dict[str, Any] = {"type": "numeric", "count": int(rows[gi] - missing[gi]), "missing": int(missing[gi])}
-        if gi in column.problems:
-            count, example = column.problems[gi]
-            stats["type_problem"] = f"{count} non-numeric value(s) such as {example!r:.40}"
-        if finite_counts[gi] == 0:
-            stats["histogram"] = {"boundaries": [], "counts": []}
-        elif not spread[gi]:
-            stats["histogram"] = {"boundaries": [float(low[gi]), float(high[gi])], "counts": [float(finite_counts[gi])]}
-        else:
-            stats["histogram"] = {"boundaries": edges_l[gi], "counts": counts_f[gi]}
-        result.append(stats)
-    return result
+    index += groups * BUCKETS
+    np.copyto(index, n_groups * BUCKETS, where=~use)  # one more bin, for the rows not counted
+    weight = np.bincount(index, minlength=n_groups * BUCKETS + 1)[:-1].reshape(n_groups, BUCKETS).astype(float)
+    bucket_low, bucket_high = edges[:, :-1].copy(), edges[:, 1:].copy()
+    point = ~spread & (finite_counts > 0)  # one value (constant column): one point bucket
+    bucket_low[point, 0] = bucket_high[point, 0] = low[point]
+    weight[point, 0] = finite_counts[point]
+    buckets = np.where(spread, BUCKETS, np.where(point, 1, 0))
+    problems = {
+        group: f"{count} non-numeric value(s) such as {example!r:.40}"
+        for group, (count, example) in column.problems.items()
+    }
+    kind = np.full(n_groups, NUMERIC, dtype=np.int8)
+    return FeatureArrays(kind, rows - missing, missing, problems, bucket_low, bucket_high, weight, buckets)
 
 
 def _per_group(mask: np.ndarray, starts: np.ndarray, filled: np.ndarray) -> np.ndarray:
@@ -213,7 +382,7 @@ def _per_group(mask: np.ndarray, starts: np.ndarray, filled: np.ndarray) -> np.n
     return counts
 
 
-def _categorical(array: pa.Array, groups: np.ndarray, n_groups: int, rows: np.ndarray) -> list[dict[str, Any]]:
+def _categorical(array: pa.Array, groups: np.ndarray, n_groups: int, rows: np.ndarray) -> FeatureArrays:
     array = _chunks(array)
     encoded = pc.dictionary_encode(array)
     dictionary = encoded.dictionary.to_pylist()
@@ -222,7 +391,7 @@ def _categorical(array: pa.Array, groups: np.ndarray, n_groups: int, rows: np.nd
     codes = np.asarray(indices.fill_null(0)).astype(np.int64)
     missing = np.bincount(groups[~valid], minlength=n_groups)
     width = max(len(dictionary), 1)
-    g, c = groups[valid], codes[valid]
+    g, c = (groups, codes) if valid.all() else (groups[valid], codes[valid])
     keys = g * width + c
     if n_groups * width <= 50_000_000:
         counts = np.bincount(keys, minlength=n_groups * width)
@@ -236,39 +405,162 @@ def _categorical(array: pa.Array, groups: np.ndarray, n_groups: int, rows: np.nd
     order = np.lexsort((cell_first, -cell_counts, cells // width))
     cells, cell_counts = cells[order], cell_counts[order]
     cell_groups = cells // width
-    starts = np.searchsorted(cell_groups, np.arange(n_groups + 1))
-    names, frequencies = cells % width, cell_counts.astype(float)
-    result = []
-    for gi in range(n_groups):
-        lo, hi = starts[gi], min(starts[gi + 1], starts[gi] + TOP_VALUES)
-        values = {dictionary[k]: f for k, f in zip(names[lo:hi].tolist(), frequencies[lo:hi].tolist(), strict=True)}
-        result.append(
-            {
-                "type": "categorical",
-                "count": int(rows[gi] - missing[gi]),
-                "missing": int(missing[gi]),
-                "values": values,
-            }
+    rank = np.arange(len(cells)) - np.searchsorted(cell_groups, cell_groups)  # place within its group
+    top = rank < TOP_VALUES
+    kind = np.full(n_groups, CATEGORICAL, dtype=np.int8)
+    return FeatureArrays(
+        kind,
+        rows - missing,
+        missing,
+        dictionary=dictionary,
+        cell_group=cell_groups[top],
+        cell_value=(cells % width)[top],
+        cell_count=cell_counts[top].astype(float),
+    )
+
+
+@dataclass
+class FleetFindings:
+    """`compare` of every group: each segment x feature's distance and verdict as (groups, features) arrays."""
+
+    features: list[str]
+    thresholds: list[float]
+    distance: np.ndarray  # (G, F), as compare reports it (rounded to 10 places); NaN where there is none
+    anomaly: np.ndarray  # (G, F) bool
+    baselines: FleetStatistics
+    currents: FleetStatistics
+    _raw: np.ndarray  # (G, F) the distances before rounding
+
+    def results(self) -> list[list[FeatureResult]]:
+        """The findings as the reports show them: `compare_feature`'s, with the distances computed here."""
+        bases, currents = self.baselines.to_dicts(), self.currents.to_dicts()
+        raw = self._raw.tolist()
+        found = []
+        for g, (base, cur) in enumerate(zip(bases, currents, strict=True)):
+            b, c, rows = base["features"], cur["features"], cur.get("rows", 0)
+            found.append(
+                [
+                    compare_feature(name, b.get(name), c.get(name), limit, rows, None if d != d else d)
+                    for name, limit, d in zip(self.features, self.thresholds, raw[g], strict=True)
+                ]
+            )
+        return found
+
+
+def fleet_findings(
+    baselines: FleetStatistics | list[dict[str, Any]],
+    currents: FleetStatistics | list[dict[str, Any]],
+    features: list[str],
+    thresholds: dict[str, float] | None = None,
+    default_threshold: float = DEFAULT_THRESHOLD,
+) -> FleetFindings:
+    """`compare(baselines[g], currents[g], ...)` for every g, as arrays: the same distances and verdicts."""
+    if not isinstance(baselines, FleetStatistics):
+        baselines = FleetStatistics.from_dicts(baselines, features)
+    if not isinstance(currents, FleetStatistics):
+        currents = FleetStatistics.from_dicts(currents, features)
+    limits = [(thresholds or {}).get(name, default_threshold) for name in features]
+    n = len(currents)
+    raw, distance = np.full((n, len(features)), np.nan), np.full((n, len(features)), np.nan)
+    anomaly = np.zeros((n, len(features)), dtype=bool)
+    windowed = currents.rows > 0
+    for f, (name, limit) in enumerate(zip(features, limits, strict=True)):
+        base = baselines.features.get(name) or _not_there(n)
+        cur = currents.features.get(name) or _not_there(n)
+        raw[:, f] = _distances(base, cur, windowed)
+        # Rounded as compare rounds (Python's round: numpy's differs in the last place).
+        distance[:, f] = [round(d, 10) if d == d else d for d in raw[:, f].tolist()]
+        gone = np.isin(cur.kind, (NOT_THERE, ABSENT))
+        problem = np.zeros(n, dtype=bool)
+        problem[list(cur.problems)] = True
+        with np.errstate(invalid="ignore"):
+            above = distance[:, f] > limit
+        jumped = cur.missing_rate - base.missing_rate > limit
+        anomaly[:, f] = (base.kind != NOT_THERE) & windowed & (gone | problem | above | jumped)
+    return FleetFindings(list(features), limits, distance, anomaly, baselines, currents, raw)
+
+
+def fleet_compare(
+    baselines: FleetStatistics | list[dict[str, Any]],
+    currents: FleetStatistics | list[dict[str, Any]],
+    features: list[str],
+    thresholds: dict[str, float] | None = None,
+    default_threshold: float = DEFAULT_THRESHOLD,
+) -> list[list[FeatureResult]]:
+    """`compare(baselines[g], currents[g], ...)` for every g: `fleet_findings`' results."""
+    return fleet_findings(baselines, currents, features, thresholds, default_threshold).results()
+
+
+def _not_there(n: int) -> FeatureArrays:
+    zeros = np.zeros(n, dtype=np.int64)
+    return FeatureArrays(np.zeros(n, dtype=np.int8), zeros, zeros)
+
+
+def _distances(base: FeatureArrays, cur: FeatureArrays, windowed: np.ndarray) -> np.ndarray:
+    """Each group's distance (NaN where `compare` has none): JSD of numeric pairs, L-infinity of categorical ones."""
+    out = np.full(len(windowed), np.nan)
+    numeric = windowed & (base.kind == NUMERIC) & (cur.kind == NUMERIC)
+    if numeric.any():
+        at = np.flatnonzero(numeric)
+        out[at] = _jensen_shannon(
+            (base.low[at], base.high[at], base.weight[at], base.buckets[at]),
+            (cur.low[at], cur.high[at], cur.weight[at], cur.buckets[at]),
         )
-    return result
+    categorical = windowed & (base.kind == CATEGORICAL) & (cur.kind == CATEGORICAL)
+    if categorical.any():
+        out[categorical] = _l_infinity(base, cur, categorical)[categorical]
+    return out
 
 
-def fleet_distances(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[float | None]:
-    """`jensen_shannon(p, q)` for every (p, q) histogram pair, vectorised, identical values."""
-    out: list[float | None] = [None] * len(pairs)
-    live = [
-        i
-        for i, (p, q) in enumerate(pairs)
-        if p.get("counts") and sum(p["counts"]) > 0 and q.get("counts") and sum(q["counts"]) > 0
-    ]
-    if not live:
+def _l_infinity(base: FeatureArrays, cur: FeatureArrays, wanted: np.ndarray) -> np.ndarray:
+    """`l_infinity` of each group's value counts: max |p - q| over the union of their values, NaN when a side has none.
+
+    Each value's share is its count over its group's total (both exact sums of whole numbers), and the
+    difference of a value on both sides is p + (-q): the same division and subtraction as the per-pair function.
+    """
+    n = len(wanted)
+    out = np.full(n, np.nan)
+    b_total = np.bincount(base.cell_group, weights=base.cell_count, minlength=n)
+    c_total = np.bincount(cur.cell_group, weights=cur.cell_count, minlength=n)
+    live = wanted & (b_total > 0) & (c_total > 0)
+    if not live.any():
         return out
-    p_low, p_high, p_count, p_valid = _bucket_arrays([pairs[i][0] for i in live])
-    q_low, q_high, q_count, q_valid = _bucket_arrays([pairs[i][1] for i in live])
+    union = {value: code for code, value in enumerate(base.dictionary)}
+    to_union = np.asarray([union.setdefault(v, len(union)) for v in cur.dictionary] or [0], dtype=np.int64)
+    width = max(len(union), 1)
+    b_keep, c_keep = live[base.cell_group], live[cur.cell_group]
+    b_groups, c_groups = base.cell_group[b_keep], cur.cell_group[c_keep]
+    keys = np.concatenate(
+        [b_groups * width + base.cell_value[b_keep], c_groups * width + to_union[cur.cell_value[c_keep]]]
+    )
+    shares = np.concatenate(
+        [base.cell_count[b_keep] / b_total[b_groups], -(cur.cell_count[c_keep] / c_total[c_groups])]
+    )
+    cells, inverse = np.unique(keys, return_inverse=True)
+    gaps = np.abs(np.bincount(inverse, weights=shares, minlength=len(cells)))
+    cell_groups = cells // width
+    starts = np.flatnonzero(np.r_[True, cell_groups[1:] != cell_groups[:-1]])
+    out[cell_groups[starts]] = np.maximum(np.maximum.reduceat(gaps, starts), 0.0)
+    return out
+
+
+def _jensen_shannon(p_side: tuple[np.ndarray, ...], q_side: tuple[np.ndarray, ...]) -> np.ndarray:
+    """JSD of each row's (low, high, weight, buckets) histograms, as `jensen_shannon` computes it; NaN when
+    a side has no values."""
+    p_low, p_high, p_count, p_buckets = p_side
+    q_low, q_high, q_count, q_buckets = q_side
     width = max(p_low.shape[1], q_low.shape[1])
-    p_low, p_high, p_count, p_valid = (_pad(a, width) for a in (p_low, p_high, p_count, p_valid))
-    q_low, q_high, q_count, q_valid = (_pad(a, width) for a in (q_low, q_high, q_count, q_valid))
-    n = len(live)
+    p_low, p_high, p_count = (_pad(a, width) for a in (p_low, p_high, p_count))
+    q_low, q_high, q_count = (_pad(a, width) for a in (q_low, q_high, q_count))
+    columns = np.arange(width)[None, :]
+    p_valid, q_valid = columns < p_buckets[:, None], columns < q_buckets[:, None]
+    p_count, q_count = np.where(p_valid, p_count, 0.0), np.where(q_valid, q_count, 0.0)
+    out = np.full(len(p_low), np.nan)
+    live = np.flatnonzero((p_count.sum(axis=1) > 0) & (q_count.sum(axis=1) > 0))
+    if not len(live):
+        return out
+    p_low, p_high, p_count, p_valid = p_low[live], p_high[live], p_count[live], p_valid[live]
+    q_low, q_high, q_count, q_valid = q_low[live], q_high[live], q_count[live], q_valid[live]
     candidates = np.concatenate([p_low, p_high, q_low, q_high], axis=1)
     present = np.concatenate([p_valid, p_valid, q_valid, q_valid], axis=1)
     candidates = np.where(present, candidates, np.inf)
@@ -277,7 +569,7 @@ def fleet_distances(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[
     distinct[:, 1:] &= candidates[:, 1:] != candidates[:, :-1]
     n_edges = distinct.sum(axis=1)
     simple = _simple(p_low, p_high, p_valid) & _simple(q_low, q_high, q_valid)
-    distances = np.empty(n)
+    distances = np.empty(len(live))
     for size in np.unique(n_edges):
         rows = np.flatnonzero(n_edges == size)
         edges = candidates[rows][distinct[rows]].reshape(len(rows), size)
@@ -300,29 +592,8 @@ def fleet_distances(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[
             terms_p = np.where(p > 0, p * np.log2(p / m), 0.0)
             terms_q = np.where(q > 0, q * np.log2(q / m), 0.0)
         distances[rows] = np.minimum(1.0, 0.5 * terms_p.sum(axis=1) + 0.5 * terms_q.sum(axis=1))
-    for row, value in zip(live, distances.tolist(), strict=True):
-        out[row] = value
+    out[live] = distances
     return out
-
-
-def _bucket_arrays(hists: list[dict[str, Any]]) -> tuple[np.ndarray, ...]:
-    """(rows, k) arrays of bucket low, high, count and validity (histograms of fewer buckets are padded)."""
-    sizes, edges, counts = [], [], []
-    for hist in hists:
-        sizes.append(len(hist["counts"]))
-        edges.extend(hist["boundaries"])
-        counts.extend(hist["counts"])
-    k = np.asarray(sizes)
-    width = int(k.max())
-    valid = np.arange(width)[None, :] < k[:, None]
-    edge_start = np.concatenate([[0], np.cumsum(k + 1)[:-1]])
-    position = np.where(valid, edge_start[:, None] + np.arange(width)[None, :], 0)
-    flat_edges = np.asarray(edges, dtype=float)
-    low = np.where(valid, flat_edges[position], 0.0)
-    high = np.where(valid, flat_edges[np.where(valid, position + 1, 0)], 0.0)
-    count = np.zeros((len(hists), width))
-    count[valid] = np.asarray(counts, dtype=float)
-    return low, high, count, valid
 
 
 def _pad(array: np.ndarray, width: int) -> np.ndarray:
@@ -365,40 +636,3 @@ def _rebucket_simple(
     with np.errstate(divide="ignore", invalid="ignore"):
         spread = np.where(inside, b_count * (seg_high - seg_low) / (b_high - b_low), 0.0)
     return np.concatenate([spread, np.zeros(edges.shape)], axis=1)
-
-
-def fleet_compare(
-    baselines: list[dict[str, Any]],
-    currents: list[dict[str, Any]],
-    features: list[str],
-    thresholds: dict[str, float] | None = None,
-    default_threshold: float = 0.3,
-) -> list[list[FeatureResult]]:
-    """`compare(baselines[g], currents[g], ...)` for every g, with the numeric distances computed at once."""
-    limits = [(name, (thresholds or {}).get(name, default_threshold)) for name in features]
-    found, histograms, numeric_at = [], [], []
-    for base, cur in zip(baselines, currents, strict=True):
-        base_features, cur_features = base["features"], cur["features"]
-        for name, _ in limits:
-            b, c = base_features.get(name), cur_features.get(name)
-            live = b is not None and c is not None and c.get("type") != "absent"
-            if live and b.get("type") == "numeric":
-                numeric_at.append(len(found))
-                histograms.append((b.get("histogram", {}), c.get("histogram", {})))
-                found.append((b, c, None))
-            elif live:
-                found.append((b, c, l_infinity(b.get("values", {}), c.get("values", {}))))
-            else:
-                found.append((b, c, None))
-    distances = [d for _, _, d in found]
-    for at, distance in zip(numeric_at, fleet_distances(histograms), strict=True):
-        distances[at] = distance
-    results, at = [], 0
-    for cur in currents:
-        rows, row = cur.get("rows", 0), []
-        for name, threshold in limits:
-            b, c, _ = found[at]
-            row.append(compare_feature(name, b, c, threshold, rows, distances[at]))
-            at += 1
-        results.append(row)
-    return results

@@ -19,7 +19,7 @@ import pandas as pd
 
 from fleetops.monitoring.calibrate import calibrate, calibration_tests
 from fleetops.monitoring.compare import FeatureResult, compare, distributions
-from fleetops.monitoring.fleet import fleet_compare, windows_distributions, windows_frame
+from fleetops.monitoring.fleet import fleet_findings, windows_frame, windows_statistics
 from fleetops.names import LABEL_FLEET, MODEL_STATISTICS_FILE
 from fleetops.platform import Platform
 from fleetops.serving.request_log import read_request_log
@@ -98,23 +98,23 @@ def _judge(spec: FleetSpec, windows: list[_Windows]) -> list[EndpointReport]:
     if skewed:
         served = [w.served for w in skewed]
         baselines = [w.baseline for w in skewed]
-        currents = windows_distributions(served, numeric, categorical)
-        found = fleet_compare(baselines, currents, features, thresholds, monitoring.skew_threshold)
+        currents = windows_statistics(served, numeric, categorical)
+        found = fleet_findings(baselines, currents, features, thresholds, monitoring.skew_threshold).results()
         for w, results in zip(skewed, found, strict=True):
             w.report.skew = results
         if calibrated:
             frame, groups, _ = windows_frame(served, features)
-            tests += calibration_tests(found, baselines, currents, frame, groups, numeric)
+            tests += calibration_tests(found, baselines, currents.to_dicts(), frame, groups, numeric)
     drifting = [w for w in windows if w.previous is not None]
     if drifting:
-        before = windows_distributions([w.previous for w in drifting], numeric, categorical)
-        after = windows_distributions([w.current for w in drifting], numeric, categorical)
-        found = fleet_compare(before, after, features, thresholds, monitoring.drift_threshold)
+        before = windows_statistics([w.previous for w in drifting], numeric, categorical)
+        after = windows_statistics([w.current for w in drifting], numeric, categorical)
+        found = fleet_findings(before, after, features, thresholds, monitoring.drift_threshold).results()
         for w, results in zip(drifting, found, strict=True):
             w.report.drift = results
         if calibrated:
             frame, groups, _ = windows_frame([w.current for w in drifting], features)
-            tests += calibration_tests(found, before, after, frame, groups, numeric)
+            tests += calibration_tests(found, before.to_dicts(), after.to_dicts(), frame, groups, numeric)
     if calibrated:
         calibrate(tests, monitoring.alpha, monitoring.false_discovery_rate, monitoring.resamples, monitoring.seed)
     return [w.report for w in windows]

