@@ -535,6 +535,9 @@ def _heatmap(card: dict[str, Any]) -> list[str]:
         "(grey: not measured; blue below the threshold, red above); segments worst first. "
         "Hover for values, click for the segment.</p>",
         f'<canvas id="heatmap" width="{_CELL * len(features)}" height="{_TOP + row * len(names)}"></canvas>',
+        # A viewer that runs no script (some artifact viewers sandbox them) still has every value below.
+        "<noscript><p>The heat map needs JavaScript; each segment's findings, with their distances and "
+        "thresholds, are in its section below.</p></noscript>",
         f'<script type="application/json" id="heatdata">{data}</script>',
     ]
 

@@ -102,6 +102,7 @@ def test_totals_reasons_and_details_from_plain_run_dicts():
     assert 'id="seg-seg-0003"' in page and "failed in training: OOM" in page
     assert "Model selection: chose dnn: best on validation" in page and "dnn failed: diverged" in page
     assert 'id="heatmap"' in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "<noscript><p>The heat map needs JavaScript" in page  # a viewer without scripts is told where to look
 
 
 def test_undefined_metrics_odd_names_and_no_monitoring():
