@@ -99,3 +99,19 @@ def test_agrees_with_the_independent_reference():
     base = distributions(pd.DataFrame({"c": a}), [], ["c"])["features"]["c"]["values"]
     cur = distributions(pd.DataFrame({"c": b}), [], ["c"])["features"]["c"]["values"]
     assert l_infinity(base, cur) == pytest.approx(reference_linf(a, b), abs=1e-12)
+
+
+def test_a_value_on_an_inner_edge_is_counted_in_the_lower_bucket_as_tfdv_does():
+    """Integer features (counts, ratings) sit on the edges: TFDV's [b0, b1], (b1, b2], ... not numpy's [b0, b1)."""
+    from fleetops.data.validation import numeric_statistics
+
+    ratings = np.array([0, 1, 1, 2, 3, 3, 3, 4, 5, 10], dtype=float)  # edges 0, 1, 2, ..., 10
+    hist = histogram(ratings)
+    assert hist["boundaries"] == [float(b) for b in range(11)]
+    # 1 -> [0, 1]; 2 -> (1, 2]; 3 -> (2, 3]; 4 -> (3, 4]; 5 -> (4, 5]; 10 -> (9, 10]; 0 -> [0, 1] (the first is closed)
+    assert hist["counts"] == [3.0, 1.0, 3.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    assert hist["counts"] != np.histogram(ratings, bins=10, range=(0, 10))[0].astype(float).tolist()
+    # The training statistics (the skew baseline) use the very same histogram.
+    assert numeric_statistics(pd.Series(ratings))["histogram"] == hist
+    # And a shifted copy of the same integer data is no drift at all on TFDV's buckets.
+    assert jensen_shannon(hist, histogram(ratings.copy())) == 0.0

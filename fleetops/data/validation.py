@@ -17,9 +17,9 @@ import pandas as pd
 
 from fleetops.data.split import TEST, TRAIN, VALIDATION, assign_splits
 from fleetops.errors import DataValidationError
+from fleetops.monitoring.distance import histogram
 from fleetops.spec import FailurePolicy, FleetSpec, Task
 
-HISTOGRAM_BUCKETS = 10
 TOP_VALUES = 1000
 WHOLE_FLEET = "__all__"
 
@@ -214,18 +214,12 @@ def numeric_statistics(values: pd.Series) -> dict[str, Any]:
     stats["missing_rate"] = missing / arr.size if arr.size else 0.0
     if finite.size == 0:
         return stats | {"histogram": {"boundaries": [], "counts": []}}
-    low, high = float(finite.min()), float(finite.max())
-    if low == high:
-        boundaries, counts = [low, high], [int(finite.size)]
-    else:
-        counts_arr, edges = np.histogram(finite, bins=HISTOGRAM_BUCKETS, range=(low, high))
-        boundaries, counts = edges.tolist(), counts_arr.tolist()
     return stats | {
-        "min": low,
-        "max": high,
+        "min": float(finite.min()),
+        "max": float(finite.max()),
         "mean": float(finite.mean()),
         "std": float(finite.std()),
-        "histogram": {"boundaries": boundaries, "counts": counts},
+        "histogram": histogram(finite),  # the serving windows' own: one rule for both
     }
 
 

@@ -42,6 +42,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from fleetops.monitoring.compare import FeatureResult
+from fleetops.monitoring.distance import bucket_index
 
 _CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
 _CACHED = 0
@@ -77,8 +78,7 @@ def numeric_cells(
         if len(hist["counts"]) == 1:  # a constant baseline: its value, or anything else
             out[gi] = np.array([np.sum(window == edges[0]), np.sum(window != edges[0])], dtype=float)
             continue
-        index = np.clip(np.searchsorted(edges, window, side="right") - 1, 0, len(hist["counts"]) - 1)
-        out[gi] = np.bincount(index, minlength=len(hist["counts"])).astype(float)
+        out[gi] = np.bincount(bucket_index(window, edges), minlength=len(hist["counts"])).astype(float)
     return out
 
 

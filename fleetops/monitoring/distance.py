@@ -2,7 +2,8 @@
 
 Numeric features: Jensen-Shannon divergence, log base 2, capped at 1.0. Each
 side brings its own equal-width histogram (10 buckets between its own finite
-min and max; a constant column is one point bucket). Both are re-bucketed onto
+min and max, TFDV's buckets [b0, b1], (b1, b2], ...; a constant column is one
+point bucket). Both are re-bucketed onto
 the union of their boundaries assuming uniform mass inside a bucket; a point
 bucket keeps its mass on its point. Then M = (P+Q)/2 and
 JSD = 1/2 sum p log2(p/m) + 1/2 sum q log2(q/m), zero terms skipped.
@@ -22,15 +23,29 @@ import numpy as np
 BUCKETS = 10
 
 
+def bucket_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """TFDV's bucket of each value on `edges`: buckets [b0, b1], (b1, b2], ..., (b(k-1), bk].
+
+    A value on an inner edge is counted in the lower bucket (np.histogram puts it in the upper one,
+    which on integer features such as counts moves Jensen-Shannon by up to 0.08 against TFDV); a value
+    beyond either end, in the end bucket.
+    """
+    return np.clip(np.searchsorted(edges, values, side="left") - 1, 0, len(edges) - 2)
+
+
 def histogram(values: np.ndarray, buckets: int = BUCKETS) -> dict[str, list[float]]:
-    """TFDV's equal-width histogram of the finite values: `boundaries` (edges) and `counts`."""
+    """TFDV's equal-width histogram of the finite values: `boundaries` (edges) and `counts`.
+
+    The one histogram of a numeric feature: training statistics (the skew baseline) and serving windows both.
+    """
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return {"boundaries": [], "counts": []}
     low, high = float(finite.min()), float(finite.max())
     if low == high:
         return {"boundaries": [low, high], "counts": [float(finite.size)]}
-    counts, edges = np.histogram(finite, bins=buckets, range=(low, high))
+    edges = np.linspace(low, high, buckets + 1)
+    counts = np.bincount(bucket_index(finite, edges), minlength=buckets)
     return {"boundaries": edges.tolist(), "counts": counts.astype(float).tolist()}
 
 

@@ -3,9 +3,9 @@
 `fleet_statistics(frame, groups, ...)` holds `distributions` of each group's rows
 as arrays (`FleetStatistics`; `.to_dicts()` gives the same dicts, value for
 value, and `fleet_distributions` is that): per-group finite min/max with one
-reduction, each value's bucket with np.histogram's own arithmetic (its
-equal-width edges from np.linspace, its index and its one-ULP corrections)
-against its group's edges, counts with one bincount over (group, bucket);
+reduction, each value's bucket as `histogram` places it (TFDV's buckets on the
+same np.linspace edges) against its group's edges, counts with one bincount
+over (group, bucket);
 categorical counts with one bincount over (group, value code).
 
 `fleet_findings(baselines, currents, ...)` is `compare` of every group at once,
@@ -331,9 +331,8 @@ def _numeric(
         missing = np.bincount(groups[column.missing], minlength=n_groups)
         finite_counts = np.bincount(groups[finite], minlength=n_groups)
     spread = np.isfinite(low) & (low < high)
-    # np.histogram(bins=BUCKETS, range=(low, high)) puts x in the bucket its edges (np.linspace) say:
-    # edges[i] <= x < edges[i + 1], the last one closed. A scaled estimate finds it; the few values
-    # within a hair of an edge are settled by comparing with that edge, as np.histogram does.
+    # `histogram`'s buckets (TFDV's: [b0, b1], (b1, b2], ...) on its np.linspace edges: a scaled estimate
+    # finds each value's bucket; the few values within a hair of an edge are settled against that edge.
     edges = np.linspace(np.where(spread, low, 0.0), np.where(spread, high, 1.0), BUCKETS + 1, axis=1)
     scale = np.where(spread, BUCKETS / np.where(spread, high - low, 1.0), 0.0)
 
@@ -355,8 +354,8 @@ def _numeric(
         xs, gs = values[rows_near], groups[rows_near]
         fixed = np.minimum(index[rows_near], BUCKETS - 1)
         flat = edges.ravel()
-        fixed[xs < flat[gs * (BUCKETS + 1) + fixed]] -= 1
-        fixed[(xs >= flat[gs * (BUCKETS + 1) + fixed + 1]) & (fixed != BUCKETS - 1)] += 1
+        fixed[(xs <= flat[gs * (BUCKETS + 1) + fixed]) & (fixed > 0)] -= 1  # on or below its lower edge
+        fixed[(xs > flat[gs * (BUCKETS + 1) + fixed + 1]) & (fixed < BUCKETS - 1)] += 1  # above its upper edge
         index[rows_near] = fixed
     index += groups * BUCKETS
     np.copyto(index, n_groups * BUCKETS, where=~use)  # one more bin, for the rows not counted
