@@ -32,7 +32,7 @@ def build_pipeline_job(
 
     from fleetops.platform.registry import check_labels
 
-    if job_id is not None and not JOB_ID_PATTERN.match(job_id):
+    if job_id is not None and not JOB_ID_PATTERN.fullmatch(job_id):
         raise UserError(f"pipeline job id {job_id!r} is invalid: it must match [a-z][-a-z0-9]{{0,127}}")
     all_labels = {**settings.labels, **(labels or {})}
     check_labels(all_labels)
