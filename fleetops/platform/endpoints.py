@@ -130,7 +130,8 @@ class Endpoints(ABC):
     @abstractmethod
     def undeploy(
         self, endpoint_id: str, deployed_model_id: str, traffic_split: dict[str, int] | None = None
-    ) -> Endpoint: ...
+    ) -> Endpoint:
+        """Undeploy a model; None rescales the others, a given split must sum to 100 (the SDK refuses `{}`)."""
 
     @abstractmethod
     def update_traffic(self, endpoint_id: str, traffic_split: dict[str, int]) -> Endpoint: ...
