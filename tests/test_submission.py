@@ -60,7 +60,11 @@ def test_vertex_job_id_and_root_are_checked(template):
         )
     with pytest.raises(UserError, match="needs a pipeline root"):
         build_pipeline_job(
-            vertex_settings("vertex://p/r"), template, {}, display_name="x", credentials=AnonymousCredentials()
+            vertex_settings("vertex://proj-1/us-central1"),
+            template,
+            {},
+            display_name="x",
+            credentials=AnonymousCredentials(),
         )
 
 
