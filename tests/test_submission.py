@@ -86,7 +86,15 @@ def no_network(monkeypatch):
         monkeypatch.setattr(module, name, refuse)
 
 
-def test_cli_submit_dry_run_prints_the_request(tmp_path, spec, capsys, template, no_network):
+@pytest.fixture
+def fresh_sdk_config(monkeypatch):
+    """The SDK's global configuration as a new `fleetops submit` process has it (other tests call aiplatform.init)."""
+    from google.cloud.aiplatform import initializer
+
+    monkeypatch.setattr(initializer, "global_config", initializer._Config())
+
+
+def test_cli_submit_dry_run_prints_the_request(tmp_path, spec, capsys, template, no_network, fresh_sdk_config):
     remote = spec.model_copy(update={"data": spec.data.model_copy(update={"source": "bq://proj-1.crm.churn"})})
     (tmp_path / "fleet.yaml").write_text(remote.to_json())
     code = main(

@@ -96,9 +96,10 @@ def pipeline_job_request(job: Any, settings: VertexSettings) -> dict[str, Any]:
     http, body, params = transcode_request(
         RestRules._BaseCreatePipelineJob._get_http_options(), request, rest_numeric_enums=True
     )
+    host = job.api_client.api_endpoint  # the regional host, or aiplatform.init's api_endpoint
     return {
         "method": http["method"].upper(),
-        "url": f"https://{job.api_client.api_endpoint}{http['uri']}",
+        "url": f"{host if '://' in host else 'https://' + host}{http['uri']}",  # as the REST transport adds it
         "params": params,
         "body": json.loads(body),
     }
