@@ -336,7 +336,7 @@ class RegistrySpec(_Strict):
         bad = [
             f"{k}={val}"
             for k, val in v.items()
-            if not re.match(LABEL_KEY_PATTERN, k) or not re.match(LABEL_PATTERN, val)
+            if not re.fullmatch(LABEL_KEY_PATTERN, k) or not re.fullmatch(LABEL_PATTERN, val)
         ]
         if bad:
             raise ValueError(
@@ -347,7 +347,7 @@ class RegistrySpec(_Strict):
 
 def is_prebuilt_tf_image(image: str | None) -> bool:
     """Whether `image` is one of Vertex's prebuilt TensorFlow CPU prediction images (the ones a pool co-hosts)."""
-    return bool(image) and re.match(PREBUILT_TF_IMAGE_PATTERN, image) is not None
+    return bool(image) and re.fullmatch(PREBUILT_TF_IMAGE_PATTERN, image) is not None
 
 
 class Cohosting(StrEnum):

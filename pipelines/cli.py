@@ -135,7 +135,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.platform or not args.platform.startswith("vertex://"):
         raise UserError("submit needs --platform vertex://PROJECT/REGION?... or --kfp-host URL")
     from fleetops.platform import vertex_settings
-    from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job, submit_pipeline_job
+    from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job, pipeline_job_request, submit_pipeline_job
 
     if Path(spec.data.source).is_absolute():
         raise UserError(
@@ -154,7 +154,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         credentials=credentials,
     )
     if args.dry_run:
-        print(json.dumps(type(job._gca_resource).to_dict(job._gca_resource), indent=2))
+        print(json.dumps(pipeline_job_request(job, settings), indent=2))
         return 0
     print(f"submitted {submit_pipeline_job(job, settings)}")
     return 0
@@ -617,7 +617,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--serving-image", default="", help="serving container for registered models")
     p.add_argument("--job-id", default=None)
     p.add_argument("--no-cache", dest="caching", action="store_const", const=False, default=None)
-    p.add_argument("--dry-run", action="store_true", help="print the Vertex request instead of sending it")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the createPipelineJob request Vertex would get; send nothing"
+    )
     p.set_defaults(handler=cmd_submit)
 
     p = sub.add_parser(

@@ -65,6 +65,25 @@ def test_first_deploy_must_take_all_traffic(twin):
     assert twin.endpoints.get("e1").deployed_models == ()  # no half-deployed model
 
 
+EMPTY_UNDEPLOY_SPLIT = r"traffic_split \{\} refused for undeploying '\d+': .* must sum to exactly 100 over the models"
+
+
+def test_undeploy_with_an_empty_traffic_split_is_refused_as_the_sdk_refuses_it(twin):
+    endpoints = twin.endpoints
+    endpoints.create("e1")
+    _, first = endpoints.deploy("e1", "churn-north", "1")
+    _, canary = endpoints.deploy("e1", "churn-north", "2", traffic_percentage=10)
+    before = endpoints.get("e1")
+    for undeployed in (canary, first):
+        with pytest.raises(UserError, match=EMPTY_UNDEPLOY_SPLIT):
+            endpoints.undeploy("e1", undeployed, traffic_split={})
+    assert endpoints.get("e1") == before
+    endpoints.undeploy("e1", canary)
+    with pytest.raises(UserError, match=EMPTY_UNDEPLOY_SPLIT):  # not even for the last model
+        endpoints.undeploy("e1", first, traffic_split={})
+    assert endpoints.undeploy("e1", first).deployed_models == ()
+
+
 def test_undeploy_update_and_delete(twin):
     endpoints = twin.endpoints
     endpoints.create("e1")

@@ -81,6 +81,24 @@ def test_refusals_send_nothing(vertex):
     assert [r for r in vertex.fake.requests[sent:] if r["method"] != "GET"] == []
 
 
+def test_undeploy_with_an_empty_traffic_split_is_refused_as_the_sdk_refuses_it(vertex):
+    from google.cloud import aiplatform
+
+    vertex.endpoints.create("churn-north")
+    _, first = vertex.endpoints.deploy("churn-north", "churn-north", "1")
+    _, canary = vertex.endpoints.deploy("churn-north", "churn-north", "2", traffic_percentage=10)
+    sent = len(vertex.fake.requests)
+    refused = rf"traffic_split \{{\}} refused for undeploying '{canary}': .* sum to exactly 100"
+    with pytest.raises(UserError, match=refused):
+        vertex.endpoints.undeploy("churn-north", canary, traffic_split={})
+    assert [r for r in vertex.fake.requests[sent:] if r["method"] != "GET"] == []
+    # What we mirror: the SDK itself refuses it, before its undeployModel request.
+    sdk_endpoint = aiplatform.Endpoint(vertex.endpoints.name("churn-north"), credentials=AnonymousCredentials())
+    with pytest.raises(ValueError, match="Sum of all traffic within traffic split needs to be 100"):
+        sdk_endpoint.undeploy(deployed_model_id=canary, traffic_split={})
+    assert vertex.fake.calls("POST", ":undeployModel") == []
+
+
 def test_promote_and_undeploy(vertex):
     vertex.endpoints.create("churn-north")
     _, first = vertex.endpoints.deploy("churn-north", "churn-north", "1")

@@ -69,8 +69,8 @@ def test_vertex_schedule_request(vertex, spec, tmp_path):
 
     template = compile_all(tmp_path)["continuous_training"]
     settings = vertex_settings(
-        f"vertex://proj-1/us-central1?api_endpoint={vertex.fake.endpoint}&staging_bucket=gs://b"
-        "&service_account=sa@proj-1.iam.gserviceaccount.com"
+        f"vertex://proj-1/us-central1?api_endpoint={vertex.fake.endpoint}&staging_bucket=gs://bkt"
+        "&service_account=runner@proj-1.iam.gserviceaccount.com"
     )
     job = build_pipeline_job(
         settings,
@@ -86,5 +86,5 @@ def test_vertex_schedule_request(vertex, spec, tmp_path):
     assert name.startswith("projects/proj-1/locations/us-central1/schedules/")
     assert request["cron"] == "0 * * * *" and request["maxConcurrentRunCount"] == "1"
     created = request["createPipelineJobRequest"]
-    assert created["pipelineJob"]["runtimeConfig"]["gcsOutputDirectory"] == "gs://b/pipeline_root"
-    assert created["pipelineJob"]["serviceAccount"] == "sa@proj-1.iam.gserviceaccount.com"
+    assert created["pipelineJob"]["runtimeConfig"]["gcsOutputDirectory"] == "gs://bkt/pipeline_root"
+    assert created["pipelineJob"]["serviceAccount"] == "runner@proj-1.iam.gserviceaccount.com"

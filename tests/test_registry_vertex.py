@@ -8,7 +8,7 @@ from google.auth.credentials import AnonymousCredentials
 
 from fleetops.errors import RegistryRuleError, UserError
 from fleetops.fingerprints import directory_sha256
-from fleetops.platform import connect, vertex_settings
+from fleetops.platform import connect
 from fleetops.platform.registry import EvaluationInput, UploadRequest
 from tests.fake_vertex import FakeVertex
 
@@ -233,19 +233,6 @@ def test_artifacts_are_read_through_the_gcs_mount(vertex, artifact_dirs):
         "m", artifact_dirs[0], artifact_uri="gs://bucket/x/m", serving_image="img"
     ).version
     assert str(vertex.registry.artifact_path(v)) == "/gcs/bucket/x/m"
-
-
-def test_platform_uri_settings_are_validated():
-    settings = vertex_settings("vertex://p1/europe-west4?staging_bucket=gs://b&labels=a:b,c:d&network=n")
-    assert (settings.project, settings.region, settings.labels) == ("p1", "europe-west4", {"a": "b", "c": "d"})
-    with pytest.raises(UserError, match=r"setting\(s\) \['colour'\] unknown"):
-        vertex_settings("vertex://p/r?colour=blue")
-    with pytest.raises(UserError, match="must look like vertex://PROJECT/REGION"):
-        vertex_settings("vertex://p")
-    with pytest.raises(UserError, match="staging_bucket 'b' must be a gs:// URI"):
-        vertex_settings("vertex://p/r?staging_bucket=b")
-    with pytest.raises(UserError, match="is not supported"):
-        connect("s3://bucket")
 
 
 # -- boosted trees and ensembles (real artifacts: tests/model_kinds.py) ------------------------------------

@@ -1,13 +1,15 @@
 """Submitting the compiled pipeline: Vertex requests built offline, KFP through the real kfp.Client."""
 
 import json
+import socket
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
+from google.protobuf import json_format
 
 from fleetops.errors import UserError
 from fleetops.platform import vertex_settings
-from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job
+from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job, pipeline_job_request
 from pipelines.cli import main
 from pipelines.compile import compile_all
 from pipelines.submit import submit_to_kfp
@@ -60,11 +62,39 @@ def test_vertex_job_id_and_root_are_checked(template):
         )
     with pytest.raises(UserError, match="needs a pipeline root"):
         build_pipeline_job(
-            vertex_settings("vertex://p/r"), template, {}, display_name="x", credentials=AnonymousCredentials()
+            vertex_settings("vertex://proj-1/us-central1"),
+            template,
+            {},
+            display_name="x",
+            credentials=AnonymousCredentials(),
         )
 
 
-def test_cli_submit_dry_run_prints_the_request(tmp_path, spec, capsys, template):
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to reach a server fails the test: a name lookup, a connect, or opening a gRPC channel."""
+    import grpc
+    from google.api_core import grpc_helpers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a dry run tried to reach the network: {args}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    for module, name in [(grpc, "secure_channel"), (grpc, "insecure_channel"), (grpc_helpers, "create_channel")]:
+        monkeypatch.setattr(module, name, refuse)
+
+
+@pytest.fixture
+def fresh_sdk_config(monkeypatch):
+    """The SDK's global configuration as a new `fleetops submit` process has it (other tests call aiplatform.init)."""
+    from google.cloud.aiplatform import initializer
+
+    monkeypatch.setattr(initializer, "global_config", initializer._Config())
+
+
+def test_cli_submit_dry_run_prints_the_request(tmp_path, spec, capsys, template, no_network, fresh_sdk_config):
     remote = spec.model_copy(update={"data": spec.data.model_copy(update={"source": "bq://proj-1.crm.churn"})})
     (tmp_path / "fleet.yaml").write_text(remote.to_json())
     code = main(
@@ -81,9 +111,43 @@ def test_cli_submit_dry_run_prints_the_request(tmp_path, spec, capsys, template)
         ]
     )
     assert code == 0
-    printed = capsys.readouterr().out
-    assert '"gcs_output_directory": "gs://proj-1-staging/pipeline_root"' in printed
-    assert "bq://proj-1.crm.churn" in printed
+    request = json.loads(capsys.readouterr().out)
+    assert request["method"] == "POST"
+    assert (
+        request["url"]
+        == "https://us-central1-aiplatform.googleapis.com/v1/projects/proj-1/locations/us-central1/pipelineJobs"
+    )
+    assert request["params"]["pipelineJobId"] == "churn-1"
+    body = request["body"]
+    assert body["serviceAccount"] == "runner@proj-1.iam.gserviceaccount.com"
+    assert body["network"] == "projects/123/global/networks/vpc"
+    assert body["encryptionSpec"] == {"kmsKeyName": KEY}
+    assert body["labels"] == {"team": "growth", "fleet": "churn"}
+    assert body["displayName"] == "churn-1"
+    assert body["runtimeConfig"]["gcsOutputDirectory"] == "gs://proj-1-staging/pipeline_root"
+    parameters = body["runtimeConfig"]["parameterValues"]
+    assert (
+        parameters["platform"] == PLATFORM
+        and json.loads(parameters["fleet_spec"])["data"]["source"] == "bq://proj-1.crm.churn"
+    )
+    assert body["pipelineSpec"]["pipelineInfo"]["name"] == "fleetops-training"
+
+
+def test_the_dry_run_request_is_what_the_sdks_submit_would_send(template, no_network):
+    """`PipelineJob.submit` sets the run-as fields on the job before creating it; the dry run leaves the job as is."""
+    settings = vertex_settings(PLATFORM)
+    job = build_pipeline_job(
+        settings,
+        template,
+        {"fleet_spec": "{}"},
+        display_name="churn",
+        job_id="churn-2",
+        credentials=AnonymousCredentials(),
+    )
+    request = pipeline_job_request(job, settings)
+    assert job._gca_resource.service_account == "" and job._gca_resource.network == ""
+    job._gca_resource.service_account, job._gca_resource.network = settings.service_account, settings.network
+    assert request["body"] == json_format.MessageToDict(job._gca_resource._pb)
 
 
 def test_cli_refuses_a_local_file_on_vertex(tmp_path, spec, capsys):

@@ -164,11 +164,11 @@ def test_vertex_hyperparameter_tuning_job_request(artifact_dirs):
     )
     with FakeVertex() as fake:
         settings = vertex_settings(
-            f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&staging_bucket=gs://b"
-            "&service_account=sa@proj-1.iam.gserviceaccount.com"
+            f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&staging_bucket=gs://bkt"
+            "&service_account=runner@proj-1.iam.gserviceaccount.com"
         )
         connect(
-            f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&staging_bucket=gs://b",
+            f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&staging_bucket=gs://bkt",
             credentials=AnonymousCredentials(),
         )
         result = tune_on_vertex(
@@ -196,7 +196,7 @@ def test_vertex_hyperparameter_tuning_job_request(artifact_dirs):
     assert worker["imageUri"] == "us-docker.pkg.dev/p/fleetops/components:v1"
     assert worker["command"] == ["python", "-m", "fleetops.training.trainer"]
     assert worker["args"] == ["--spec", "/gcs/b/spec.json", "--data", "/gcs/b/dataset.parquet", "--segment", "north"]
-    assert job["trialJobSpec"]["serviceAccount"] == "sa@proj-1.iam.gserviceaccount.com"
+    assert job["trialJobSpec"]["serviceAccount"] == "runner@proj-1.iam.gserviceaccount.com"
     assert [t.state for t in result.trials] == ["SUCCEEDED", "FAILED"]
     assert result.best_parameters == {"learning_rate": 0.01} and result.best_value == 0.81
 

@@ -67,7 +67,7 @@ def source_kind(source: str) -> str:
 
 
 def parse_table(source: str) -> TableRef:
-    match = _BQ_TABLE.match(source)
+    match = _BQ_TABLE.fullmatch(source)
     if not match:
         raise UserError(f"table reference {source!r} must look like bq://project.dataset.table")
     return TableRef(**match.groupdict())

@@ -137,6 +137,7 @@ def local_uri(home: str | Path) -> str:
 
 
 def vertex_settings(uri: str) -> VertexSettings:
+    """Parse and check a `vertex://` URI: every refusal happens here, before anything is sent to Google Cloud."""
     parts = urlsplit(uri)
     project, region = parts.netloc, parts.path.strip("/")
     if not project or not region or "/" in region:
@@ -154,7 +155,22 @@ def vertex_settings(uri: str) -> VertexSettings:
     from fleetops.platform.registry import check_labels
 
     check_labels(labels)
-    bucket = query.get("staging_bucket")
-    if bucket is not None and not bucket.startswith("gs://"):
-        raise UserError(f"staging_bucket {bucket!r} must be a gs:// URI")
+    check_vertex_uri_values(project, region, query)
     return VertexSettings(project=project, region=region, labels=labels, **query)
+
+
+def check_vertex_uri_values(project: str, region: str, query: dict[str, str]) -> None:
+    """Google Cloud's documented formats for the project, the region and the settings that have one."""
+    from fleetops.platform import google_names
+
+    google_names.check_project(project)
+    google_names.check_region(region)
+    for setting in ("staging_bucket", "pipeline_root"):
+        if setting in query:
+            google_names.check_gcs_uri(setting, query[setting])
+    if "service_account" in query:
+        google_names.check_service_account(query["service_account"])
+    if "network" in query:
+        google_names.check_network(query["network"])
+    if "encryption_key" in query:
+        google_names.check_kms_key(query["encryption_key"])

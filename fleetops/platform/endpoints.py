@@ -53,7 +53,7 @@ class DeploymentSettings:
         if self.autoscaling_target_cpu is not None and not 1 <= self.autoscaling_target_cpu <= 100:
             raise UserError(f"autoscaling_target_cpu {self.autoscaling_target_cpu} must be a percentage from 1 to 100")
         pool = self.deployment_resource_pool
-        if pool is not None and not ENDPOINT_ID_PATTERN.match(pool):
+        if pool is not None and not ENDPOINT_ID_PATTERN.fullmatch(pool):
             raise UserError(
                 f"deployment_resource_pool {pool!r} is invalid: up to 63 of [a-z0-9-], starting with a letter "
                 "and ending with a letter or digit"
@@ -130,14 +130,15 @@ class Endpoints(ABC):
     @abstractmethod
     def undeploy(
         self, endpoint_id: str, deployed_model_id: str, traffic_split: dict[str, int] | None = None
-    ) -> Endpoint: ...
+    ) -> Endpoint:
+        """Undeploy a model; None rescales the others, a given split must sum to 100 (the SDK refuses `{}`)."""
 
     @abstractmethod
     def update_traffic(self, endpoint_id: str, traffic_split: dict[str, int]) -> Endpoint: ...
 
 
 def check_endpoint_id(endpoint_id: str) -> None:
-    if not isinstance(endpoint_id, str) or not ENDPOINT_ID_PATTERN.match(endpoint_id):
+    if not isinstance(endpoint_id, str) or not ENDPOINT_ID_PATTERN.fullmatch(endpoint_id):
         raise UserError(
             f"endpoint id {endpoint_id!r} is invalid: up to 63 of [a-z0-9-], starting with a letter "
             "and ending with a letter or digit"

@@ -19,6 +19,7 @@ from typing import Any
 from fleetops.errors import RegistryRuleError
 from fleetops.names import DEFAULT_ALIAS
 
+# Checked with fullmatch: `$` alone also matches before a final newline ("champion\n").
 ALIAS_PATTERN = re.compile(r"^[a-z][a-zA-Z0-9-]{0,126}[a-z0-9]$")
 LABEL_KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 LABEL_VALUE_PATTERN = re.compile(r"^[a-z0-9_-]{0,64}$")
@@ -220,14 +221,14 @@ class ModelRegistry(ABC):
 
 
 def check_model_id(model_id: str) -> None:
-    if not isinstance(model_id, str) or not MODEL_ID_PATTERN.match(model_id):
+    if not isinstance(model_id, str) or not MODEL_ID_PATTERN.fullmatch(model_id):
         raise RegistryRuleError(
             f"model id {model_id!r} is invalid: up to 63 characters of [a-z0-9_-], not starting with a digit or '-'"
         )
 
 
 def check_identity(identity: str) -> None:
-    if not isinstance(identity, str) or not IDENTITY_PATTERN.match(identity):
+    if not isinstance(identity, str) or not IDENTITY_PATTERN.fullmatch(identity):
         raise RegistryRuleError(
             f"version identity {identity!r} is invalid: it must be a sha256 in hex (64 characters of [0-9a-f])"
         )
@@ -236,7 +237,7 @@ def check_identity(identity: str) -> None:
 def check_aliases(aliases: list[str] | tuple[str, ...]) -> None:
     """Vertex's alias format; aliases are not numeric (that would read as a version id)."""
     for alias in aliases:
-        if not isinstance(alias, str) or not ALIAS_PATTERN.match(alias):
+        if not isinstance(alias, str) or not ALIAS_PATTERN.fullmatch(alias):
             raise RegistryRuleError(
                 f"version alias {alias!r} is invalid: it must match [a-z][a-zA-Z0-9-]{{0,126}}[a-z0-9] "
                 "(start with a lowercase letter, 2 to 128 characters)"
@@ -250,11 +251,11 @@ def check_labels(labels: dict[str, str]) -> None:
     if len(labels) > MAX_LABELS:
         raise RegistryRuleError(f"{len(labels)} labels given; at most {MAX_LABELS} are allowed")
     for key, value in labels.items():
-        if not isinstance(key, str) or not LABEL_KEY_PATTERN.match(key):
+        if not isinstance(key, str) or not LABEL_KEY_PATTERN.fullmatch(key):
             raise RegistryRuleError(
                 f"label key {key!r} is invalid: 1 to 64 lowercase letters, digits, '_' or '-', starting with a letter"
             )
-        if not isinstance(value, str) or not LABEL_VALUE_PATTERN.match(value):
+        if not isinstance(value, str) or not LABEL_VALUE_PATTERN.fullmatch(value):
             raise RegistryRuleError(
                 f"label value {value!r} (key {key!r}) is invalid: at most 64 lowercase letters, digits, '_' or '-'"
             )

@@ -92,6 +92,7 @@ def undeploy_split(
                 "it must have 0 traffic"
             )
         check_split(traffic_split)
+        _check_undeploy_split_not_empty(traffic_split, deployed_id)
         return {k: v for k, v in traffic_split.items() if k != deployed_id}
     if len(current) > 1 and current[deployed_id] == 100:
         raise UserError(
@@ -101,6 +102,21 @@ def undeploy_split(
     split = unallocate(current, deployed_id)
     split.pop(deployed_id)
     return split
+
+
+def _check_undeploy_split_not_empty(traffic_split: dict[str, int], deployed_id: str) -> None:
+    """An undeploy's split must sum to 100: `Endpoint.undeploy` refuses an empty one, though its docstring allows it.
+
+    The SDK checks `sum(traffic_split.values()) != 100` for any split given, so `{}` fails there
+    with "Sum of all traffic within traffic split needs to be 100."; the twin refuses it the same way.
+    """
+    if not traffic_split:
+        raise UserError(
+            f"traffic_split {traffic_split} refused for undeploying {deployed_id!r}: an undeploy's traffic_split "
+            "must sum to exactly 100 over the models that stay (Vertex's SDK refuses an empty one: 'Sum of all "
+            "traffic within traffic split needs to be 100.'); pass no traffic_split to rescale the others "
+            "(or to undeploy the last model)"
+        )
 
 
 def unallocate(current: dict[str, int], deployed_id: str) -> dict[str, int]:

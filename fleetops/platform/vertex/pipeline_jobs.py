@@ -1,11 +1,14 @@
 """Vertex AI Pipelines: build a `PipelineJob` from a compiled template, and submit it.
 
-Building is offline (with AnonymousCredentials in tests, `job._gca_resource`
-is exactly the request `submit()` sends); only `submit` talks to Vertex.
+Building is offline (with AnonymousCredentials in tests and dry runs);
+`pipeline_job_request` is the HTTP request `submit_pipeline_job` would send,
+derived the way the SDK derives it; only `submit` talks to Vertex.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ def build_pipeline_job(
 
     from fleetops.platform.registry import check_labels
 
-    if job_id is not None and not JOB_ID_PATTERN.match(job_id):
+    if job_id is not None and not JOB_ID_PATTERN.fullmatch(job_id):
         raise UserError(f"pipeline job id {job_id!r} is invalid: it must match [a-z][-a-z0-9]{{0,127}}")
     all_labels = {**settings.labels, **(labels or {})}
     check_labels(all_labels)
@@ -52,10 +55,54 @@ def build_pipeline_job(
     )
 
 
+def run_as(settings: VertexSettings) -> dict[str, str | None]:
+    """The `PipelineJob.submit` arguments: the run runs as the platform's service account, on its network."""
+    return {"service_account": settings.service_account, "network": settings.network}
+
+
 def submit_pipeline_job(job: Any, settings: VertexSettings) -> str:
     """Submit (does not wait); runs as the platform's service account on its network."""
-    job.submit(service_account=settings.service_account, network=settings.network)
+    job.submit(**run_as(settings))
     return job.resource_name
+
+
+def pipeline_job_request(job: Any, settings: VertexSettings) -> dict[str, Any]:
+    """The createPipelineJob HTTP request `submit_pipeline_job` would send (method, url, params, JSON body).
+
+    Built offline the way google-cloud-aiplatform builds it, so a dry run cannot drift from a submit:
+    `PipelineJob.submit` sets the service account and network (else `aiplatform.init`'s) on the job's
+    resource and calls `create_pipeline_job(parent, pipeline_job, pipeline_job_id)`, which the REST
+    transport transcodes with its http rule into a POST whose body is the resource in REST field names
+    (`serviceAccount`, `encryptionSpec.kmsKeyName`, `runtimeConfig.parameterValues`, ...). Without
+    `api_transport="rest"` the SDK sends the same message over gRPC; this is its REST form. The job
+    itself is left as it was.
+    """
+    from google.cloud.aiplatform import initializer
+    from google.cloud.aiplatform_v1._compat import transcode_request
+    from google.cloud.aiplatform_v1.services.pipeline_service.transports.rest_base import (
+        _BasePipelineServiceRestTransport as RestRules,
+    )
+    from google.cloud.aiplatform_v1.types import CreatePipelineJobRequest
+
+    resource = copy.deepcopy(job._gca_resource)
+    arguments = run_as(settings)
+    service_account = arguments["service_account"] or initializer.global_config.service_account
+    network = arguments["network"] or initializer.global_config.network
+    if service_account:
+        resource.service_account = service_account
+    if network:
+        resource.network = network
+    request = CreatePipelineJobRequest(parent=job._parent, pipeline_job=resource, pipeline_job_id=job.job_id)
+    http, body, params = transcode_request(
+        RestRules._BaseCreatePipelineJob._get_http_options(), request, rest_numeric_enums=True
+    )
+    host = job.api_client.api_endpoint  # the regional host, or aiplatform.init's api_endpoint
+    return {
+        "method": http["method"].upper(),
+        "url": f"{host if '://' in host else 'https://' + host}{http['uri']}",  # as the REST transport adds it
+        "params": params,
+        "body": json.loads(body),
+    }
 
 
 def create_schedule(
