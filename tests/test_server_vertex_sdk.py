@@ -8,7 +8,9 @@ session gets a transport adapter that sends what it addressed there to the serve
 plain HTTP, and the test checks the URL the SDK built.
 """
 
+import dataclasses
 import json
+import shutil
 import socket
 import urllib.error
 import urllib.parse
@@ -34,10 +36,14 @@ OTHER = dict(GOOD, tenure_months=60, contract="two_year", payment_method=None)
 
 @pytest.fixture(scope="module")
 def twin_server(tmp_path_factory, trained_models):
-    """One endpoint: the champion (version 1) takes all traffic, the challenger (version 2) is deployed with none."""
+    """churn-north: the champion (version 1) takes all traffic, the challenger (version 2) is deployed with none.
+    churn-pooled: a model co-hosted in a deployment resource pool (registered for Vertex's TensorFlow container)."""
+    from fleetops.spec import PREBUILT_TF_IMAGE
+    from fleetops.training.savedmodel import export_savedmodel
     from tests.conftest import ServerProcess
 
-    platform = connect(local_uri(tmp_path_factory.mktemp("sdk") / "home"))
+    root = tmp_path_factory.mktemp("sdk")
+    platform = connect(local_uri(root / "home"))
     platform.registry.upload_version("churn-north", trained_models[0], display_name=CHAMPION_NAME)
     platform.registry.upload_version(
         "churn-north", trained_models[1], display_name=CHALLENGER_NAME, is_default_version=False
@@ -48,6 +54,12 @@ def twin_server(tmp_path_factory, trained_models):
     )
     platform.endpoints.deploy("churn-north", "churn-north", "1", settings=settings, display_name="champion")
     platform.endpoints.deploy("churn-north", "churn-north", "2", traffic_percentage=0, display_name="challenger")
+    pooled = shutil.copytree(trained_models[0], root / "pooled")
+    export_savedmodel(pooled)
+    platform.registry.upload_version("churn-pooled", pooled, serving_image=PREBUILT_TF_IMAGE)
+    platform.endpoints.create("churn-pooled")
+    pool = DeploymentSettings(deployment_resource_pool="churn-pool")
+    platform.endpoints.deploy("churn-pooled", "churn-pooled", "1", settings=pool)
     server = ServerProcess(platform.home)
     yield server
     server.stop()
@@ -248,3 +260,53 @@ def test_a_request_http_cannot_parse_gets_a_google_rpc_error(twin_server):
     assert error["code"] == 400 and error["status"] == "INVALID_ARGUMENT"
     assert error["message"].startswith("the request is not valid HTTP/1.1")
     assert _http(twin_server, "GET", "/health")[0] == 200
+
+
+def test_the_endpoint_resource_is_vertexs_json():
+    """Times in UTC with a Z, the latest as `updateTime`; a pool as `sharedResources`; an etag that follows changes."""
+    from google.cloud.aiplatform_v1.types import Endpoint as VertexEndpoint
+
+    from fleetops.platform.endpoints import DeployedModel, Endpoint
+    from fleetops.serving.rest import endpoint_resource
+
+    pooled = DeployedModel(
+        "4",
+        "churn-north",
+        "3",
+        "projects/local/locations/local/models/churn-north",
+        "pooled",
+        DeploymentSettings(deployment_resource_pool="churn-pool", service_account="sa@p.iam.gserviceaccount.com"),
+        "2026-01-02T03:04:05.000006+00:00",
+    )
+    endpoint = Endpoint(
+        "churn-north",
+        "projects/local/locations/local/endpoints/churn-north",
+        "churn-north",
+        deployed_models=(pooled,),
+        traffic_split={"4": 100},
+        create_time="2026-01-01T00:00:00+00:00",
+    )
+    resource = endpoint_resource(endpoint)
+    parsed = VertexEndpoint.from_json(json.dumps(resource))  # what the SDK's REST transport does
+    (deployed,) = parsed.deployed_models
+    assert deployed.shared_resources == "projects/local/locations/local/deploymentResourcePools/churn-pool"
+    assert "dedicatedResources" not in resource["deployedModels"][0]
+    assert deployed.service_account == "sa@p.iam.gserviceaccount.com"
+    assert resource["deployedModels"][0]["createTime"] == "2026-01-02T03:04:05.000006Z"
+    assert resource["createTime"] == "2026-01-01T00:00:00.000000Z"
+    assert resource["updateTime"] == "2026-01-02T03:04:05.000006Z"  # the latest time the twin recorded
+    changed = endpoint_resource(dataclasses.replace(endpoint, traffic_split={"4": 0}))
+    assert changed["etag"] != resource["etag"]  # a change to the endpoint changes its etag
+
+
+def test_a_co_hosted_model_predicts_but_is_not_explained_as_on_vertex(sdk):
+    endpoint = sdk.Endpoint("projects/local/locations/local/endpoints/churn-pooled")
+    (deployed,) = endpoint.gca_resource.deployed_models
+    assert deployed.shared_resources == "projects/local/locations/local/deploymentResourcePools/churn-pool"
+    assert endpoint.predict(instances=[GOOD]).deployed_model_id == deployed.id
+    with pytest.raises(
+        google_exceptions.BadRequest, match="co-hosted in deployment resource pool 'churn-pool'"
+    ) as refused:
+        endpoint.explain(instances=[GOOD])
+    # Over REST the SDK picks the exception by HTTP code; the status says which precondition failed.
+    assert refused.value.response.json()["error"]["status"] == "FAILED_PRECONDITION"

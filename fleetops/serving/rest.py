@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from fleetops.platform.endpoints import DeployedModel, Endpoint
+if TYPE_CHECKING:  # imported by the serving container, which never imports the platform
+    from fleetops.platform.endpoints import DeployedModel, Endpoint
 
 # HTTP status -> google.rpc.Code name, as Google's APIs pair them (google/rpc/code.proto's HTTP mapping).
 # 405 and 415 have no code of their own there: a method the resource does not serve is UNIMPLEMENTED (as

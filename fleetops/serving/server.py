@@ -52,7 +52,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -69,6 +69,9 @@ from fleetops.serving.model_cache import (
 )
 from fleetops.serving.predictor import Predictor
 from fleetops.serving.rest import endpoint_resource, error_body, error_payload, header_value, rpc_status
+
+if TYPE_CHECKING:  # the serving container never imports the platform
+    from fleetops.platform.endpoints import DeployedModel
 
 DEFAULT_MAX_BODY_BYTES = 1_572_864  # Vertex's online prediction payload limit (1.5 MB)
 MAX_BATCH_ROWS = 1024
@@ -107,12 +110,16 @@ class HttpError(Exception):
 
 @dataclass
 class Served:
-    """A deployed model as a route holds it: its registry identity; its `key` is what the model cache loads."""
+    """A deployed model as a route holds it: its registry identity; its `key` is what the model cache loads.
+
+    `explain_refusal` is why Vertex would not explain it ("" if it would): a co-hosted model.
+    """
 
     deployed_model_id: str
     model_id: str
     version_id: str
     model_resource_name: str
+    explain_refusal: str = ""
     key: tuple[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -235,7 +242,13 @@ class TwinModels:
         routes = {}
         for endpoint in self.platform.endpoints.list():
             models = {
-                m.deployed_model_id: Served(m.deployed_model_id, m.model_id, m.version_id, m.model_resource_name)
+                m.deployed_model_id: Served(
+                    m.deployed_model_id,
+                    m.model_id,
+                    m.version_id,
+                    m.model_resource_name,
+                    _explain_refusal(endpoint.endpoint_id, m),
+                )
                 for m in endpoint.deployed_models
             }
             live = [(i, p) for i, p in endpoint.traffic_split.items() if p > 0]
@@ -507,6 +520,16 @@ class Raw:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
+def _explain_refusal(endpoint_id: str, deployed: DeployedModel) -> str:
+    from fleetops.platform.endpoints import check_explainable
+
+    try:
+        check_explainable(endpoint_id, deployed)
+    except UserError as exc:
+        return str(exc)
+    return ""
+
+
 def _check_method(method: str, allowed: str, path: str) -> None:
     if method != allowed:
         raise HttpError(405, f"{path} takes {allowed}, not {method}", allow=allowed)
@@ -640,6 +663,8 @@ class PredictionApp:
         requested = _requested_deployed_model(request) if verb == "explain" else ""
         served = seen.served = self.models.route(endpoint_id, requested)
         seen.endpoint_id = endpoint_id
+        if verb == "explain" and served.explain_refusal:  # as Vertex answers a model it does not explain
+            raise HttpError(400, served.explain_refusal, "FAILED_PRECONDITION")
         loaded = self.models.loaded(served)
         if loaded is None:
             seen.cold = True
