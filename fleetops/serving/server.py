@@ -11,10 +11,12 @@ One ASGI app, two sources of models:
 - `ContainerModels(storage_uri)`: the Vertex custom-container contract, one
   model from `AIP_STORAGE_URI` at `AIP_PREDICT_ROUTE` on `AIP_HTTP_PORT`.
 
-Routes: `POST /v1/projects/{p}/locations/{l}/endpoints/{e}:predict` and
-`:explain` (the Vertex REST paths: the official PredictionServiceClient works
+Routes: `POST /v1/projects/{p}/locations/{l}/endpoints/{e}:predict`,
+`:explain` and `:rawPredict`, and `GET /v1/projects/{p}/locations/{l}/endpoints/{e}`
+(GetEndpoint), answered as Vertex's REST API answers them (`fleetops.serving.rest`),
+so the Vertex SDK's `aiplatform.Endpoint` and PredictionServiceClient work
 against them; the twin answers only for its own project and location, so a
-client aimed at the wrong resource learns it), the health route, `GET /ready`
+client aimed at the wrong resource learns it. Then the health route, `GET /ready`
 and `GET /metrics` (Prometheus, see `fleetops.serving.metrics`; it needs the
 token when one is set, as scrapers can send one). `/ready` is 200 once the
 server is up and its prewarmed models are loaded, 503 while they load or if
@@ -23,8 +25,10 @@ cannot be loaded (missing, corrupt, its sha256 changed, too large for the
 cache) is a 503 naming it and the reason, remembered until the endpoints
 change. Requests for one deployed model are micro-batched: while the model
 scores a batch, new requests queue and go together into the next one. Errors
-come back in Google's JSON error shape with a 4xx for the caller's mistakes;
-the server keeps serving. A WebSocket handshake gets a 403 (uvicorn hands it
+come back as google.rpc statuses (`{"error": {"code", "message", "status"}}`)
+with a 4xx for the caller's mistakes, a wrong method included (405, with
+`Allow`), and so does a request too malformed for the HTTP parser; the server
+keeps serving. A WebSocket handshake gets a 403 (uvicorn hands it
 to the app; left unanswered it became a 500).
 
 Connections are timed: uvicorn closes a keep-alive connection idle between
@@ -48,12 +52,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fleetops.errors import UserError
+from fleetops.errors import NotFoundError, UserError
 from fleetops.serving.metrics import ServingMetrics
 from fleetops.serving.model_cache import (
     ModelCache,
@@ -64,6 +68,10 @@ from fleetops.serving.model_cache import (
     parse_size,
 )
 from fleetops.serving.predictor import Predictor
+from fleetops.serving.rest import endpoint_resource, error_body, error_payload, header_value, rpc_status
+
+if TYPE_CHECKING:  # the serving container never imports the platform
+    from fleetops.platform.endpoints import DeployedModel
 
 DEFAULT_MAX_BODY_BYTES = 1_572_864  # Vertex's online prediction payload limit (1.5 MB)
 MAX_BATCH_ROWS = 1024
@@ -82,34 +90,36 @@ WARM_UP_SLOW_SECONDS = 0.005
 DEFAULT_CONCURRENT_EXPLAINS = 1
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0  # from connecting (or a request's first byte) to the end of its headers
 DEFAULT_KEEP_ALIVE_SECONDS = 5.0  # uvicorn's default: an idle keep-alive connection is closed after this
-_ROUTE = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/endpoints/([^/:]+):(predict|explain)$")
-_STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    413: "INVALID_ARGUMENT",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
-}
+# An endpoint (GetEndpoint) or one of its custom methods (:predict, :explain, :rawPredict).
+_ROUTE = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/endpoints/([^/:]+)(?::(predict|explain|rawPredict))?$")
+_ROUTES_HELP = (
+    "GET /v1/projects/P/locations/L/endpoints/E, POST /v1/projects/P/locations/L/endpoints/E:predict "
+    "(or :explain, :rawPredict)"
+)
 
 
 class HttpError(Exception):
-    def __init__(self, code: int, message: str, status: str | None = None):
+    """An answer in google.rpc's error shape; `allow` names the methods a 405's resource takes."""
+
+    def __init__(self, code: int, message: str, status: str | None = None, allow: str | None = None):
         super().__init__(message)
         self.code = code
-        self.status = status or _STATUS.get(code, "UNKNOWN")
+        self.status = status or rpc_status(code)
+        self.allow = allow
 
 
 @dataclass
 class Served:
-    """A deployed model as a route holds it: its registry identity; its `key` is what the model cache loads."""
+    """A deployed model as a route holds it: its registry identity; its `key` is what the model cache loads.
+
+    `explain_refusal` is why Vertex would not explain it ("" if it would): a co-hosted model.
+    """
 
     deployed_model_id: str
     model_id: str
     version_id: str
     model_resource_name: str
-    display_name: str
+    explain_refusal: str = ""
     key: tuple[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,10 +135,15 @@ class Served:
 
 @dataclass
 class Loaded:
-    """A loaded model: its predictor and the batcher its requests go through."""
+    """A loaded model: its predictor, the batcher its requests go through, and its display name.
+
+    The display name is the registered version's (Vertex's `Model.display_name`, which answers
+    carry as `modelDisplayName`); it is read with the version when the model loads.
+    """
 
     predictor: Predictor
     batcher: Batcher
+    model_display_name: str
 
 
 @dataclass
@@ -228,7 +243,11 @@ class TwinModels:
         for endpoint in self.platform.endpoints.list():
             models = {
                 m.deployed_model_id: Served(
-                    m.deployed_model_id, m.model_id, m.version_id, m.model_resource_name, m.display_name
+                    m.deployed_model_id,
+                    m.model_id,
+                    m.version_id,
+                    m.model_resource_name,
+                    _explain_refusal(endpoint.endpoint_id, m),
                 )
                 for m in endpoint.deployed_models
             }
@@ -249,10 +268,20 @@ class TwinModels:
         if failed_prewarm and (self._prewarming is None or self._prewarming.done()):
             self._prewarming = asyncio.get_running_loop().create_task(self._prewarm(failed_prewarm))
 
-    def route(self, endpoint_id: str) -> Served:
+    def route(self, endpoint_id: str, deployed_model_id: str = "") -> Served:
+        """The deployed model that serves a request: `deployed_model_id` if given (as :explain may name one,
+        overriding the traffic split, as on Vertex), else one chosen by the endpoint's traffic split."""
         route = self.routes.get(endpoint_id)
         if route is None:
             raise HttpError(404, f"endpoint {endpoint_id!r} does not exist; endpoints: {sorted(self.routes)[:20]}")
+        if deployed_model_id:
+            if deployed_model_id not in route.models:
+                raise HttpError(
+                    404,
+                    f"deployed model {deployed_model_id!r} does not exist on endpoint {endpoint_id!r}; "
+                    f"deployed: {sorted(route.models)}",
+                )
+            return route.models[deployed_model_id]
         if not route.ids:
             raise HttpError(
                 400,
@@ -281,6 +310,13 @@ class TwinModels:
     def logging_rate(self, endpoint_id: str) -> float:
         route = self.routes.get(endpoint_id)
         return route.logging_rate if route else 0.0
+
+    def endpoint(self, endpoint_id: str) -> dict[str, Any]:
+        """The endpoint as Vertex's GetEndpoint answers it, read from the twin's records (in a thread: SQLite)."""
+        try:
+            return endpoint_resource(self.platform.endpoints.get(endpoint_id))
+        except NotFoundError as exc:
+            raise HttpError(404, str(exc)) from None
 
     def problems(self) -> list[str]:
         """The deployed models that failed to load, and why."""
@@ -383,7 +419,7 @@ class TwinModels:
         if time.perf_counter() - started > WARM_UP_SLOW_SECONDS:
             for rows in WARM_UP_ROWS:
                 predictor.predict_columns(predictor.columns([dict.fromkeys(predictor.features)] * rows))
-        return Loaded(predictor, Batcher(predictor)), directory_bytes(path)
+        return Loaded(predictor, Batcher(predictor), version.display_name), directory_bytes(path)
 
     def _deployed_keys(self) -> list[tuple[str, str]]:
         """Models deployed with traffic, by endpoint, each once."""
@@ -429,9 +465,8 @@ class ContainerModels:
             predictor.artifact.metadata.get("fleet", "model"),
             os.environ.get("AIP_MODEL_VERSION_ID", ""),
             os.environ.get("AIP_MODEL_NAME", ""),
-            os.environ.get("AIP_DEPLOYED_MODEL_ID", "model"),
         )
-        self._loaded = Loaded(predictor, Batcher(predictor))
+        self._loaded = Loaded(predictor, Batcher(predictor), self.served.model_id)
 
     def refresh(self) -> bool:
         return False
@@ -439,8 +474,8 @@ class ContainerModels:
     def refreshed(self) -> None:
         pass
 
-    def route(self, endpoint_id: str) -> Served:
-        return self.served
+    def route(self, endpoint_id: str, deployed_model_id: str = "") -> Served:
+        return self.served  # Vertex sends the container only the requests for its deployed model
 
     def loaded(self, served: Served) -> Loaded:
         return self._loaded
@@ -450,6 +485,9 @@ class ContainerModels:
 
     def logging_rate(self, endpoint_id: str) -> float:
         return 0.0  # on Vertex, the endpoint's request-response logging does this
+
+    def endpoint(self, endpoint_id: str) -> dict[str, Any]:
+        raise HttpError(404, "a serving container has no endpoints: Vertex serves GetEndpoint, not the container")
 
     def problems(self) -> list[str]:
         return []
@@ -475,10 +513,55 @@ class _Seen:
 
 @dataclass
 class Raw:
-    """A response body that is not JSON."""
+    """A response body sent as it is (not JSON, or with headers of its own), and those headers."""
 
     body: bytes
     content_type: str
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def _explain_refusal(endpoint_id: str, deployed: DeployedModel) -> str:
+    from fleetops.platform.endpoints import check_explainable
+
+    try:
+        check_explainable(endpoint_id, deployed)
+    except UserError as exc:
+        return str(exc)
+    return ""
+
+
+def _check_method(method: str, allowed: str, path: str) -> None:
+    if method != allowed:
+        raise HttpError(405, f"{path} takes {allowed}, not {method}", allow=allowed)
+
+
+def _requested_deployed_model(request: dict[str, Any]) -> str:
+    """The deployed model an :explain request names (`deployedModelId`, or proto's field name), "" for none."""
+    value = request.get("deployedModelId", request.get("deployed_model_id", ""))
+    if not isinstance(value, str):
+        raise HttpError(400, f"deployedModelId {value!r} must be a string: the id of a model deployed on the endpoint")
+    return value
+
+
+def _raw_predict_response(endpoint_id: str, served: Served, loaded: Loaded, predictions: list[Any]) -> Raw:
+    """:rawPredict's answer: the model's own response body, and who served it in Vertex's headers.
+
+    What the body holds is the model's: its serving container answers `{"predictions": [...]}`
+    (the SDK's `predict(use_raw_predict=True)` reads that key). The headers are those the Vertex
+    docs list (endpoint and deployed model id) and those the SDK reads (model, its version).
+    """
+    headers = {
+        b"x-vertex-ai-endpoint-id": endpoint_id,
+        b"x-vertex-ai-deployed-model-id": served.deployed_model_id,
+        b"x-vertex-ai-model": served.model_resource_name,
+        b"x-vertex-ai-model-version-id": served.version_id,
+        b"x-vertex-ai-model-display-name": loaded.model_display_name,
+    }
+    return Raw(
+        orjson.dumps({"predictions": predictions}),
+        "application/json",
+        [(name, header_value(value)) for name, value in headers.items()],
+    )
 
 
 class PredictionApp:
@@ -521,17 +604,20 @@ class PredictionApp:
             raise ValueError(f"unsupported ASGI scope type {scope['type']!r}")  # what the ASGI spec asks for
         started = time.perf_counter()
         seen = _Seen()  # what the request reached, for the metrics
+        headers: list[tuple[bytes, bytes]] = []
         try:
             status, payload = await self._handle(scope, receive, seen)
         except HttpError as exc:
-            status, payload = exc.code, {"error": {"code": exc.code, "message": str(exc), "status": exc.status}}
+            status, payload = exc.code, error_payload(exc.code, str(exc), exc.status)
+            if exc.allow:
+                headers.append((b"allow", exc.allow.encode()))
         except UserError as exc:
-            status, payload = 400, {"error": {"code": 400, "message": str(exc), "status": "INVALID_ARGUMENT"}}
+            status, payload = 400, error_payload(400, str(exc))
         except Exception as exc:  # the server stays up; the caller learns what failed
-            status = 500
-            payload = {"error": {"code": 500, "message": f"{type(exc).__name__}: {exc}", "status": "INTERNAL"}}
+            status, payload = 500, error_payload(500, f"{type(exc).__name__}: {exc}")
         if isinstance(payload, Raw):
             body, content_type = payload.body, payload.content_type.encode()
+            headers += payload.headers
         else:
             body, content_type = orjson.dumps(payload), b"application/json"
         if seen.served is not None:
@@ -545,7 +631,7 @@ class PredictionApp:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -564,31 +650,21 @@ class PredictionApp:
             if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials, self._token_bytes):
                 raise HttpError(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
         if path == "/metrics":
-            if method != "GET":
-                raise HttpError(405, f"{path} takes GET, not {method}")
+            _check_method(method, "GET", path)
             accept = dict(scope["headers"]).get(b"accept", b"").decode("latin-1")
             # In a thread: with thousands of models the exposition takes a while, and warm requests go on meanwhile.
             body, content_type = await asyncio.get_running_loop().run_in_executor(None, self.metrics.render, accept)
             return 200, Raw(body, content_type)
-        if self.predict_route is not None and path == self.predict_route:
-            endpoint_id, verb = "", "predict"
-        elif match := _ROUTE.match(path):
-            project, location, endpoint_id, verb = match.groups()
-            served_prefix = self.models.resource_prefix
-            if served_prefix is not None and f"projects/{project}/locations/{location}" != served_prefix:
-                raise HttpError(
-                    404,
-                    f"projects/{project}/locations/{location} is not served here: this local twin's endpoints are "
-                    f"under {served_prefix} (POST /v1/{served_prefix}/endpoints/E:predict)",
-                )
-        else:
-            raise HttpError(404, f"no route {method} {path}; use POST /v1/projects/P/locations/L/endpoints/E:predict")
-        if method != "POST":
-            raise HttpError(405, f"{path} takes POST, not {method}")
+        endpoint_id, verb = self._resolve(path, method)
+        if verb is None:  # GetEndpoint
+            return 200, await asyncio.get_running_loop().run_in_executor(None, self.models.endpoint, endpoint_id)
         request = await self._json_body(receive, scope)
         instances = request.get("instances")
-        served = seen.served = self.models.route(endpoint_id)
+        requested = _requested_deployed_model(request) if verb == "explain" else ""
+        served = seen.served = self.models.route(endpoint_id, requested)
         seen.endpoint_id = endpoint_id
+        if verb == "explain" and served.explain_refusal:  # as Vertex answers a model it does not explain
+            raise HttpError(400, served.explain_refusal, "FAILED_PRECONDITION")
         loaded = self.models.loaded(served)
         if loaded is None:
             seen.cold = True
@@ -598,29 +674,50 @@ class PredictionApp:
         n = len(instances)
         outputs = await loaded.batcher.predict(columns, n)
         predictor.check_finite(outputs, columns)
+        predictions = predictor.format_predictions(outputs)
         if verb == "explain":
             from fleetops.serving.explain import explain
 
             loop = asyncio.get_running_loop()
             async with self._explain_slots:  # the others wait here, holding only their parsed instances
                 explanations = await loop.run_in_executor(None, explain, predictor, columns)
-            payload = self._response(served, predictor.format_predictions(outputs))
-            payload["explanations"] = explanations
-            return 200, payload
-        predictions = predictor.format_predictions(outputs)
+            # Vertex's ExplainResponse: no model fields, unlike PredictResponse.
+            return 200, {
+                "explanations": explanations,
+                "deployedModelId": served.deployed_model_id,
+                "predictions": predictions,
+            }
         rate = self.models.logging_rate(endpoint_id)
         if self.request_log is not None and rate > 0 and (rate >= 1.0 or random.random() < rate):
             self.request_log.log(endpoint_id, served, instances, predictions)
-        return 200, self._response(served, predictions)
-
-    def _response(self, served: Served, predictions: list[Any]) -> dict[str, Any]:
-        return {
+        if verb == "rawPredict":
+            return 200, _raw_predict_response(endpoint_id, served, loaded, predictions)
+        return 200, {
             "predictions": predictions,
             "deployedModelId": served.deployed_model_id,
             "model": served.model_resource_name,
-            "modelDisplayName": served.display_name,
             "modelVersionId": served.version_id,
+            "modelDisplayName": loaded.model_display_name,
         }
+
+    def _resolve(self, path: str, method: str) -> tuple[str, str | None]:
+        """The endpoint a path names and its method (None: the endpoint itself); a 404 or 405 saying what is served."""
+        if self.predict_route is not None and path == self.predict_route:
+            _check_method(method, "POST", path)
+            return "", "predict"
+        match = _ROUTE.match(path)
+        if match is None:
+            raise HttpError(404, f"no route {method} {path}; the routes: {_ROUTES_HELP}")
+        project, location, endpoint_id, verb = match.groups()
+        served_prefix = self.models.resource_prefix
+        if served_prefix is not None and f"projects/{project}/locations/{location}" != served_prefix:
+            raise HttpError(
+                404,
+                f"projects/{project}/locations/{location} is not served here: this local twin's endpoints are "
+                f"under {served_prefix} (POST /v1/{served_prefix}/endpoints/E:predict)",
+            )
+        _check_method(method, "GET" if verb is None else "POST", path)
+        return endpoint_id, verb
 
     async def _json_body(self, receive: Any, scope: dict[str, Any]) -> dict[str, Any]:
         chunks, size = [], 0
@@ -728,6 +825,24 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._request_begun = False
         super().on_headers_complete()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request httptools cannot parse (an unknown method, a malformed line or header): uvicorn's 400, as
+        google.rpc JSON instead of its plain text. The connection is closed: where the next request starts
+        is unknown."""
+        self._answer_and_close(b"400 Bad Request", f"the request is not valid HTTP/1.1 ({msg.rstrip('.')})")
+
+    def _answer_and_close(self, status_line: bytes, message: str) -> None:
+        """Write an error in google.rpc's shape straight to the connection (no app cycle is running) and close."""
+        body = error_body(int(status_line.split()[0]), message)
+        self.transport.write(
+            b"HTTP/1.1 "
+            + status_line
+            + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            + b"content-length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        self.transport.close()
+
     def _start_header_deadline(self) -> None:
         self._header_deadline = self.loop.call_later(self.header_timeout, self._header_deadline_passed)
 
@@ -744,14 +859,11 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False  # a pipelined request is late: finish the response in flight, then close
             return
         if self._request_begun:
-            message = f"the request's headers did not arrive within {self.header_timeout:g} s"
-            body = orjson.dumps({"error": {"code": 408, "message": message, "status": "DEADLINE_EXCEEDED"}})
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                + b"content-length: %d\r\n\r\n" % len(body)
-                + body
+            self._answer_and_close(
+                b"408 Request Timeout", f"the request's headers did not arrive within {self.header_timeout:g} s"
             )
-        self.transport.close()
+        else:
+            self.transport.close()
 
 
 def create_app() -> PredictionApp:
