@@ -160,6 +160,9 @@ def _bucket_arrays(hists: list[dict[str, Any]]) -> tuple[np.ndarray, ...]:
     """(groups, k) arrays of bucket low, high and count, and the buckets of each (histograms padded)."""
     counted = [h.get("counts") or [] for h in hists]
     k = np.asarray([len(c) for c in counted], dtype=np.int64)
+    if len(k) and k[0] > 0 and (k == k[0]).all():  # every histogram has the same buckets (the usual case)
+        edges_2d = np.asarray([h["boundaries"] for h in hists], dtype=float)
+        return edges_2d[:, :-1].copy(), edges_2d[:, 1:].copy(), np.asarray(counted, dtype=float), k
     edges = [e for h, c in zip(hists, counted, strict=True) if c for e in h["boundaries"]]
     width = max(int(k.max()) if len(k) else 0, 1)
     valid = np.arange(width)[None, :] < k[:, None]
@@ -245,7 +248,7 @@ def windows_distributions(
 @dataclass
 class _NumericColumn:
     values: np.ndarray  # float64, NaN where missing or not a number
-    missing: np.ndarray  # bool: missing in the log (None, NaN)
+    missing: np.ndarray | None  # bool: missing in the log (None, NaN); None: the NaNs (a float column)
     problems: dict[int, tuple[int, Any]]  # group -> (non-numeric values, the first one)
 
 
@@ -253,8 +256,7 @@ def _numeric_column(column: pd.Series, groups: np.ndarray | None, group: int = 0
     """`distributions`' reading of a numeric column (`groups` None: the whole column is `group`)."""
     if column.dtype.kind in "fiub":
         values = column.to_numpy(dtype="float64")
-        missing = np.isnan(values) if column.dtype.kind == "f" else np.zeros(len(values), bool)
-        return _NumericColumn(values, missing, {})
+        return _NumericColumn(values, None if column.dtype.kind == "f" else np.zeros(len(values), bool), {})
     values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     missing = column.isna().to_numpy()
     not_numbers = ~missing & np.isnan(values)
@@ -286,9 +288,10 @@ def _assemble(
     starts = None
     if len(groups) and np.all(groups[1:] >= groups[:-1]):  # windows one after the other: reduce by slices
         starts = np.searchsorted(groups, np.arange(n_groups))
+    offsets = groups * BUCKETS
     jobs: dict[str, Callable[[], FeatureArrays] | None] = {}
     for name, column in numeric.items():
-        jobs[name] = partial(_numeric, column, groups, n_groups, rows, starts) if column is not None else None
+        jobs[name] = partial(_numeric, column, groups, n_groups, rows, starts, offsets) if column is not None else None
     for name, array in categorical.items():
         jobs[name] = partial(_categorical, array, groups, n_groups, rows) if array is not None else None
     # Column by column on every core: numpy and Arrow let go of the GIL in their loops over the rows.
@@ -307,8 +310,14 @@ def _absent(n_groups: int) -> FeatureArrays:
 
 
 def _numeric(
-    column: _NumericColumn, groups: np.ndarray, n_groups: int, rows: np.ndarray, starts: np.ndarray | None
+    column: _NumericColumn,
+    groups: np.ndarray,
+    n_groups: int,
+    rows: np.ndarray,
+    starts: np.ndarray | None,
+    offsets: np.ndarray,
 ) -> FeatureArrays:
+    """One numeric column's statistics per group; `offsets` is each row's first bin (group * BUCKETS)."""
     values = column.values
     finite = np.isfinite(values)
     if starts is not None:
@@ -317,18 +326,25 @@ def _numeric(
         with np.errstate(invalid="ignore"):
             low[filled] = np.fmin.reduceat(values, starts[filled])  # NaN is skipped; an inf is not:
             high[filled] = np.fmax.reduceat(values, starts[filled])
-            if np.isinf(low).any() or np.isinf(high).any():  # then again without the infinities
+            infinite = bool(np.isinf(low).any() or np.isinf(high).any())
+            if infinite:  # then again without the infinities
                 kept = np.where(finite, values, np.nan)
                 low[filled] = np.fmin.reduceat(kept, starts[filled])
                 high[filled] = np.fmax.reduceat(kept, starts[filled])
-        missing = _per_group(column.missing, starts, filled)
         finite_counts = _per_group(finite, starts, filled)
+        if column.missing is not None:
+            missing = _per_group(column.missing, starts, filled)
+        elif infinite:
+            missing = _per_group(np.isnan(values), starts, filled)
+        else:  # a float column without infinities: what is not finite is NaN
+            missing = rows - finite_counts
     else:
         kept = np.where(finite, values, np.nan)
         by_group = pd.Series(kept).groupby(groups)
         low = by_group.min().reindex(range(n_groups)).to_numpy(dtype="float64")
         high = by_group.max().reindex(range(n_groups)).to_numpy(dtype="float64")
-        missing = np.bincount(groups[column.missing], minlength=n_groups)
+        absent = column.missing if column.missing is not None else np.isnan(values)
+        missing = np.bincount(groups[absent], minlength=n_groups)
         finite_counts = np.bincount(groups[finite], minlength=n_groups)
     spread = np.isfinite(low) & (low < high)
     # `histogram`'s buckets (TFDV's: [b0, b1], (b1, b2], ...) on its np.linspace edges: a scaled estimate
@@ -357,7 +373,7 @@ def _numeric(
         fixed[(xs <= flat[gs * (BUCKETS + 1) + fixed]) & (fixed > 0)] -= 1  # on or below its lower edge
         fixed[(xs > flat[gs * (BUCKETS + 1) + fixed + 1]) & (fixed < BUCKETS - 1)] += 1  # above its upper edge
         index[rows_near] = fixed
-    index += groups * BUCKETS
+    index += offsets
     np.copyto(index, n_groups * BUCKETS, where=~use)  # one more bin, for the rows not counted
     weight = np.bincount(index, minlength=n_groups * BUCKETS + 1)[:-1].reshape(n_groups, BUCKETS).astype(float)
     bucket_low, bucket_high = edges[:, :-1].copy(), edges[:, 1:].copy()
@@ -385,21 +401,23 @@ def _categorical(array: pa.Array, groups: np.ndarray, n_groups: int, rows: np.nd
     array = _chunks(array)
     encoded = pc.dictionary_encode(array)
     dictionary = encoded.dictionary.to_pylist()
-    indices = encoded.indices
-    valid = np.asarray(pc.is_valid(indices))
-    codes = np.asarray(indices.fill_null(0)).astype(np.int64)
-    missing = np.bincount(groups[~valid], minlength=n_groups)
-    width = max(len(dictionary), 1)
-    g, c = (groups, codes) if valid.all() else (groups[valid], codes[valid])
-    keys = g * width + c
+    width = len(dictionary) + 1  # the values' codes, and one more for a missing value
+    codes = np.asarray(encoded.indices.fill_null(width - 1))
+    keys = groups * width + codes
     if n_groups * width <= 50_000_000:
         counts = np.bincount(keys, minlength=n_groups * width)
+        missing = counts[width - 1 :: width].copy()
+        counts[width - 1 :: width] = 0
         first = np.full(n_groups * width, len(keys), dtype=np.int64)
         first[keys[::-1]] = np.arange(len(keys) - 1, -1, -1)  # the last write wins: each key's first row
         cells = np.flatnonzero(counts)
         cell_counts, cell_first = counts[cells], first[cells]
     else:
         cells, cell_first, cell_counts = np.unique(keys, return_index=True, return_counts=True)
+        nulls = cells % width == width - 1
+        missing = np.zeros(n_groups, dtype=np.int64)
+        missing[cells[nulls] // width] = cell_counts[nulls]
+        cells, cell_first, cell_counts = cells[~nulls], cell_first[~nulls], cell_counts[~nulls]
     # distributions' order: by count, most first; ties in order of first appearance (value_counts' order).
     order = np.lexsort((cell_first, -cell_counts, cells // width))
     cells, cell_counts = cells[order], cell_counts[order]
@@ -626,7 +644,7 @@ def _rebucket_simple(
     """`_rebucket` when each union segment lies in at most one bucket: that bucket's term, the others add 0."""
     seg_low, seg_high = edges[:, :-1], edges[:, 1:]
     lows = np.where(valid, low, np.inf)
-    bucket = (lows[:, None, :] <= seg_low[:, :, None]).sum(axis=2) - 1
+    bucket = np.count_nonzero(lows[:, None, :] <= seg_low[:, :, None], axis=2) - 1
     at = np.maximum(bucket, 0)
     b_low = np.take_along_axis(low, at, axis=1)
     b_high = np.take_along_axis(high, at, axis=1)
