@@ -4,13 +4,12 @@ The SDK's REST transport is pointed at tests/fake_vertex.py on loopback.
 """
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
 
 from fleetops.errors import RegistryRuleError, UserError
 from fleetops.fingerprints import directory_sha256
 from fleetops.platform import connect, vertex_settings
 from fleetops.platform.registry import EvaluationInput, UploadRequest
-from tests.fake_vertex import FakeVertex
+from tests.fake_vertex import FakeVertex, connect_to
 
 SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
 KEY = "projects/p/locations/us-central1/keyRings/r/cryptoKeys/k"
@@ -24,8 +23,7 @@ def fake():
 
 @pytest.fixture
 def vertex(fake):
-    uri = f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&labels=team:ml&encryption_key={KEY}"
-    return connect(uri, credentials=AnonymousCredentials())
+    return connect_to(fake, f"&labels=team:ml&encryption_key={KEY}")  # paced on a clock that moves when slept on
 
 
 def test_first_upload_creates_the_model_with_our_id(vertex, fake, artifact_dirs):

@@ -9,6 +9,7 @@ Logging. Thresholds, interval and sampling rate come from the spec's
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fleetops.errors import UserError
@@ -41,7 +42,8 @@ def create_monitoring_job(spec: FleetSpec, platform: Any, endpoint_id: str, trai
         skew_thresholds=thresholds,
         data_format="csv" if training_data.endswith(".csv") else None,
     )
-    job = aiplatform.ModelDeploymentMonitoringJob.create(
+    create = partial(
+        aiplatform.ModelDeploymentMonitoringJob.create,
         display_name=f"{endpoint_id}-monitoring",
         endpoint=platform.endpoints.name(endpoint_id),
         objective_configs=model_monitoring.ObjectiveConfig(
@@ -57,4 +59,5 @@ def create_monitoring_job(spec: FleetSpec, platform: Any, endpoint_id: str, trai
         location=settings.region,
         credentials=platform.credentials,
     )
+    job = platform.calls.submit(f"monitoring job creation for endpoint {endpoint_id!r}", create)
     return job.resource_name
