@@ -135,6 +135,9 @@ class FakeVertex(LoopbackJsonServer):
         self.write_quota: WriteQuota | None = None
         self.answers: Counter[int] = Counter()
         self._lock = threading.Lock()
+        # A fleet registers from many threads at once: a deeper accept queue than http.server's 5,
+        # which would reset connections no Vertex front end resets.
+        self._server.socket.listen(256)
         # A pool's dedicatedResources: another client creates that pool just after the next read of a missing one.
         self.race_pool_creation: dict[str, Any] | None = None
 

@@ -77,18 +77,8 @@ class VertexPlatform(Platform):
         batch_size: int = 64,
     ) -> dict:
         """A Vertex BatchPredictionJob: bq:// or gs:// in, a BigQuery dataset or gs:// prefix out."""
-        from google.cloud import aiplatform
-
         registered = self.registry.get_version(model_id, version)
-        model = self.calls.read(
-            f"read of model version {registered.versioned_name}",
-            lambda: aiplatform.Model(
-                registered.versioned_name,
-                project=self.settings.project,
-                location=self.settings.region,
-                credentials=self.credentials,
-            ),
-        )
+        model = self.registry.sdk_model(registered.versioned_name)
         inputs: dict[str, Any]
         if source.startswith("bq://"):
             inputs = {"bigquery_source": source, "instances_format": "bigquery"}

@@ -6,14 +6,15 @@ requests" 600 a minute and "Job or long-running operation (LRO) submission reque
 A fleet of 1,000 registering or deploying at once would spend the first in a second and be
 answered 429 for the rest of the minute, so each quota class has a token bucket here
 (`writes_per_minute`, `jobs_per_minute` in the platform URI) that a call takes a token from
-before it is sent. A bucket saves up at most one second's worth of tokens, so calls leave at the
-quota's rate rather than in bursts: any window of the quota sees at most its quota and a
-second's worth more (1/60 of it), and only after an idle spell. Writes (uploads, alias changes, endpoint, pool and deploy changes, deletions) take from
-the writes bucket, job creations (batch prediction, monitoring jobs) from the jobs bucket. Reads
-are not paced (they are retried like the rest): the published table counts them as CRUD too, so
-a project near its quota should lower `writes_per_minute` to leave room for them. The buckets
-belong to one `VertexCalls` and are shared by the threads that use it (a lock); another process
-has its own.
+before it is sent. A bucket saves up at most a second's worth of tokens (at least one), so calls
+leave at the quota's rate rather than in bursts: a minute sees at most its quota and a second's
+worth more (1/60 of it), and only after an idle spell. Writes (uploads, alias changes, endpoint,
+pool and deploy changes, deletions) take from the writes bucket, job creations (batch
+prediction, monitoring jobs) from the jobs bucket. Reads are not paced (they are retried like
+the rest): the published table counts them as CRUD requests too, so a project near its quota
+should lower `writes_per_minute` to leave room for them. The buckets belong to one
+`VertexCalls`, shared by the registry and the endpoints of a platform and by the threads that
+use it (a lock); another process has its own.
 
 Retrying. A call refused with 429 (TooManyRequests / ResourceExhausted), 503
 (ServiceUnavailable) or 504 (GatewayTimeout; DeadlineExceeded is one, and REST maps a 504 to

@@ -139,7 +139,6 @@ class VertexEndpoints(Endpoints):
         settings: DeploymentSettings | None = None,
         display_name: str | None = None,
     ) -> tuple[Endpoint, str]:
-        from google.cloud import aiplatform
 
         settings = settings or DeploymentSettings()
         endpoint = self._endpoint(endpoint_id)
@@ -147,15 +146,7 @@ class VertexEndpoints(Endpoints):
         deploy_split(current, "new", traffic_percentage, traffic_split)  # our refusal, before any request
         resolved = self.registry.get_version(model_id, version)
         before = {m.id for m in endpoint.gca_resource.deployed_models}
-        model = self.calls.read(
-            f"read of model version {resolved.versioned_name}",
-            lambda: aiplatform.Model(
-                resolved.versioned_name,
-                project=self.settings.project,
-                location=self.settings.region,
-                credentials=self.credentials,
-            ),
-        )
+        model = self.registry.sdk_model(resolved.versioned_name)
         resources: dict[str, Any]
         if pool_id := settings.deployment_resource_pool:
             # The machine, replicas and autoscaling are the pool's: the SDK refuses them next to a pool.

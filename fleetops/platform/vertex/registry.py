@@ -241,7 +241,7 @@ class VertexModelRegistry(ModelRegistry):
         metrics = struct_pb2.Value()
         json_format.ParseDict(evaluation.metrics, metrics)
         name = f"{self.model_name(model_id)}@{version_id}"
-        model = self.calls.read(f"read of model version {name}", lambda: self._model(name))
+        model = self.sdk_model(name)
         created = self.calls.write(
             f"evaluation import into model version {name}",
             lambda: model.api_client.import_model_evaluation(
@@ -291,8 +291,12 @@ class VertexModelRegistry(ModelRegistry):
             name, project=self.settings.project, location=self.settings.region, credentials=self.credentials
         )
 
+    def sdk_model(self, name: str) -> Any:
+        """The SDK's `aiplatform.Model` of one version (`models/ID@VERSION`), read through the call layer."""
+        return self.calls.read(f"read of model version {name}", lambda: self._model(name))
+
     def _read_version(self, name: str) -> ModelVersion:
-        return self._from_gca(self.calls.read(f"read of model version {name}", lambda: self._model(name)).gca_resource)
+        return self._from_gca(self.sdk_model(name).gca_resource)
 
     def _delete_version(self, model_id: str, version_id: str) -> None:
         self.calls.write(
