@@ -242,21 +242,20 @@ class VertexModelRegistry(ModelRegistry):
         json_format.ParseDict(evaluation.metrics, metrics)
         name = f"{self.model_name(model_id)}@{version_id}"
         model = self.sdk_model(name)
-        created = self.calls.write(
+        request = gca_evaluation.ModelEvaluation(
+            display_name=evaluation.display_name, metrics_schema_uri=evaluation.metrics_schema_uri, metrics=metrics
+        )
+        send = partial(model.api_client.import_model_evaluation, parent=name, model_evaluation=request)
+        return self.calls.write(
             f"evaluation import into model version {name}",
-            lambda: model.api_client.import_model_evaluation(
-                parent=name,
-                model_evaluation=gca_evaluation.ModelEvaluation(
-                    display_name=evaluation.display_name,
-                    metrics_schema_uri=evaluation.metrics_schema_uri,
-                    metrics=metrics,
-                ),
+            lambda: _evaluation_from_gca(send()),
+            # Imported, then refused: the same evaluation is on the version.
+            already_done=lambda: next(
+                (e for e in self.list_evaluations(model_id, version_id) if _same_evaluation(e, evaluation)), None
             ),
         )
-        return _evaluation_from_gca(created)
 
     def list_evaluations(self, model_id: str, version: str | None = None) -> list[Evaluation]:
-
         version_id = self._version_id(model_id, version or DEFAULT_ALIAS)
         name = f"{self.model_name(model_id)}@{version_id}"
         evaluations = self.calls.read(
@@ -394,6 +393,14 @@ def _split_lineage(text: str) -> tuple[str, dict[str, Any]]:
         return description, json.loads(payload)
     except json.JSONDecodeError:
         return text, {}
+
+
+def _same_evaluation(found: Evaluation, sent: EvaluationInput) -> bool:
+    return (found.display_name, found.metrics_schema_uri, found.metrics) == (
+        sent.display_name,
+        sent.metrics_schema_uri,
+        sent.metrics,
+    )
 
 
 def _evaluation_from_gca(evaluation: Any) -> Evaluation:
