@@ -159,12 +159,27 @@ def test_an_evaluation_imported_before_its_answer_was_lost_is_not_imported_again
     assert found.metrics["auRoc"] == 0.81 and len(fake.calls("POST", "evaluations:import")) == 1
 
 
+def test_deletions_that_happened_before_their_answer_was_lost_end_well(fake, artifact_dirs):
+    vertex = connect_to(fake, UNPACED)
+    _upload(vertex, "m", artifact_dirs[0])
+    _upload(vertex, "m", artifact_dirs[1], is_default_version=False)
+    vertex.endpoints.create("gone")
+    fake.refusals.append(Refusal(503, count=2, after_handling=True, method="DELETE"))
+    vertex.registry.delete_version("m", "2")  # deleted, then a 503: a retry would be answered 404
+    vertex.endpoints.delete("gone")
+    assert [v.version_id for v in vertex.registry.list_versions("m")] == ["1"] and fake.endpoints == {}
+    assert len(fake.calls("DELETE")) == 2
+
+
 def test_registering_a_fleet_against_refusals_registers_each_version_once(fake, tmp_path):
     """A share of every call refused with 429 and a share of uploads losing their answer (503 after creating)."""
-    vertex = connect_to(fake, UNPACED)
+    # An upload attempt is two requests (the upload, the read of the result): about 3 in 10 attempts
+    # fail, so 16 attempts leave ~1e-8 per upload to chance. The threads share one FakeTime, whose
+    # clock each thread's waits move: the deadline is out of the way.
+    vertex = connect_to(fake, UNPACED, retry=RetryPolicy(max_attempts=16, deadline_seconds=1e6))
     fake.refusals += [
-        Refusal(429, share=0.2, seed=7),
-        Refusal(503, share=0.1, seed=8, after_handling=True, method="POST", path_suffix="models:upload"),
+        Refusal(429, share=0.15, seed=7),
+        Refusal(503, share=0.05, seed=8, after_handling=True, method="POST", path_suffix="models:upload"),
     ]
     models, versions = 60, 3
     artifacts = []
@@ -183,7 +198,8 @@ def test_registering_a_fleet_against_refusals_registers_each_version_once(fake, 
         list(pool.map(register, range(models)))
     counts = fake.versions_by_identity()
     assert len(counts) == models * versions and set(counts.values()) == {1}  # all registered, none twice
-    assert fake.answers[429] > 100 and fake.answers[503] > 10  # the refusals did happen
+    # The refusals did happen (about 150 and 10; which calls get them depends on the threads' order).
+    assert fake.answers[429] > 50 and fake.answers[503] > 0
     assert len(fake.calls("POST", "models:upload")) > models * versions  # retries were sent, and found theirs
 
 

@@ -126,7 +126,11 @@ class VertexEndpoints(Endpoints):
             raise UserError(
                 f"endpoint {endpoint_id!r} has deployed models {deployed}; undeploy them before deleting it"
             )
-        self.calls.write(f"deletion of endpoint {endpoint_id!r}", endpoint.delete)
+        self.calls.write(
+            f"deletion of endpoint {endpoint_id!r}",
+            endpoint.delete,
+            already_done=lambda: self._endpoint_or_none(endpoint_id) is None or None,  # deleted, then refused
+        )
 
     def deploy(
         self,
@@ -139,7 +143,6 @@ class VertexEndpoints(Endpoints):
         settings: DeploymentSettings | None = None,
         display_name: str | None = None,
     ) -> tuple[Endpoint, str]:
-
         settings = settings or DeploymentSettings()
         endpoint = self._endpoint(endpoint_id)
         current = dict(endpoint.gca_resource.traffic_split)

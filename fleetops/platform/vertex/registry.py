@@ -301,7 +301,19 @@ class VertexModelRegistry(ModelRegistry):
         self.calls.write(
             f"deletion of model {model_id!r} version {version_id}",
             lambda: self._registry(model_id).delete_version(version_id),
+            # Deleted, then refused: the version is no longer listed.
+            already_done=lambda: self._version_gone(model_id, version_id),
         )
+
+    def _version_gone(self, model_id: str, version_id: str) -> bool | None:
+        """True when the version is not there (a deletion refused after it happened), else None."""
+        from google.api_core import exceptions
+
+        try:
+            self.sdk_model(f"{self.model_name(model_id)}@{version_id}")
+        except exceptions.NotFound:
+            return True
+        return None
 
     def _version_id(self, model_id: str, version: str) -> str:
         return str(version) if str(version).isdigit() else self.get_version(model_id, version).version_id
