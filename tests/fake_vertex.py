@@ -223,6 +223,8 @@ class FakeVertex(LoopbackJsonServer):
         return _error(404, f"unsupported {method} {path}")
 
     def _job(self, method: str, parent: str, kind: str, job_id: str | None, body: dict[str, Any]) -> tuple[int, dict]:
+        if method == "GET" and job_id is None:  # a listing (its filter left to the caller)
+            return 200, {kind: [job for (k, _), job in self.jobs.items() if k == kind]}
         if method == "POST":
             job_id = str(sum(k == kind for k, _ in self.jobs) + 1)
             self.jobs[(kind, job_id)] = dict(body) | {"name": f"{parent}/{kind}/{job_id}"} | _JOB_RESULTS[kind]
