@@ -12,11 +12,9 @@ from google.api_core import exceptions
 
 from fleetops.errors import PlatformError, UserError
 from fleetops.platform import vertex_settings
-from fleetops.platform.registry import EvaluationInput
 from fleetops.platform.vertex.calls import RetryPolicy, TokenBucket
 from tests.fake_vertex import FakeTime, FakeVertex, Refusal, WriteQuota, connect_to
 
-SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
 # Pacing adds no waits at this rate: the back-off's waits are the only ones.
 UNPACED = "&writes_per_minute=600000&jobs_per_minute=600000"
 
@@ -148,15 +146,6 @@ def test_an_upload_created_before_its_answer_was_lost_is_not_uploaded_again(fake
     assert first.created and second.created and (first.version.version_id, second.version.version_id) == ("1", "2")
     assert len(fake.calls("POST", "models:upload")) == 2  # neither sent twice
     assert [v.version_id for v in vertex.registry.list_versions("m")] == ["1", "2"]
-
-
-def test_an_evaluation_imported_before_its_answer_was_lost_is_not_imported_again(fake, artifact_dirs):
-    vertex = connect_to(fake, UNPACED)
-    fake.refusals.append(Refusal(503, count=1, after_handling=True, method="POST", path_suffix="evaluations:import"))
-    evaluation = EvaluationInput(SCHEMA, {"auRoc": 0.81, "confusionMatrix": {"rows": [[1, 2], [3, 4]]}}, "eval-1")
-    _upload(vertex, "m", artifact_dirs[0], evaluation=evaluation)
-    [found] = vertex.registry.list_evaluations("m", "1")
-    assert found.metrics["auRoc"] == 0.81 and len(fake.calls("POST", "evaluations:import")) == 1
 
 
 def test_deletions_that_happened_before_their_answer_was_lost_end_well(fake, artifact_dirs):
