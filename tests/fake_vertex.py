@@ -9,14 +9,29 @@ created once (a second create is a 409); a model lists SHARED_RESOURCES among
 its deployment resource types only when a prebuilt TensorFlow or PyTorch
 container serves it; a deploy into a pool names it in `sharedResources`, with
 no `dedicatedResources`, and is refused for a model without SHARED_RESOURCES
-or a pool that does not exist. `throttle_deploys = n` answers the next n
-deploys with 429 RESOURCE_EXHAUSTED; `race_pool_creation` has another client
+or a pool that does not exist. `race_pool_creation` has another client
 create a pool right after a read found it missing.
+
+Faults and quotas, as Vertex answers them (a JSON error with its HTTP code and
+status, which the SDK's REST transport turns into google.api_core exceptions):
+`refusals` (see `Refusal`) answer the next n matching requests, or a seeded
+share of them, with 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE or 504
+DEADLINE_EXCEEDED, before handling them or after (the version is created, then
+the answer is lost); `write_quota` (see `WriteQuota`) admits N writes per
+window and answers 429 RESOURCE_EXHAUSTED above it, as Vertex's per-minute
+request quotas do. `answers` counts the answers by HTTP status. Requests are
+handled one at a time (a lock), as a many-threaded client needs.
 """
 
 from __future__ import annotations
 
+import random
 import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from tests.loopback import LoopbackJsonServer
@@ -50,6 +65,62 @@ _POOLS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/deploymentResourcePo
 _COHOSTABLE_IMAGE = re.compile(r"^(us|europe|asia)-docker\.pkg\.dev/vertex-ai/prediction/(tf2|pytorch)-")
 
 
+@dataclass
+class Refusal:
+    """Answer matching requests with `status`: the next `count` of them, else a `share` drawn with `seed`.
+
+    `after_handling` handles the request first (a create takes effect) and loses its answer, as
+    when Vertex creates a version and the client then gets a 503 or a timeout.
+    """
+
+    status: int = 429
+    count: int | None = None
+    share: float = 0.0
+    seed: int = 0
+    after_handling: bool = False
+    method: str | None = None
+    path_suffix: str = ""
+    _random: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def fires(self, method: str, path: str, after: bool) -> bool:
+        if after != self.after_handling or self.method not in (None, method) or not path.endswith(self.path_suffix):
+            return False
+        if self.count is not None:
+            self.count -= 1
+            return self.count >= 0
+        return self._random.random() < self.share
+
+
+@dataclass
+class WriteQuota:
+    """At most `limit` writes (POST, PATCH, DELETE but job creations) in each `window_seconds` since the first.
+
+    Vertex's "Resource management (CRUD) requests" quota is 600 a minute per project and region;
+    tests and benchmarks scale the window down. A refused write does not count.
+    """
+
+    limit: int
+    window_seconds: float
+    clock: Callable[[], float] = time.monotonic
+    _start: float | None = None
+    _window: int = -1
+    _used: int = 0
+
+    def admit(self) -> bool:
+        now = self.clock()
+        self._start = now if self._start is None else self._start
+        window = int((now - self._start) // self.window_seconds)
+        if window != self._window:
+            self._window, self._used = window, 0
+        if self._used >= self.limit:
+            return False
+        self._used += 1
+        return True
+
+
 class FakeVertex(LoopbackJsonServer):
     def __init__(self) -> None:
         super().__init__()
@@ -60,16 +131,52 @@ class FakeVertex(LoopbackJsonServer):
         self.pools: dict[str, dict[str, Any]] = {}
         self._next_deployed_id = 1000
         self.fail_evaluation_import = False
-        self.throttle_deploys = 0
+        self.refusals: list[Refusal] = []
+        self.write_quota: WriteQuota | None = None
+        self.answers: Counter[int] = Counter()
+        self._lock = threading.Lock()
+        # A fleet registers from many threads at once: a deeper accept queue than http.server's 5,
+        # which would reset connections no Vertex front end resets.
+        self._server.socket.listen(256)
         # A pool's dedicatedResources: another client creates that pool just after the next read of a missing one.
         self.race_pool_creation: dict[str, Any] | None = None
 
     def calls(self, method: str, suffix: str = "") -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method and r["path"].endswith(suffix)]
 
-    # -- the API -------------------------------------------------------------------------------
+    def versions_by_identity(self) -> Counter[tuple[str, str]]:
+        """(model id, identity label) -> how many versions carry it: a duplicate upload counts 2."""
+        return Counter(
+            (model_id, version["labels"].get("identity-sha256", ""))
+            for model_id, entry in self.models.items()
+            for version in entry["versions"].values()
+        )
 
     def handle(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            status, payload = self._handle_with_faults(method, path, query, body)
+            self.answers[status] += 1
+            return status, payload
+
+    def _handle_with_faults(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict]:
+        if refusal := self._refusal(method, path, after=False):
+            return refusal
+        is_write = method != "GET" and not _JOBS.match(path)
+        if is_write and self.write_quota is not None and not self.write_quota.admit():
+            return _error(429, "Quota exceeded for aiplatform.googleapis.com/resource_management_requests")
+        answer = self._api(method, path, query, body)
+        return self._refusal(method, path, after=True) or answer
+
+    def _refusal(self, method: str, path: str, after: bool) -> tuple[int, dict[str, Any]] | None:
+        for refusal in self.refusals:
+            if refusal.fires(method, path, after):
+                lost = " (the request took effect; its answer was lost)" if after else ""
+                return _error(refusal.status, f"injected {refusal.status} for {method} {path}{lost}")
+        return None
+
+    # -- the API -------------------------------------------------------------------------------
+
+    def _api(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if match := _JOBS.match(path):
             return self._job(method, *match.groups(), body)
         if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/schedules$", path):
@@ -116,6 +223,8 @@ class FakeVertex(LoopbackJsonServer):
         return _error(404, f"unsupported {method} {path}")
 
     def _job(self, method: str, parent: str, kind: str, job_id: str | None, body: dict[str, Any]) -> tuple[int, dict]:
+        if method == "GET" and job_id is None:  # a listing (its filter left to the caller)
+            return 200, {kind: [job for (k, _), job in self.jobs.items() if k == kind]}
         if method == "POST":
             job_id = str(sum(k == kind for k, _ in self.jobs) + 1)
             self.jobs[(kind, job_id)] = dict(body) | {"name": f"{parent}/{kind}/{job_id}"} | _JOB_RESULTS[kind]
@@ -174,9 +283,6 @@ class FakeVertex(LoopbackJsonServer):
                 endpoint["trafficSplit"] = body["trafficSplit"]
             return 200, endpoint
         if method == "POST" and verb == ":deployModel":
-            if self.throttle_deploys > 0:
-                self.throttle_deploys -= 1
-                return _error(429, "too many concurrent deploy requests")
             deployed = dict(body["deployedModel"]) | {"id": str(self._next_deployed_id)}
             if "@" in deployed["model"]:
                 deployed["model"], deployed["modelVersionId"] = deployed["model"].split("@")
@@ -303,5 +409,43 @@ def _error(code: int, message: str) -> tuple[int, dict[str, Any]]:
         409: "ALREADY_EXISTS",
         429: "RESOURCE_EXHAUSTED",
         500: "INTERNAL",
+        503: "UNAVAILABLE",
+        504: "DEADLINE_EXCEEDED",
     }[code]
     return code, {"error": {"code": code, "message": message, "status": status}}
+
+
+class FakeTime:
+    """A clock that moves only when slept on, for `VertexCalls`: pacing and back-off cost no real time.
+
+    `sleeps` records every wait, in order.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
+
+
+def connect_to(fake: FakeVertex, query: str = "", *, clock: FakeTime | None = None, retry: Any = None) -> Any:
+    """A Vertex platform on `fake` (`query`: more URI settings), its waits on `clock` instead of the real one."""
+    from google.auth.credentials import AnonymousCredentials
+
+    from fleetops.platform import vertex_settings
+    from fleetops.platform.vertex import VertexPlatform
+    from fleetops.platform.vertex.calls import VertexCalls
+
+    settings = vertex_settings(f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}{query}")
+    clock = clock or FakeTime()
+    calls = VertexCalls(settings, retry=retry, clock=clock.clock, sleep=clock.sleep)
+    platform = VertexPlatform(settings, credentials=AnonymousCredentials(), calls=calls)
+    platform.fake, platform.time = fake, clock
+    return platform

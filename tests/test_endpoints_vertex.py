@@ -5,11 +5,10 @@ import dataclasses
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
-from fleetops.errors import NotFoundError, UserError
-from fleetops.platform import connect
+from fleetops.errors import NotFoundError, PlatformError, UserError
 from fleetops.platform.endpoints import DeploymentSettings
 from fleetops.spec import PREBUILT_TF_IMAGE
-from tests.fake_vertex import FakeVertex
+from tests.fake_vertex import FakeVertex, Refusal, connect_to
 
 SA = "runner@proj-1.iam.gserviceaccount.com"
 
@@ -17,15 +16,12 @@ SA = "runner@proj-1.iam.gserviceaccount.com"
 @pytest.fixture
 def vertex(artifact_dirs):
     with FakeVertex() as fake:
-        platform = connect(
-            f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&service_account={SA}&labels=team:ml",
-            credentials=AnonymousCredentials(),
-        )
+        # Pacing is tested in tests/test_vertex_calls.py: here it would add its waits to the back-off's.
+        platform = connect_to(fake, f"&service_account={SA}&labels=team:ml&writes_per_minute=60000")
         for i, artifact in enumerate(artifact_dirs[:2]):
             platform.registry.upload_version(
                 "churn-north", artifact, artifact_uri=f"gs://b/m{i}", serving_image="img", is_default_version=i == 0
             )
-        platform.fake = fake
         yield platform
 
 
@@ -218,16 +214,31 @@ def test_pool_refusals_send_no_deploy(pooled):
 
 
 def test_a_deploy_refused_with_429_is_retried_with_back_off(pooled):
-    waits = []
-    pooled.endpoints.sleep = waits.append
-    pooled.fake.throttle_deploys = 2  # e.g. more than 20 concurrent deploy requests into the pool
+    fake, waits = pooled.fake, pooled.time.sleeps
+    # e.g. more than 20 concurrent deploy requests into the pool
+    fake.refusals.append(Refusal(429, count=2, method="POST", path_suffix=":deployModel"))
     endpoint, first = pooled.endpoints.deploy("churn-tf", "churn-tf", "1", settings=POOLED)
-    assert waits == [5.0, 10.0]
-    assert len(pooled.fake.calls("POST", ":deployModel")) == 3
+    assert len(waits) == 2 and 0 <= waits[0] <= 1.0 and 0 <= waits[1] <= 2.0  # full jitter under 1 s, 2 s
+    assert len(fake.calls("POST", ":deployModel")) == 3
     assert endpoint.traffic_split == {first: 100}
 
-    pooled.fake.throttle_deploys = 10
-    with pytest.raises(Exception, match="429"):
+    fake.refusals.append(Refusal(429, count=10, method="POST", path_suffix=":deployModel"))
+    with pytest.raises(PlatformError) as refused:
         pooled.endpoints.deploy("churn-south", "churn-south", "1", settings=POOLED)
-    assert waits[2:] == [5.0, 10.0, 20.0, 40.0, 80.0]
+    message = str(refused.value)
+    assert "models/churn-south@1 to endpoint 'churn-south'" in message
+    assert "failed after 8 attempt(s); last error: TooManyRequests: 429" in message
+    assert len(fake.calls("POST", ":deployModel")) == 3 + 8
     assert pooled.endpoints.get("churn-south").deployed_models == ()
+
+
+def test_a_deploy_that_happened_before_its_answer_was_lost_is_not_sent_again(pooled):
+    fake = pooled.fake
+    fake.refusals.append(Refusal(503, count=1, after_handling=True, method="POST", path_suffix=":deployModel"))
+    endpoint, deployed = pooled.endpoints.deploy("churn-tf", "churn-tf", "1", settings=POOLED)
+    assert len(fake.calls("POST", ":deployModel")) == 1
+    assert [m.deployed_model_id for m in endpoint.deployed_models] == [deployed]
+
+    fake.refusals.append(Refusal(503, count=1, after_handling=True, method="POST", path_suffix="/endpoints"))
+    created = pooled.endpoints.create("churn-east")  # created, then a 503: found by its id, no 409
+    assert created.endpoint_id == "churn-east" and len(fake.calls("POST", "/endpoints")) == 3

@@ -7,7 +7,7 @@ from fleetops.errors import UserError
 from fleetops.platform import connect
 from fleetops.platform.vertex.monitoring import configure_fleet_monitoring
 from fleetops.spec import parse_spec
-from tests.fake_vertex import FakeVertex
+from tests.fake_vertex import FakeVertex, Refusal
 
 
 @pytest.fixture
@@ -55,6 +55,16 @@ def test_monitoring_job_request(vertex, spec):
     assert job["modelMonitoringAlertConfig"]["emailAlertConfig"] == {"userEmails": ["ml-oncall@example.com"]}
     assert job["modelMonitoringAlertConfig"]["enableLogging"] is True
     assert job["labels"] == {"team": "ml", "fleet": "churn"}
+
+
+def test_a_monitoring_job_created_before_its_answer_was_lost_is_not_created_again(vertex, spec):
+    vertex.fake.refusals.append(
+        Refusal(503, count=1, after_handling=True, method="POST", path_suffix="modelDeploymentMonitoringJobs")
+    )
+    vertex.calls.sleep = lambda seconds: None  # the back-off's wait
+    [name] = configure_fleet_monitoring(spec, vertex, "bq://proj-1.crm.churn_training")
+    assert name == "projects/proj-1/locations/us-central1/modelDeploymentMonitoringJobs/1"
+    assert len(vertex.fake.calls("POST", "modelDeploymentMonitoringJobs")) == 1
 
 
 def test_training_data_must_be_on_gcp(vertex, spec):

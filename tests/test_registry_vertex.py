@@ -4,13 +4,12 @@ The SDK's REST transport is pointed at tests/fake_vertex.py on loopback.
 """
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
 
 from fleetops.errors import RegistryRuleError, UserError
 from fleetops.fingerprints import directory_sha256
 from fleetops.platform import connect
 from fleetops.platform.registry import EvaluationInput, UploadRequest
-from tests.fake_vertex import FakeVertex
+from tests.fake_vertex import FakeVertex, Refusal, connect_to
 
 SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
 KEY = "projects/p/locations/us-central1/keyRings/r/cryptoKeys/k"
@@ -24,8 +23,7 @@ def fake():
 
 @pytest.fixture
 def vertex(fake):
-    uri = f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&labels=team:ml&encryption_key={KEY}"
-    return connect(uri, credentials=AnonymousCredentials())
+    return connect_to(fake, f"&labels=team:ml&encryption_key={KEY}")  # paced on a clock that moves when slept on
 
 
 def test_first_upload_creates_the_model_with_our_id(vertex, fake, artifact_dirs):
@@ -174,6 +172,16 @@ def test_evaluation_import_request_and_undo_on_failure(vertex, fake, artifact_di
             evaluation=EvaluationInput(SCHEMA, {"auRoc": 0.7}),
         )
     assert [v.version_id for v in vertex.registry.list_versions("m")] == ["1"]  # the upload was undone
+
+
+def test_an_evaluation_imported_before_its_answer_was_lost_is_not_imported_again(vertex, fake, artifact_dirs):
+    fake.refusals.append(Refusal(503, count=1, after_handling=True, method="POST", path_suffix="evaluations:import"))
+    evaluation = EvaluationInput(SCHEMA, {"auRoc": 0.81, "confusionMatrix": {"rows": [[1, 2], [3, 4]]}}, "eval-1")
+    vertex.registry.upload_version(
+        "m", artifact_dirs[0], artifact_uri="gs://b/1", serving_image="img", evaluation=evaluation
+    )
+    [found] = vertex.registry.list_evaluations("m", "1")
+    assert found.metrics["auRoc"] == 0.81 and len(fake.calls("POST", "evaluations:import")) == 1
 
 
 def test_an_undone_upload_that_took_default_and_champion_gives_them_back(vertex, fake, artifact_dirs):

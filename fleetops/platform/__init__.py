@@ -35,7 +35,11 @@ _VERTEX_SETTINGS = (
     "pipeline_root",
     "api_endpoint",
     "bigquery_endpoint",
+    "writes_per_minute",
+    "jobs_per_minute",
 )
+
+_RATE_SETTINGS = ("writes_per_minute", "jobs_per_minute")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,12 @@ class VertexSettings:
     api_endpoint: str | None = None
     # Another BigQuery endpoint (regional, Private Service Connect, or a local server in tests).
     bigquery_endpoint: str | None = None
+    # Client-side pacing under Vertex's per-project, per-region request quotas
+    # (https://cloud.google.com/vertex-ai/docs/quotas#request_quotas): "Resource management (CRUD)
+    # requests" 600 a minute, "Job or long-running operation (LRO) submission requests" 60 a minute.
+    # Lower them when other clients share the project's quota; see fleetops/platform/vertex/calls.py.
+    writes_per_minute: float = 600.0
+    jobs_per_minute: float = 60.0
 
     def resolved_pipeline_root(self) -> str:
         """`pipeline_root`, else `<staging_bucket>/pipeline_root`: where Vertex pipeline runs write."""
@@ -156,7 +166,19 @@ def vertex_settings(uri: str) -> VertexSettings:
 
     check_labels(labels)
     check_vertex_uri_values(project, region, query)
-    return VertexSettings(project=project, region=region, labels=labels, **query)
+    rates = {name: _per_minute(name, query.pop(name)) for name in _RATE_SETTINGS if name in query}
+    return VertexSettings(project=project, region=region, labels=labels, **query, **rates)
+
+
+def _per_minute(name: str, value: str) -> float:
+    """A request rate from the URI: a positive, finite number of requests a minute."""
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = float("nan")
+    if not 0 < rate < float("inf"):
+        raise UserError(f"{name} {value!r} must be a positive number of requests per minute, e.g. 600")
+    return rate
 
 
 def check_vertex_uri_values(project: str, region: str, query: dict[str, str]) -> None:

@@ -2,11 +2,18 @@
 
 `aiplatform.init` is the SDK's own way to carry project, region, credentials,
 staging bucket, CMEK key and service account to every call; it is called once
-here, when a component connects.
+here, when a component connects. It is also the only way to give the SDK's
+resource classes an API endpoint and a transport (see calls.py); project,
+region and credentials are passed to each call as well.
+
+Every Vertex request goes through `self.calls` (calls.py): paced per quota,
+retried on 429/503/504, its errors made ours. The registry and the endpoints
+share it, so one platform's threads share one pacing.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -14,16 +21,18 @@ import pandas as pd
 from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
 from fleetops.platform import Platform, VertexSettings
+from fleetops.platform.vertex.calls import VertexCalls
 from fleetops.platform.vertex.endpoints import VertexEndpoints
 from fleetops.platform.vertex.registry import VertexModelRegistry
 
 
 class VertexPlatform(Platform):
-    def __init__(self, settings: VertexSettings, credentials: Any = None):
+    def __init__(self, settings: VertexSettings, credentials: Any = None, calls: VertexCalls | None = None):
         from google.cloud import aiplatform
 
         self.settings = settings
         self.credentials = credentials
+        self.calls = calls or VertexCalls(settings)
         self.uri = f"vertex://{settings.project}/{settings.region}"
         init_kwargs: dict[str, Any] = {
             "project": settings.project,
@@ -37,7 +46,7 @@ class VertexPlatform(Platform):
         if settings.api_endpoint:
             init_kwargs |= {"api_endpoint": settings.api_endpoint, "api_transport": "rest"}
         aiplatform.init(**{k: v for k, v in init_kwargs.items() if v is not None})
-        self.registry = VertexModelRegistry(settings, credentials)
+        self.registry = VertexModelRegistry(settings, credentials, self.calls)
         self.endpoints = VertexEndpoints(settings, credentials, self.registry)
 
     @property
@@ -68,10 +77,8 @@ class VertexPlatform(Platform):
         batch_size: int = 64,
     ) -> dict:
         """A Vertex BatchPredictionJob: bq:// or gs:// in, a BigQuery dataset or gs:// prefix out."""
-        from google.cloud import aiplatform
-
         registered = self.registry.get_version(model_id, version)
-        model = aiplatform.Model(registered.versioned_name, credentials=self.credentials)
+        model = self.registry.sdk_model(registered.versioned_name)
         inputs: dict[str, Any]
         if source.startswith("bq://"):
             inputs = {"bigquery_source": source, "instances_format": "bigquery"}
@@ -89,7 +96,8 @@ class VertexPlatform(Platform):
             raise UserError(
                 f"Vertex batch prediction writes to bq://project.dataset or gs://prefix, not {destination!r}"
             )
-        job = model.batch_predict(
+        submit = partial(
+            model.batch_predict,
             job_display_name=f"{model_id}-v{registered.version_id}-batch",
             machine_type=machine_type,
             starting_replica_count=starting_replica_count,
@@ -102,6 +110,7 @@ class VertexPlatform(Platform):
             **inputs,
             **outputs,
         )
+        job = self.calls.submit(f"batch prediction job for {registered.versioned_name}", submit)
         return {"job": job.resource_name, "state": job.state.name, "model": registered.versioned_name}
 
     def bigquery_job(self, source: str) -> Any:

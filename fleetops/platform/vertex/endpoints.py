@@ -23,14 +23,15 @@ is read back with the pool's resources.
 Vertex accepts at most 20 concurrent deploy requests into a pool. Each deploy
 task deploys one model at a time (the SDK waits for the operation), so the
 deploys in flight are at most the shards deploying at once; a deploy refused
-with 429 (quota) is retried with back-off, after checking that it did not
-happen.
+with 429 (quota, or the pool's concurrent deploys) is retried with back-off by
+`VertexCalls` (calls.py), after checking that it did not happen: a model
+deployed meanwhile on the endpoint is the refused deploy's.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from fleetops.errors import NotFoundError, UserError
@@ -45,12 +46,9 @@ from fleetops.platform.endpoints import (
     check_poolable,
 )
 from fleetops.platform.registry import check_labels
+from fleetops.platform.vertex.calls import VertexCalls
 from fleetops.platform.vertex.registry import VertexModelRegistry
 from fleetops.serving.traffic import check_split, deploy_split, undeploy_split
-
-# A deploy refused with 429 is tried again after 5, 10, 20, 40, 80 s (at most 155 s in all).
-DEPLOY_ATTEMPTS = 6
-FIRST_BACKOFF_SECONDS = 5.0
 
 
 class VertexEndpoints(Endpoints):
@@ -58,7 +56,7 @@ class VertexEndpoints(Endpoints):
         self.settings = settings
         self.credentials = credentials
         self.registry = registry
-        self.sleep: Callable[[float], None] = time.sleep  # the back-off's wait (tests pass a recorder)
+        self.calls: VertexCalls = registry.calls  # one pacing for the registry and the endpoints
 
     def name(self, endpoint_id: str) -> str:
         return f"projects/{self.settings.project}/locations/{self.settings.region}/endpoints/{endpoint_id}"
@@ -79,7 +77,8 @@ class VertexEndpoints(Endpoints):
         all_labels = {**self.settings.labels, **(labels or {})}
         check_labels(all_labels)
         check_logging_rate(request_logging_rate)
-        endpoint = aiplatform.Endpoint.create(
+        create = partial(
+            aiplatform.Endpoint.create,
             display_name=display_name or endpoint_id,
             endpoint_id=endpoint_id,
             labels=all_labels or None,
@@ -96,7 +95,13 @@ class VertexEndpoints(Endpoints):
             location=self.settings.region,
             credentials=self.credentials,
         )
-        return _from_gca(endpoint.gca_resource, self._pool_reader())
+        created = self.calls.write(
+            f"creation of endpoint {endpoint_id!r}",
+            lambda: create().gca_resource,
+            # Created, then refused: the endpoint is there under its id.
+            already_done=lambda: self._endpoint_or_none(endpoint_id),
+        )
+        return _from_gca(created, self._pool_reader())
 
     def get(self, endpoint_id: str) -> Endpoint:
         return _from_gca(self._endpoint(endpoint_id).gca_resource, self._pool_reader())
@@ -105,7 +110,12 @@ class VertexEndpoints(Endpoints):
         from google.cloud import aiplatform
 
         query = " AND ".join(f"labels.{k}={v}" for k, v in sorted((labels or {}).items())) or None
-        found = aiplatform.Endpoint.list(filter=query, credentials=self.credentials)
+        found = self.calls.read(
+            f"listing of endpoints in {self.settings.project}/{self.settings.region}",
+            lambda: aiplatform.Endpoint.list(
+                filter=query, project=self.settings.project, location=self.settings.region, credentials=self.credentials
+            ),
+        )
         pools = self._pool_reader()  # one read per pool for the whole listing
         return sorted((_from_gca(e.gca_resource, pools) for e in found), key=lambda e: e.endpoint_id)
 
@@ -116,7 +126,11 @@ class VertexEndpoints(Endpoints):
             raise UserError(
                 f"endpoint {endpoint_id!r} has deployed models {deployed}; undeploy them before deleting it"
             )
-        endpoint.delete()
+        self.calls.write(
+            f"deletion of endpoint {endpoint_id!r}",
+            endpoint.delete,
+            already_done=lambda: self._endpoint_or_none(endpoint_id) is None or None,  # deleted, then refused
+        )
 
     def deploy(
         self,
@@ -129,15 +143,13 @@ class VertexEndpoints(Endpoints):
         settings: DeploymentSettings | None = None,
         display_name: str | None = None,
     ) -> tuple[Endpoint, str]:
-        from google.cloud import aiplatform
-
         settings = settings or DeploymentSettings()
         endpoint = self._endpoint(endpoint_id)
         current = dict(endpoint.gca_resource.traffic_split)
         deploy_split(current, "new", traffic_percentage, traffic_split)  # our refusal, before any request
         resolved = self.registry.get_version(model_id, version)
         before = {m.id for m in endpoint.gca_resource.deployed_models}
-        model = aiplatform.Model(resolved.versioned_name, credentials=self.credentials)
+        model = self.registry.sdk_model(resolved.versioned_name)
         resources: dict[str, Any]
         if pool_id := settings.deployment_resource_pool:
             # The machine, replicas and autoscaling are the pool's: the SDK refuses them next to a pool.
@@ -150,9 +162,8 @@ class VertexEndpoints(Endpoints):
                 "max_replica_count": settings.max_replica_count,
                 "autoscaling_target_cpu_utilization": settings.autoscaling_target_cpu,
             }
-        self._with_backoff(
-            endpoint_id,
-            before,
+        self.calls.write(
+            f"deploy of model {resolved.versioned_name} to endpoint {endpoint_id!r}",
             lambda: model.deploy(
                 endpoint=endpoint,
                 deployed_model_display_name=display_name or f"{model_id}@{resolved.version_id}",
@@ -162,6 +173,8 @@ class VertexEndpoints(Endpoints):
                 encryption_spec_key_name=self.settings.encryption_key,
                 **resources,
             ),
+            # Deployed, then refused: a model on the endpoint that was not there before is this deploy's.
+            already_done=lambda: self._deployed_ids(endpoint_id) - before or None,
         )
         after = self.get(endpoint_id)
         new_ids = [m.deployed_model_id for m in after.deployed_models if m.deployed_model_id not in before]
@@ -173,7 +186,11 @@ class VertexEndpoints(Endpoints):
         endpoint = self._endpoint(endpoint_id)
         current = {m.id: 0 for m in endpoint.gca_resource.deployed_models} | dict(endpoint.gca_resource.traffic_split)
         undeploy_split(current, deployed_model_id, traffic_split)  # our refusal, before any request
-        endpoint.undeploy(deployed_model_id=deployed_model_id, traffic_split=traffic_split)
+        self.calls.write(
+            f"undeploy of {deployed_model_id} from endpoint {endpoint_id!r}",
+            lambda: endpoint.undeploy(deployed_model_id=deployed_model_id, traffic_split=traffic_split),
+            already_done=lambda: deployed_model_id not in self._deployed_ids(endpoint_id) or None,
+        )
         return self.get(endpoint_id)
 
     def update_traffic(self, endpoint_id: str, traffic_split: dict[str, int]) -> Endpoint:
@@ -186,7 +203,9 @@ class VertexEndpoints(Endpoints):
                 f"traffic_split names {unknown}, which are not deployed on {endpoint_id!r}; "
                 f"deployed: {sorted(deployed)}"
             )
-        endpoint.update(traffic_split=traffic_split)
+        self.calls.write(
+            f"traffic split of endpoint {endpoint_id!r}", lambda: endpoint.update(traffic_split=traffic_split)
+        )
         return self.get(endpoint_id)
 
     def _pool_for(self, model: Any, model_id: str, version_id: str, pool_id: str, settings: DeploymentSettings) -> Any:
@@ -205,67 +224,88 @@ class VertexEndpoints(Endpoints):
             )
         name = self.pool_name(pool_id)
         try:
-            pool = aiplatform.DeploymentResourcePool(name, credentials=self.credentials)
+            pool = self._pool(name)
         except exceptions.NotFound:
+            create = partial(
+                aiplatform.DeploymentResourcePool.create,
+                deployment_resource_pool_id=pool_id,
+                machine_type=settings.machine_type,
+                min_replica_count=settings.min_replica_count,
+                max_replica_count=settings.max_replica_count,
+                autoscaling_target_cpu_utilization=settings.autoscaling_target_cpu,
+                project=self.settings.project,
+                location=self.settings.region,
+                credentials=self.credentials,
+            )
             try:
-                pool = aiplatform.DeploymentResourcePool.create(
-                    deployment_resource_pool_id=pool_id,
-                    machine_type=settings.machine_type,
-                    min_replica_count=settings.min_replica_count,
-                    max_replica_count=settings.max_replica_count,
-                    autoscaling_target_cpu_utilization=settings.autoscaling_target_cpu,
-                    project=self.settings.project,
-                    location=self.settings.region,
-                    credentials=self.credentials,
+                pool = self.calls.write(
+                    f"creation of deployment resource pool {pool_id!r}",
+                    create,
+                    already_done=lambda: self._pool_or_none(name),  # created, then refused
                 )
             except exceptions.Conflict:  # another deploy task (a shard in parallel) created it first
-                pool = aiplatform.DeploymentResourcePool(name, credentials=self.credentials)
+                pool = self._pool(name)
         _check_pool_resources(pool_id, pool.gca_resource, settings)
         return pool
 
     def _pool_reader(self) -> Callable[[str], Any]:
         """Pool resource name -> its resource, each pool read once per call of ours (a listing has many)."""
-        from google.cloud import aiplatform
-
         cache: dict[str, Any] = {}
 
         def read(name: str) -> Any:
             if name not in cache:
-                cache[name] = aiplatform.DeploymentResourcePool(name, credentials=self.credentials).gca_resource
+                cache[name] = self._pool(name).gca_resource
             return cache[name]
 
         return read
 
-    def _with_backoff(self, endpoint_id: str, before: set[str], deploy: Callable[[], Any]) -> None:
-        """Run `deploy`; on a 429 (quota, or a pool's concurrent deploys) wait and try again, unless it happened."""
+    def _pool(self, name: str) -> Any:
+        from google.cloud import aiplatform
+
+        return self.calls.read(
+            f"read of deployment resource pool {name}",
+            lambda: aiplatform.DeploymentResourcePool(
+                name, project=self.settings.project, location=self.settings.region, credentials=self.credentials
+            ),
+        )
+
+    def _pool_or_none(self, name: str) -> Any:
         from google.api_core import exceptions
 
-        delay = FIRST_BACKOFF_SECONDS
-        for attempt in range(DEPLOY_ATTEMPTS):
-            try:
-                deploy()
-                return
-            except exceptions.TooManyRequests:
-                if attempt == DEPLOY_ATTEMPTS - 1:
-                    raise
-                # A refused read after the deploy went through must not deploy the model twice.
-                deployed = {m.id for m in self._endpoint(endpoint_id).gca_resource.deployed_models}
-                if deployed - before:
-                    return
-                self.sleep(delay)
-                delay *= 2
+        try:
+            return self._pool(name)
+        except exceptions.NotFound:
+            return None
+
+    def _deployed_ids(self, endpoint_id: str) -> set[str]:
+        return {m.id for m in self._endpoint(endpoint_id).gca_resource.deployed_models}
+
+    def _endpoint_or_none(self, endpoint_id: str) -> Any:
+        try:
+            return self._endpoint(endpoint_id).gca_resource
+        except NotFoundError:
+            return None
 
     def _endpoint(self, endpoint_id: str) -> Any:
         from google.api_core import exceptions
         from google.cloud import aiplatform
 
         check_endpoint_id(endpoint_id)
-        try:
-            endpoint = aiplatform.Endpoint(self.name(endpoint_id), credentials=self.credentials)
+
+        def read() -> Any:
+            endpoint = aiplatform.Endpoint(
+                self.name(endpoint_id),
+                project=self.settings.project,
+                location=self.settings.region,
+                credentials=self.credentials,
+            )
             # The SDK reads the endpoint on first use: read it here, where a missing one becomes
             # our NotFoundError (what `deploy_champions` creates a fleet member's endpoint on).
             _ = endpoint.gca_resource
             return endpoint
+
+        try:
+            return self.calls.read(f"read of endpoint {endpoint_id!r}", read)
         except exceptions.NotFound:
             raise NotFoundError(
                 f"endpoint {endpoint_id!r} does not exist in {self.settings.project}/{self.settings.region}"

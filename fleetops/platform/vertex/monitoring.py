@@ -9,6 +9,7 @@ Logging. Thresholds, interval and sampling rate come from the spec's
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fleetops.errors import UserError
@@ -41,9 +42,11 @@ def create_monitoring_job(spec: FleetSpec, platform: Any, endpoint_id: str, trai
         skew_thresholds=thresholds,
         data_format="csv" if training_data.endswith(".csv") else None,
     )
-    job = aiplatform.ModelDeploymentMonitoringJob.create(
-        display_name=f"{endpoint_id}-monitoring",
-        endpoint=platform.endpoints.name(endpoint_id),
+    display_name, endpoint = f"{endpoint_id}-monitoring", platform.endpoints.name(endpoint_id)
+    create = partial(
+        aiplatform.ModelDeploymentMonitoringJob.create,
+        display_name=display_name,
+        endpoint=endpoint,
         objective_configs=model_monitoring.ObjectiveConfig(
             skew_detection_config=skew_config,
             drift_detection_config=model_monitoring.DriftDetectionConfig(drift_thresholds=drift),
@@ -57,4 +60,27 @@ def create_monitoring_job(spec: FleetSpec, platform: Any, endpoint_id: str, trai
         location=settings.region,
         credentials=platform.credentials,
     )
+    job = platform.calls.submit(
+        f"monitoring job creation for endpoint {endpoint_id!r}",
+        create,
+        # Created, then refused: the endpoint's job is there under its name.
+        already_done=lambda: _monitoring_job(platform, endpoint, display_name),
+    )
     return job.resource_name
+
+
+def _monitoring_job(platform: Any, endpoint: str, display_name: str) -> Any:
+    """The monitoring job of `endpoint` named `display_name`, or None."""
+    from google.cloud import aiplatform
+
+    settings = platform.settings
+    jobs = platform.calls.read(
+        f"listing of the monitoring jobs named {display_name!r}",
+        lambda: aiplatform.ModelDeploymentMonitoringJob.list(
+            filter=f'display_name="{display_name}"',
+            project=settings.project,
+            location=settings.region,
+            credentials=platform.credentials,
+        ),
+    )
+    return next((j for j in jobs if j.display_name == display_name and j.gca_resource.endpoint == endpoint), None)

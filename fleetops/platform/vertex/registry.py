@@ -11,6 +11,11 @@ from before identities has no identity label and is matched on its artifact
 sha256, as it was then. Lineage goes into the version description as JSON,
 where the console shows it.
 
+Every request goes through `VertexCalls` (calls.py: paced, retried, errors made ours). An upload
+refused with a 429 or 503 may have created the version all the same: before each retry the
+versions are read again and one carrying the identity label is the upload's result, so a retry
+never adds a second version.
+
 A version for Vertex's prebuilt TensorFlow container (a fleet with
 `serving.cohosting: pool`: only those containers can be co-hosted) is uploaded
 without our container's command, routes and port, with Vertex's `artifactUri`
@@ -22,6 +27,7 @@ which evaluation and batch scoring read.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,7 @@ from fleetops.platform.registry import (
     check_model_id,
     check_upload_request,
 )
+from fleetops.platform.vertex.calls import VertexCalls
 from fleetops.spec import is_prebuilt_tf_image
 from fleetops.training.savedmodel import SAVEDMODEL_DIR
 
@@ -55,9 +62,10 @@ SERVING_PORT = 8080
 class VertexModelRegistry(ModelRegistry):
     requires_serving_image = True
 
-    def __init__(self, settings: VertexSettings, credentials: Any = None):
+    def __init__(self, settings: VertexSettings, credentials: Any = None, calls: VertexCalls | None = None):
         self.settings = settings
         self.credentials = credentials
+        self.calls = calls or VertexCalls(settings)
 
     def model_name(self, model_id: str) -> str:
         return f"projects/{self.settings.project}/locations/{self.settings.region}/models/{model_id}"
@@ -109,9 +117,8 @@ class VertexModelRegistry(ModelRegistry):
             raise RegistryRuleError("a serving container image is required to upload a model to Vertex")
 
         existing_versions = self._versions_or_none(model_id)
-        for version in existing_versions or []:
-            if version.identity_sha256 == identity or version.artifact_sha256 == sha:
-                return Registration(version, created=False)
+        if (existing := _same_version(existing_versions, identity, sha)) is not None:
+            return Registration(existing, created=False)
         if is_prebuilt_tf_image(serving_image):
             # Vertex's TensorFlow container runs its own server on the SavedModel: no command, routes or port.
             container: dict[str, Any] = {"artifact_uri": f"{uri.rstrip('/')}/{SAVEDMODEL_DIR}"}
@@ -124,7 +131,8 @@ class VertexModelRegistry(ModelRegistry):
                 "serving_container_health_route": SERVING_HEALTH_ROUTE,
                 "serving_container_ports": [SERVING_PORT],
             }
-        model = aiplatform.Model.upload(
+        upload = partial(  # one request, sent again on a retry
+            aiplatform.Model.upload,
             display_name=display_name or model_id,
             serving_container_image_uri=serving_image,
             **container,
@@ -141,7 +149,12 @@ class VertexModelRegistry(ModelRegistry):
             location=self.settings.region,
             credentials=self.credentials,
         )
-        version = self._from_gca(model.gca_resource)
+        version = self.calls.write(
+            f"upload of a version of model {model_id!r}",
+            lambda: self._from_gca(upload().gca_resource),
+            # Created, then refused (a 503, a timeout): the version carries the identity label.
+            already_done=lambda: _same_version(self._versions_or_none(model_id), identity, sha),
+        )
         if evaluation is not None:
             try:
                 self.import_evaluation(model_id, version.version_id, evaluation)
@@ -154,17 +167,15 @@ class VertexModelRegistry(ModelRegistry):
 
     def get_version(self, model_id: str, version: str | None = None) -> ModelVersion:
         from google.api_core import exceptions
-        from google.cloud import aiplatform
 
         check_model_id(model_id)
         name = f"{self.model_name(model_id)}@{version or DEFAULT_ALIAS}"
         try:
-            model = aiplatform.Model(name, credentials=self.credentials)
+            return self._read_version(name)
         except exceptions.NotFound:
             raise NotFoundError(
                 f"model {model_id!r} has no version or alias {version or DEFAULT_ALIAS!r} on Vertex"
             ) from None
-        return self._from_gca(model.gca_resource)
 
     def list_versions(self, model_id: str) -> list[ModelVersion]:
         versions = self._versions_or_none(model_id)
@@ -176,20 +187,34 @@ class VertexModelRegistry(ModelRegistry):
         from google.cloud import aiplatform
 
         query = " AND ".join(f"labels.{k}={v}" for k, v in sorted((labels or {}).items())) or None
-        models = aiplatform.Model.list(filter=query, credentials=self.credentials)
+        models = self.calls.read(
+            f"listing of models in {self.settings.project}/{self.settings.region}",
+            lambda: aiplatform.Model.list(
+                filter=query,
+                project=self.settings.project,
+                location=self.settings.region,
+                credentials=self.credentials,
+            ),
+        )
         return sorted({m.resource_name.rsplit("/", 1)[-1] for m in models})
 
     def add_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
         check_aliases(aliases)
         version_id = self._version_id(model_id, version)
-        self._registry(model_id).add_version_aliases(list(aliases), version_id)
+        self.calls.write(
+            f"alias change of model {model_id!r} version {version_id}",
+            lambda: self._registry(model_id).add_version_aliases(list(aliases), version_id),
+        )
         return self.get_version(model_id, version_id)
 
     def remove_version_aliases(self, model_id: str, version: str, aliases: list[str]) -> ModelVersion:
         check_aliases(aliases)
         check_alias_removal(aliases)
         version_id = self._version_id(model_id, version)
-        self._registry(model_id).remove_version_aliases(list(aliases), version_id)
+        self.calls.write(
+            f"alias change of model {model_id!r} version {version_id}",
+            lambda: self._registry(model_id).remove_version_aliases(list(aliases), version_id),
+        )
         return self.get_version(model_id, version_id)
 
     def delete_version(self, model_id: str, version: str) -> None:
@@ -206,33 +231,38 @@ class VertexModelRegistry(ModelRegistry):
                 f"version {version_id} of model {model_id!r} is the default version and cannot be deleted; "
                 "make another version the default first"
             )
-        self._registry(model_id).delete_version(version_id)
+        self._delete_version(model_id, version_id)
 
     def import_evaluation(self, model_id: str, version: str, evaluation: EvaluationInput) -> Evaluation:
-        from google.cloud import aiplatform
         from google.cloud.aiplatform.compat.types import model_evaluation as gca_evaluation
         from google.protobuf import json_format, struct_pb2
 
         version_id = self._version_id(model_id, version)
         metrics = struct_pb2.Value()
         json_format.ParseDict(evaluation.metrics, metrics)
-        model = aiplatform.Model(f"{self.model_name(model_id)}@{version_id}", credentials=self.credentials)
-        created = model.api_client.import_model_evaluation(
-            parent=f"{self.model_name(model_id)}@{version_id}",
-            model_evaluation=gca_evaluation.ModelEvaluation(
-                display_name=evaluation.display_name,
-                metrics_schema_uri=evaluation.metrics_schema_uri,
-                metrics=metrics,
+        name = f"{self.model_name(model_id)}@{version_id}"
+        model = self.sdk_model(name)
+        request = gca_evaluation.ModelEvaluation(
+            display_name=evaluation.display_name, metrics_schema_uri=evaluation.metrics_schema_uri, metrics=metrics
+        )
+        send = partial(model.api_client.import_model_evaluation, parent=name, model_evaluation=request)
+        return self.calls.write(
+            f"evaluation import into model version {name}",
+            lambda: _evaluation_from_gca(send()),
+            # Imported, then refused: the same evaluation is on the version.
+            already_done=lambda: next(
+                (e for e in self.list_evaluations(model_id, version_id) if _same_evaluation(e, evaluation)), None
             ),
         )
-        return _evaluation_from_gca(created)
 
     def list_evaluations(self, model_id: str, version: str | None = None) -> list[Evaluation]:
-        from google.cloud import aiplatform
-
         version_id = self._version_id(model_id, version or DEFAULT_ALIAS)
-        model = aiplatform.Model(f"{self.model_name(model_id)}@{version_id}", credentials=self.credentials)
-        return [_evaluation_from_gca(e.gca_resource) for e in model.list_model_evaluations()]
+        name = f"{self.model_name(model_id)}@{version_id}"
+        evaluations = self.calls.read(
+            f"listing of the evaluations of model version {name}",
+            lambda: self._model(name).list_model_evaluations(),
+        )
+        return [_evaluation_from_gca(e.gca_resource) for e in evaluations]
 
     def artifact_path(self, version: ModelVersion) -> Path:
         from fleetops.platform.vertex import gcs_local_path
@@ -242,30 +272,63 @@ class VertexModelRegistry(ModelRegistry):
     # -- helpers -------------------------------------------------------------------------------
 
     def _registry(self, model_id: str) -> Any:
+        """The SDK's version operations on a model (building it sends no request)."""
         from google.cloud import aiplatform
 
-        return aiplatform.models.ModelRegistry(self.model_name(model_id), credentials=self.credentials)
+        return aiplatform.models.ModelRegistry(
+            self.model_name(model_id),
+            project=self.settings.project,
+            location=self.settings.region,
+            credentials=self.credentials,
+        )
+
+    def _model(self, name: str) -> Any:
+        """One version, read (the SDK reads the resource when the object is made)."""
+        from google.cloud import aiplatform
+
+        return aiplatform.Model(
+            name, project=self.settings.project, location=self.settings.region, credentials=self.credentials
+        )
+
+    def sdk_model(self, name: str) -> Any:
+        """The SDK's `aiplatform.Model` of one version (`models/ID@VERSION`), read through the call layer."""
+        return self.calls.read(f"read of model version {name}", lambda: self._model(name))
+
+    def _read_version(self, name: str) -> ModelVersion:
+        return self._from_gca(self.sdk_model(name).gca_resource)
+
+    def _delete_version(self, model_id: str, version_id: str) -> None:
+        self.calls.write(
+            f"deletion of model {model_id!r} version {version_id}",
+            lambda: self._registry(model_id).delete_version(version_id),
+            # Deleted, then refused: the version is no longer listed.
+            already_done=lambda: self._version_gone(model_id, version_id),
+        )
+
+    def _version_gone(self, model_id: str, version_id: str) -> bool | None:
+        """True when the version is not there (a deletion refused after it happened), else None."""
+        from google.api_core import exceptions
+
+        try:
+            self.sdk_model(f"{self.model_name(model_id)}@{version_id}")
+        except exceptions.NotFound:
+            return True
+        return None
 
     def _version_id(self, model_id: str, version: str) -> str:
         return str(version) if str(version).isdigit() else self.get_version(model_id, version).version_id
 
     def _versions_or_none(self, model_id: str) -> list[ModelVersion] | None:
         from google.api_core import exceptions
-        from google.cloud import aiplatform
 
         try:
-            registry = self._registry(model_id)
-            infos = registry.list_versions()
+            infos = self.calls.read(
+                f"listing of the versions of model {model_id!r}", lambda: self._registry(model_id).list_versions()
+            )
         except exceptions.NotFound:
             return None
-        versions = [
-            self._from_gca(
-                aiplatform.Model(
-                    f"{info.model_resource_name}@{info.version_id}", credentials=self.credentials
-                ).gca_resource
-            )
-            for info in infos
-        ]
+        names = [f"{info.model_resource_name}@{info.version_id}" for info in infos]
+        versions = [self._read_version(name) for name in names]
         return sorted(versions, key=lambda v: int(v.version_id))
 
     def _undo_upload(self, model_id: str, version: ModelVersion, before: list[ModelVersion] | None) -> None:
@@ -275,10 +338,8 @@ class VertexModelRegistry(ModelRegistry):
         `default` (and `champion`, ...) from an earlier version: the aliases go back first, or
         the version would stay, without its evaluation, as the model's default and champion.
         """
-        from google.cloud import aiplatform
-
         if not before:
-            aiplatform.Model(self.model_name(model_id), credentials=self.credentials).delete()
+            self.calls.write(f"deletion of model {model_id!r}", lambda: self._model(self.model_name(model_id)).delete())
             return
         taken: dict[str, list[str]] = {}
         for alias in version.aliases:
@@ -287,10 +348,14 @@ class VertexModelRegistry(ModelRegistry):
                 taken.setdefault(holder.version_id, []).append(alias)
         if version.is_default and not any(DEFAULT_ALIAS in aliases for aliases in taken.values()):
             return  # no earlier default to give it back to: leave the version rather than break the model
-        registry = self._registry(model_id)
         for version_id, aliases in taken.items():
-            registry.add_version_aliases(aliases, version_id)
-        registry.delete_version(version.version_id)
+            self.calls.write(
+                f"alias change of model {model_id!r} version {version_id}",
+                lambda aliases=aliases, version_id=version_id: self._registry(model_id).add_version_aliases(
+                    aliases, version_id
+                ),
+            )
+        self._delete_version(model_id, version.version_id)
 
     def _from_gca(self, model: Any) -> ModelVersion:
         name = model.name
@@ -311,6 +376,11 @@ class VertexModelRegistry(ModelRegistry):
             # Versions from before identities were deduplicated on their artifact sha256: it is their identity.
             identity_sha256=labels.get(LABEL_IDENTITY_SHA256) or labels.get(LABEL_ARTIFACT_SHA256, ""),
         )
+
+
+def _same_version(versions: list[ModelVersion] | None, identity: str, sha: str) -> ModelVersion | None:
+    """The version of `versions` with this identity, or these artifact bytes (a version from before identities)."""
+    return next((v for v in versions or [] if v.identity_sha256 == identity or v.artifact_sha256 == sha), None)
 
 
 def _artifact_root(model: Any) -> str:
@@ -335,6 +405,14 @@ def _split_lineage(text: str) -> tuple[str, dict[str, Any]]:
         return description, json.loads(payload)
     except json.JSONDecodeError:
         return text, {}
+
+
+def _same_evaluation(found: Evaluation, sent: EvaluationInput) -> bool:
+    return (found.display_name, found.metrics_schema_uri, found.metrics) == (
+        sent.display_name,
+        sent.metrics_schema_uri,
+        sent.metrics,
+    )
 
 
 def _evaluation_from_gca(evaluation: Any) -> Evaluation:
