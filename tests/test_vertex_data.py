@@ -63,3 +63,14 @@ def test_rows_from_bigquery_pass_validation(vertex, spec, tmp_path):
 def test_gcs_files_are_read_through_the_fuse_mount():
     assert gcs_local_path("gs://bucket/data/churn.csv") == "/gcs/bucket/data/churn.csv"
     assert gcs_local_path("/local/churn.csv") == "/local/churn.csv"
+
+
+def test_paths_under_the_cloud_storage_mount_are_gs_objects(tmp_path, monkeypatch):
+    from fleetops.platform.vertex import gcs_uri
+
+    assert gcs_uri("/gcs/bucket/root/model") == "gs://bucket/root/model"  # a Vertex task's FUSE mount
+    assert gcs_uri("gs://bucket/x") == "gs://bucket/x" and gcs_uri("/elsewhere/x") == "/elsewhere/x"
+    monkeypatch.setenv("FLEETOPS_GCS_MOUNT", str(tmp_path))  # a folder standing in for the mount
+    assert gcs_uri(tmp_path / "bucket" / "run" / "model") == "gs://bucket/run/model"
+    assert gcs_local_path("gs://bucket/run/model") == str(tmp_path / "bucket" / "run" / "model")
+    assert gcs_uri("/gcs/bucket/x") == "/gcs/bucket/x"  # no longer the mount

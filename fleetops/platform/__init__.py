@@ -2,9 +2,10 @@
 
     local                         the local twin under $FLEETOPS_HOME or ./.fleetops
     local:///abs/path             the local twin under /abs/path
-    vertex://PROJECT/REGION?staging_bucket=gs://b&service_account=sa@p.iam.gserviceaccount.com
-                                  &encryption_key=projects/p/locations/l/keyRings/r/cryptoKeys/k
-                                  &network=projects/123/global/networks/n&labels=team:growth,env:dev
+    vertex://PROJECT/REGION?staging_bucket=gs://my-bucket
+                                  &service_account=runner@my-project.iam.gserviceaccount.com
+                                  &encryption_key=projects/my-project/locations/us-central1/keyRings/r/cryptoKeys/k
+                                  &network=projects/123456/global/networks/vpc&labels=team:growth,env:dev
 
 Components receive the URI as a pipeline parameter and call `connect(uri)`;
 they never branch on which platform they got.

@@ -13,7 +13,9 @@ share it, so one platform's threads share one pacing.
 
 from __future__ import annotations
 
+import os
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -135,6 +137,25 @@ def bigquery_query_config(settings: VertexSettings) -> Any:
     return config
 
 
+def gcs_mount() -> Path:
+    """Where Cloud Storage is mounted: /gcs in a Vertex task (Cloud Storage FUSE); `FLEETOPS_GCS_MOUNT` names
+    another folder that stands in for it (a pipeline run with kfp.local against a Vertex stand-in)."""
+    return Path(os.environ.get("FLEETOPS_GCS_MOUNT", "/gcs"))
+
+
 def gcs_local_path(uri: str) -> str:
     """Vertex mounts Cloud Storage at /gcs (Cloud Storage FUSE): gs://b/x is readable at /gcs/b/x."""
-    return "/gcs/" + uri.removeprefix("gs://") if uri.startswith("gs://") else uri
+    return str(gcs_mount() / uri.removeprefix("gs://")) if uri.startswith("gs://") else uri
+
+
+def gcs_uri(path: str | Path) -> str:
+    """The gs:// URI of a path under the Cloud Storage mount (a KFP artifact's local path in a Vertex task);
+    a gs:// URI or a path elsewhere is returned as it is."""
+    text = str(path)
+    if text.startswith("gs://"):
+        return text
+    try:
+        relative = Path(text).resolve().relative_to(gcs_mount().resolve())
+    except ValueError:
+        return text
+    return f"gs://{relative.as_posix()}"

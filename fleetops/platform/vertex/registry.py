@@ -110,9 +110,14 @@ class VertexModelRegistry(ModelRegistry):
             LABEL_IDENTITY_SHA256: identity,
         }
         check_labels(all_labels)
-        uri = artifact_uri or str(artifact_path)
+        from fleetops.platform.vertex import gcs_uri
+
+        uri = gcs_uri(artifact_uri or artifact_path)  # a path under the Cloud Storage mount is its gs:// object
         if not uri.startswith("gs://"):
-            raise RegistryRuleError(f"artifact_uri {uri!r} must be a gs:// URI on Vertex")
+            raise RegistryRuleError(
+                f"artifact_uri {uri!r} must be a gs:// URI on Vertex, or a path under the Cloud Storage mount "
+                "(/gcs in a Vertex task; FLEETOPS_GCS_MOUNT elsewhere)"
+            )
         if not serving_image:
             raise RegistryRuleError("a serving container image is required to upload a model to Vertex")
 
