@@ -70,8 +70,8 @@ def _run(work: Path, segments: int, rows: int, overrides: dict, only: list[str] 
 
     from fleetops.data.sample import SAMPLE_SPEC, write_sample
     from fleetops.platform import connect, local_uri
+    from fleetops.platform.local.pipeline_runs import run_compiled
     from pipelines.compile import compile_all
-    from pipelines.local_run import run_compiled
 
     data = write_sample(work / "churn.parquet", rows_per_segment=rows, segments=segments, seed=17)
     spec = yaml.safe_load(SAMPLE_SPEC.format(source=data))

@@ -730,7 +730,7 @@ def _pool_refused(spec: Any) -> str:
 # --- training -------------------------------------------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# kfp.local's log lines (see pipelines/local_run.py): "02:58:34.759 - INFO - Executing task 'ingest'".
+# kfp.local's log lines (see fleetops/platform/local/pipeline_runs.py): "02:58:34.759 - INFO - Executing task 'ingest'".
 _CLOCK = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d+) ")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
@@ -747,7 +747,7 @@ def task_durations(log_path: str | Path) -> list[TaskTime]:
     """Each task's duration from a kfp.local run log: its start and finish lines' clock times.
 
     Tasks of one name (a ParallelFor's) are paired first started, first finished, as
-    `pipelines.local_run` does; a finish before its start on the clock crossed midnight.
+    `fleetops.platform.local.pipeline_runs` does; a finish before its start on the clock crossed midnight.
     """
     started: dict[str, list[float]] = {}
     tasks: list[TaskTime] = []

@@ -132,32 +132,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
         print(f"submitted run {run_id} to {args.kfp_host}")
         return 0
-    if not args.platform or not args.platform.startswith("vertex://"):
-        raise UserError("submit needs --platform vertex://PROJECT/REGION?... or --kfp-host URL")
-    from fleetops.platform import vertex_settings
-    from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job, pipeline_job_request, submit_pipeline_job
+    from fleetops.platform import PipelineRun, connect, local_uri
 
-    if Path(spec.data.source).is_absolute():
-        raise UserError(
-            f"data.source {spec.data.source!r} is a file on this machine; on Vertex use gs://..., bq://... or SQL"
-        )
-    settings = vertex_settings(args.platform)
-    credentials = _dry_run_credentials(args.dry_run)
-    job = build_pipeline_job(
-        settings,
+    uri = args.platform or local_uri(_home(args.home))
+    platform = connect(uri, credentials=_dry_run_credentials(args.dry_run))
+    platform.check_source(spec.data.source)
+    run = PipelineRun(
         template,
-        {"fleet_spec": spec.to_json(), "platform": args.platform, "serving_image": args.serving_image},
+        {"fleet_spec": spec.to_json(), "platform": uri, "serving_image": args.serving_image},
         display_name=name,
         job_id=args.job_id,
         enable_caching=args.caching,
         labels={"fleet": spec.name},
-        credentials=credentials,
     )
-    if args.dry_run:
-        print(json.dumps(pipeline_job_request(job, settings), indent=2))
-        return 0
-    print(f"submitted {submit_pipeline_job(job, settings)}")
-    return 0
+    submission = platform.submit_pipeline(run, dry_run=args.dry_run)
+    if submission.request is not None:
+        print(json.dumps(submission.request, indent=2))
+    elif submission.ok is None:
+        print(f"submitted {submission.name}")
+    else:
+        print(f"{name}: {'finished' if submission.ok else 'FAILED'}; run folder {submission.name}")
+    return 0 if submission.ok is not False else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -256,46 +251,29 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from fleetops.platform import local_uri
+    from fleetops.platform import PipelineRun, connect, local_uri
     from fleetops.spec import load_spec
     from pipelines.compile import compile_all
 
     spec = load_spec(args.spec)
-    if args.platform and args.platform.startswith("vertex://"):
-        if not args.cron:
-            raise UserError("a Vertex schedule needs --cron, e.g. --cron '0 * * * *'")
-        from fleetops.platform import vertex_settings
-        from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job, create_schedule
-
-        settings = vertex_settings(args.platform)
-        credentials = _dry_run_credentials(args.dry_run)
-        template = compile_all(DEFAULT_BUILD, args.image)[args.pipeline]
-        job = build_pipeline_job(
-            settings,
-            template,
-            {"fleet_spec": spec.to_json(), "platform": args.platform, "serving_image": args.serving_image},
-            display_name=f"{spec.name}-{args.pipeline.replace('_', '-')}",
-            labels={"fleet": spec.name},
-            credentials=credentials,
-        )
-        if args.dry_run:
-            print(
-                json.dumps({"cron": args.cron, "pipeline_job": type(job._gca_resource).to_dict(job._gca_resource)})[
-                    :2000
-                ]
-            )
-            return 0
-        print(f"created {create_schedule(job, settings, args.cron, f'{spec.name}-{args.pipeline}-schedule')}")
-        return 0
-    if args.every_minutes is None or args.every_minutes <= 0:
-        raise UserError("a local schedule needs --every-minutes N (N > 0)")
-    from pipelines.schedule import run_every
-
     home = _home(args.home)
-    template = compile_all(home / "build")[args.pipeline]
-    arguments = {"fleet_spec": spec.to_json(), "platform": local_uri(home), "serving_image": ""}
-    outcomes = run_every(template, arguments, home, args.every_minutes, args.runs)
-    return 0 if all(outcomes) else 1
+    uri = args.platform or local_uri(home)
+    platform = connect(uri, credentials=_dry_run_credentials(args.dry_run))
+    platform.check_source(spec.data.source)
+    run = PipelineRun(
+        compile_all(home / "build", args.image)[args.pipeline],
+        {"fleet_spec": spec.to_json(), "platform": uri, "serving_image": args.serving_image},
+        display_name=f"{spec.name}-{args.pipeline.replace('_', '-')}",
+        labels={"fleet": spec.name},
+    )
+    submission = platform.schedule_pipeline(
+        run, cron=args.cron, every_minutes=args.every_minutes, runs=args.runs, dry_run=args.dry_run
+    )
+    if submission.request is not None:
+        print(json.dumps(submission.request, indent=2))
+    elif submission.ok is None:
+        print(f"created {submission.name}")
+    return 0 if submission.ok is not False else 1
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
@@ -425,8 +403,8 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def _run_pipeline(spec: Any, home: Path, platform: str, label: str, pipeline: str) -> tuple[bool, Any]:
+    from fleetops.platform.local.pipeline_runs import run_compiled
     from pipelines.compile import compile_all
-    from pipelines.local_run import run_compiled
 
     template = compile_all(home / "build")[pipeline]
     arguments = {"fleet_spec": spec.to_json(), "platform": platform, "serving_image": ""}
@@ -608,9 +586,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default=None, help="also write a fleet spec for the data here (SPEC.yaml)")
     p.set_defaults(handler=cmd_sample)
 
-    p = sub.add_parser("submit", help="submit the training pipeline to Vertex AI Pipelines or a KFP cluster")
+    p = sub.add_parser(
+        "submit", help="submit the training pipeline to Vertex AI Pipelines or a KFP cluster (or run it here)"
+    )
     p.add_argument("spec", help="fleet spec YAML")
-    p.add_argument("--platform", default=None, help="vertex://PROJECT/REGION?staging_bucket=gs://...&...")
+    p.add_argument(
+        "--platform", default=None, help="vertex://PROJECT/REGION?staging_bucket=gs://...&... (default: run it here)"
+    )
+    p.add_argument("--home", default=None, help="the local twin's home, when running here")
     p.add_argument("--kfp-host", default=None, help="KFP API endpoint (submits there instead of Vertex)")
     p.add_argument("--template", default=None, help="compiled YAML (default: compile now)")
     p.add_argument("--image", default=None, help="components image when compiling")
@@ -693,7 +676,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cron", default=None, help="Vertex: cron expression, e.g. '0 * * * *'")
     p.add_argument("--image", default=None)
     p.add_argument("--serving-image", default="")
-    p.add_argument("--dry-run", action="store_true", help="Vertex: print the request instead of sending it")
+    p.add_argument("--dry-run", action="store_true", help="print what would run or be sent; run and send nothing")
     p.set_defaults(handler=cmd_schedule)
 
     p = sub.add_parser(

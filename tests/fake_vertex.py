@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from tests.loopback import LoopbackJsonServer
 
@@ -60,6 +61,7 @@ _JOB_RESULTS: dict[str, dict[str, Any]] = {
 _ENDPOINTS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints$")
 _ENDPOINT = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints/([^/:]+)(:\w+)?$")
 _MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models/([^/@:]+)(?:@([^/:]+))?(.*)$")
+_PIPELINE_JOBS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/pipelineJobs(?:/([^/:]+))?$")
 _POOLS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/deploymentResourcePools(?:/([^/:]+))?$")
 # Vertex co-hosts the models of its prebuilt TensorFlow (GA) and PyTorch (preview) containers only.
 _COHOSTABLE_IMAGE = re.compile(r"^(us|europe|asia)-docker\.pkg\.dev/vertex-ai/prediction/(tf2|pytorch)-")
@@ -129,6 +131,7 @@ class FakeVertex(LoopbackJsonServer):
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.pools: dict[str, dict[str, Any]] = {}
+        self.pipeline_jobs: dict[str, dict[str, Any]] = {}
         self._next_deployed_id = 1000
         self.fail_evaluation_import = False
         self.refusals: list[Refusal] = []
@@ -176,9 +179,27 @@ class FakeVertex(LoopbackJsonServer):
 
     # -- the API -------------------------------------------------------------------------------
 
+    def _pipeline_jobs(
+        self, method: str, parent: str, job_id: str | None, query: str, body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """createPipelineJob (`?pipelineJobId=`; an id in use is a 409, as on Vertex) and getPipelineJob."""
+        if method == "POST" and job_id is None:
+            job_id = parse_qs(query).get("pipelineJobId", [f"pipeline-{len(self.requests)}"])[0]
+            name = f"{parent}/pipelineJobs/{job_id}"
+            if name in self.pipeline_jobs:
+                return _error(409, f"PipelineJob {name} already exists")
+            self.pipeline_jobs[name] = dict(body) | {"name": name, "state": "PIPELINE_STATE_PENDING"}
+            return 200, self.pipeline_jobs[name]
+        name = f"{parent}/pipelineJobs/{job_id}"
+        if method == "GET" and name in self.pipeline_jobs:
+            return 200, self.pipeline_jobs[name]
+        return _error(404, f"PipelineJob {name} not found")
+
     def _api(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if match := _JOBS.match(path):
             return self._job(method, *match.groups(), body)
+        if match := _PIPELINE_JOBS.match(path):
+            return self._pipeline_jobs(method, *match.groups(), query, body)
         if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/schedules$", path):
             schedule = dict(body) | {"name": f"{match.group(1)}/schedules/{len(self.requests)}", "state": "ACTIVE"}
             return 200, schedule

@@ -6,11 +6,10 @@ import pytest
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.monitoring.alerts import read_alerts
 from fleetops.platform import connect, local_uri
+from fleetops.platform.local.pipeline_runs import run_compiled, run_every
 from fleetops.serving.request_log import RequestLogWriter
 from fleetops.spec import parse_spec
 from pipelines.compile import compile_all
-from pipelines.local_run import run_compiled
-from pipelines.schedule import run_every
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ import pytest
 
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.platform import connect, local_uri
+from fleetops.platform.local.pipeline_runs import run_compiled
 from fleetops.spec import parse_spec
 from pipelines.compile import compile_all
-from pipelines.local_run import run_compiled
 
 pytestmark = pytest.mark.slow
 

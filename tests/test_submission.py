@@ -179,3 +179,65 @@ def test_kfp_cluster_run_through_the_real_client(template):
     assert run["pipeline_spec"]["pipelineInfo"]["name"] == "fleetops-training"
     assert run["runtime_config"]["parameters"] == {"fleet_spec": "{}", "platform": "local", "serving_image": ""}
     assert json.dumps(run).count("us-docker.pkg.dev/proj-1/fleetops/components:v1") == 10
+
+
+# Submission and schedules are platform capabilities: the CLI never asks which platform it has.
+
+
+def test_a_vertex_run_is_submitted_once_even_when_its_answer_is_lost(template):
+    from fleetops.platform import PipelineRun
+    from tests.fake_vertex import FakeVertex, Refusal, connect_to
+
+    with FakeVertex() as fake:
+        platform = connect_to(
+            fake, "&staging_bucket=gs://proj-1-staging&service_account=runner@proj-1.iam.gserviceaccount.com"
+        )
+        run = PipelineRun(template, {"fleet_spec": "{}"}, display_name="churn", job_id="churn-7", labels={"a": "b"})
+        fake.refusals.append(Refusal(503, count=1, after_handling=True, method="POST", path_suffix="/pipelineJobs"))
+        fake.refusals.append(Refusal(429, count=1, method="POST", path_suffix="/pipelineJobs"))
+        submission = platform.submit_pipeline(run)
+        assert submission.name == "projects/proj-1/locations/us-central1/pipelineJobs/churn-7" and submission.ok is None
+        assert list(fake.pipeline_jobs) == [submission.name]  # refused once, created once and its answer lost
+        job = fake.pipeline_jobs[submission.name]
+        assert job["serviceAccount"] == "runner@proj-1.iam.gserviceaccount.com" and job["labels"] == {"a": "b"}
+        assert platform.time.sleeps  # the 429 was waited out, on the platform's clock
+        # What was sent is what a dry run prints for the same run.
+        sent = fake.calls("POST", "/pipelineJobs")[-1]
+        assert sent["body"] == platform.submit_pipeline(run, dry_run=True).request["body"]
+        assert "pipelineJobId=churn-7" in sent["query"]
+        with pytest.raises(UserError, match="runs on cron, not every_minutes"):
+            platform.schedule_pipeline(run, every_minutes=5)
+        with pytest.raises(UserError, match=r"cron 'hourly' must have 5 fields"):
+            platform.schedule_pipeline(run, cron="hourly")
+
+
+def test_cli_schedule_dry_run_prints_the_vertex_request(tmp_path, spec, capsys, no_network, fresh_sdk_config):
+    remote = spec.model_copy(update={"data": spec.data.model_copy(update={"source": "bq://proj-1.crm.churn"})})
+    (tmp_path / "fleet.yaml").write_text(remote.to_json())
+    args = ["schedule", str(tmp_path / "fleet.yaml"), "--platform", PLATFORM, "--home", str(tmp_path / "home")]
+    assert main([*args, "--cron", "0 * * * *", "--dry-run"]) == 0
+    request = json.loads(capsys.readouterr().out)
+    assert request["cron"] == "0 * * * *" and request["maxConcurrentRunCount"] == 1
+    body = request["createPipelineJobRequest"]
+    assert body["serviceAccount"] == "runner@proj-1.iam.gserviceaccount.com"
+    assert body["network"] == "projects/123/global/networks/vpc" and body["encryptionSpec"] == {"kmsKeyName": KEY}
+    assert body["pipelineSpec"]["pipelineInfo"]["name"] == "fleetops-continuous-training"
+    assert main([*args, "--every-minutes", "5", "--dry-run"]) == 2
+    assert "runs on cron, not every_minutes 5.0" in capsys.readouterr().err
+
+
+def test_the_local_twin_runs_what_is_submitted_and_refuses_what_it_cannot(tmp_path, spec, capsys, template):
+    from fleetops.platform import PipelineRun, connect, local_uri
+
+    platform = connect(local_uri(tmp_path / "home"))
+    run = PipelineRun(template, {"fleet_spec": spec.to_json()}, display_name="churn")
+    dry = platform.submit_pipeline(run, dry_run=True)
+    assert dry.request["runner"] == "kfp.local" and dry.request["template"] == str(template)
+    assert not (tmp_path / "home" / "runs").exists()  # a dry run runs nothing
+    with pytest.raises(UserError, match=r"not on cron '0 \* \* \* \*'"):
+        platform.schedule_pipeline(run, cron="0 * * * *")
+    with pytest.raises(UserError, match="needs every_minutes > 0"):
+        platform.schedule_pipeline(run, every_minutes=0)
+    with pytest.raises(UserError, match="is in Cloud Storage, which the local twin does not read"):
+        platform.check_source("gs://bucket/churn.csv")
+    platform.check_source("bq://proj-1.crm.churn")

@@ -17,6 +17,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
@@ -77,12 +78,70 @@ class VertexSettings:
         )
 
 
+@dataclass(frozen=True)
+class PipelineRun:
+    """A compiled pipeline (KFP YAML) and what one run of it is given."""
+
+    template: Path
+    parameters: dict[str, Any]
+    display_name: str
+    job_id: str | None = None  # Vertex's pipeline job id; None: the SDK makes one
+    enable_caching: bool | None = None  # None: as compiled
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Submission:
+    """What a platform did with a run or a schedule.
+
+    `name`: the local run's folder, or the Vertex resource; `ok`: whether it succeeded (None: it runs on,
+    remotely); `request`: what a dry run would have sent, instead of sending it; `detail`: the local
+    run's record (tasks, outputs, log).
+    """
+
+    name: str
+    ok: bool | None = None
+    request: dict[str, Any] | None = None
+    detail: Any = None
+
+
 class Platform(ABC):
     """What components need from where they run: a registry, endpoints, data access, a pipeline root."""
 
     uri: str
     registry: ModelRegistry
     endpoints: Endpoints
+
+    @abstractmethod
+    def submit_pipeline(self, run: PipelineRun, *, dry_run: bool = False) -> Submission:
+        """Start `run` where this platform runs pipelines.
+
+        Local twin: now, on this machine, under kfp.local (in a child process; one line per finished
+        task), returning when the run ends. Vertex: a PipelineJob that runs as the platform's service
+        account on its network, not waited on. `dry_run`: nothing runs and nothing is sent; the
+        submission carries the request instead.
+        """
+
+    @abstractmethod
+    def schedule_pipeline(
+        self,
+        run: PipelineRun,
+        *,
+        cron: str | None = None,
+        every_minutes: float | None = None,
+        runs: int | None = None,
+        dry_run: bool = False,
+    ) -> Submission:
+        """Run `run` on a schedule.
+
+        Local twin: every `every_minutes` (from each start) in the foreground, `runs` times or until
+        Ctrl-C; `ok` says whether every run succeeded. Vertex: a PipelineJobSchedule on `cron` (five
+        fields), at most one run at a time. Each refuses the other's setting.
+        """
+
+    @abstractmethod
+    def check_source(self, source: str) -> None:
+        """Refuse a data source the pipeline's tasks could not read where this platform runs them."""
 
     @abstractmethod
     def read_table(self, source: str, bad_lines: list[BadLine] | None = None) -> pd.DataFrame:

@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
 
 from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
-from fleetops.platform import Platform, local_uri
+from fleetops.platform import PipelineRun, Platform, Submission, local_uri
 from fleetops.platform.local.endpoints import LocalEndpoints
 from fleetops.platform.local.registry import LocalModelRegistry
 
@@ -32,6 +33,46 @@ class LocalPlatform(Platform):
     @property
     def pipeline_root(self) -> str:
         return str(self.home / "pipeline_root")
+
+    def submit_pipeline(self, run: PipelineRun, *, dry_run: bool = False) -> Submission:
+        """Run it now under kfp.local, in `<home>/runs/<time>/` (the job id and labels have no local meaning)."""
+        from fleetops.platform.local.pipeline_runs import run_compiled
+
+        if dry_run:
+            return Submission("(dry run)", request=self._local_request(run))
+        local = run_compiled(run.template, run.parameters, self.home)
+        return Submission(str(local.run_dir), ok=local.ok, detail=local)
+
+    def schedule_pipeline(
+        self,
+        run: PipelineRun,
+        *,
+        cron: str | None = None,
+        every_minutes: float | None = None,
+        runs: int | None = None,
+        dry_run: bool = False,
+    ) -> Submission:
+        from fleetops.platform.local.pipeline_runs import run_every
+
+        if cron is not None:
+            raise UserError(f"the local twin schedules every N minutes, not on cron {cron!r}: use --every-minutes N")
+        if every_minutes is None or not every_minutes > 0:
+            raise UserError(f"a local schedule needs every_minutes > 0 (--every-minutes N), not {every_minutes!r}")
+        if dry_run:
+            return Submission("(dry run)", request=self._local_request(run) | {"every_minutes": every_minutes})
+        outcomes = run_every(run.template, run.parameters, self.home, every_minutes, runs)
+        return Submission(str(self.home / "runs"), ok=all(outcomes), detail=outcomes)
+
+    def _local_request(self, run: PipelineRun) -> dict[str, Any]:
+        return {"runner": "kfp.local", "home": str(self.home), "template": str(run.template), **run.parameters}
+
+    def check_source(self, source: str) -> None:
+        """Files on this machine, SQL on the twin's warehouse and its bq:// tables; not Cloud Storage."""
+        if source_kind(source) == "file" and source.startswith("gs://"):
+            raise UserError(
+                f"data source {source!r} is in Cloud Storage, which the local twin does not read: copy it to "
+                "this machine, or load it into the twin's warehouse as a bq:// table"
+            )
 
     def read_table(self, source: str, bad_lines: list[BadLine] | None = None) -> pd.DataFrame:
         kind = source_kind(source)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
-from fleetops.platform import Platform, VertexSettings
+from fleetops.platform import PipelineRun, Platform, Submission, VertexSettings
 from fleetops.platform.vertex.calls import VertexCalls
 from fleetops.platform.vertex.endpoints import VertexEndpoints
 from fleetops.platform.vertex.registry import VertexModelRegistry
@@ -54,6 +54,31 @@ class VertexPlatform(Platform):
     @property
     def pipeline_root(self) -> str:
         return self.settings.resolved_pipeline_root()
+
+    def submit_pipeline(self, run: PipelineRun, *, dry_run: bool = False) -> Submission:
+        from fleetops.platform.vertex.pipeline_jobs import submit
+
+        return submit(self, run, dry_run)
+
+    def schedule_pipeline(
+        self,
+        run: PipelineRun,
+        *,
+        cron: str | None = None,
+        every_minutes: float | None = None,
+        runs: int | None = None,
+        dry_run: bool = False,
+    ) -> Submission:
+        from fleetops.platform.vertex.pipeline_jobs import schedule
+
+        if runs is not None:
+            raise UserError(f"a Vertex schedule runs until paused or deleted; runs={runs!r} is for the local twin")
+        return schedule(self, run, cron, every_minutes, dry_run)
+
+    def check_source(self, source: str) -> None:
+        """Vertex tasks read Cloud Storage (gs://), BigQuery (bq://, SQL), not a file on this machine."""
+        if source_kind(source) == "file" and not source.startswith("gs://"):
+            raise UserError(f"data source {source!r} is a file on this machine; on Vertex use gs://, bq:// or SQL")
 
     def read_table(self, source: str, bad_lines: list[BadLine] | None = None) -> pd.DataFrame:
         kind = source_kind(source)
