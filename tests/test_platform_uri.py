@@ -198,3 +198,10 @@ def test_a_refused_uri_sends_nothing(path_and_setting, value):
                 f"vertex://proj-1/{path_and_setting}&api_endpoint={fake.endpoint}", credentials=AnonymousCredentials()
             )
         assert fake.requests == []
+
+
+def test_anonymous_credentials_are_for_a_stand_in_and_nothing_else_is_accepted():
+    platform = connect("vertex://proj-1/us-central1?api_endpoint=http://127.0.0.1:9&credentials=anonymous")
+    assert isinstance(platform.credentials, AnonymousCredentials)
+    with pytest.raises(UserError, match=r"credentials 'adc' is not a choice: 'anonymous'"):
+        vertex_settings("vertex://proj-1/us-central1?credentials=adc")

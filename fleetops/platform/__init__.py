@@ -39,6 +39,7 @@ _VERTEX_SETTINGS = (
     "bigquery_endpoint",
     "writes_per_minute",
     "jobs_per_minute",
+    "credentials",
 )
 
 _RATE_SETTINGS = ("writes_per_minute", "jobs_per_minute")
@@ -66,6 +67,9 @@ class VertexSettings:
     # Lower them when other clients share the project's quota; see fleetops/platform/vertex/calls.py.
     writes_per_minute: float = 600.0
     jobs_per_minute: float = 60.0
+    # `anonymous`: send no credentials, for an emulator or stand-in at `api_endpoint` (as the Cloud
+    # Storage and BigQuery emulators are reached); unset, Application Default Credentials.
+    credentials: str | None = None
 
     def resolved_pipeline_root(self) -> str:
         """`pipeline_root`, else `<staging_bucket>/pipeline_root`: where Vertex pipeline runs write."""
@@ -185,7 +189,12 @@ def connect(uri: str = "local", credentials: object = None) -> Platform:
     if uri.startswith("vertex://"):
         from fleetops.platform.vertex import VertexPlatform
 
-        return VertexPlatform(vertex_settings(uri), credentials=credentials)
+        settings = vertex_settings(uri)
+        if credentials is None and settings.credentials == "anonymous":
+            from google.auth.credentials import AnonymousCredentials
+
+            credentials = AnonymousCredentials()
+        return VertexPlatform(settings, credentials=credentials)
     raise UserError(
         f"platform URI {uri!r} is not supported; use 'local', 'local:///abs/path' or 'vertex://PROJECT/REGION'"
     )
@@ -226,6 +235,11 @@ def vertex_settings(uri: str) -> VertexSettings:
 
     check_labels(labels)
     check_vertex_uri_values(project, region, query)
+    if query.get("credentials", "anonymous") != "anonymous":
+        raise UserError(
+            f"credentials {query['credentials']!r} is not a choice: 'anonymous' (an emulator or stand-in at "
+            "api_endpoint), or leave it out for Application Default Credentials"
+        )
     rates = {name: _per_minute(name, query.pop(name)) for name in _RATE_SETTINGS if name in query}
     return VertexSettings(project=project, region=region, labels=labels, **query, **rates)
 
