@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from tests.loopback import LoopbackJsonServer
 
@@ -188,6 +189,8 @@ class FakeVertex(LoopbackJsonServer):
     # -- the API -------------------------------------------------------------------------------
 
     def _api(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if method == "PATCH" and (match := _JOBS.match(path)) and match.group(2) == "modelDeploymentMonitoringJobs":
+            return self._update_monitoring_job(match.group(3), query, body)
         if match := _JOBS.match(path):
             return self._job(method, *match.groups(), body)
         if method == "POST" and (match := _MONITORING_SEARCH.match(path)):
@@ -242,6 +245,21 @@ class FakeVertex(LoopbackJsonServer):
             job_id = str(sum(k == kind for k, _ in self.jobs) + 1)
             self.jobs[(kind, job_id)] = dict(body) | {"name": f"{parent}/{kind}/{job_id}"} | _JOB_RESULTS[kind]
         return 200, self.jobs[(kind, job_id)]
+
+    def _update_monitoring_job(self, job_id: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """PATCH with an updateMask (camelCase or snake_case paths): those fields replaced; an operation, done."""
+        job = self.jobs.get(("modelDeploymentMonitoringJobs", job_id))
+        if job is None:
+            return _error(404, f"ModelDeploymentMonitoringJob {job_id} not found")
+        paths = parse_qs(query.replace(";", "&")).get("updateMask", [""])[0].split(",")
+        fields = {re.sub(r"_(\w)", lambda m: m.group(1).upper(), p) for p in paths if p}
+        if not fields:
+            return _error(400, "update_mask is required")
+        job.update({f: body[f] for f in fields if f in body})
+        return 200, _done(
+            f"{job['name']}/operations/{len(self.requests)}",
+            {"@type": "type.googleapis.com/google.cloud.aiplatform.v1.ModelDeploymentMonitoringJob", **job},
+        )
 
     def _search_monitoring_stats(self, job_name: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """The stats anomalies a test set for the job's endpoint, filtered as Vertex does: by deployed

@@ -217,6 +217,27 @@ def test_the_report_follows_the_model_taking_most_traffic(fleet, spec, tmp_path)
     assert north.version_id == "2" and not north.anomalies
 
 
+def test_a_model_deployed_after_the_job_was_created_is_watched_with_the_same_objective(fleet, spec, tmp_path):
+    monitored = _on_vertex(spec, "bq://proj-1.crm.churn", drift_threshold=0.2)
+    fleet.monitor(monitored, NOW)
+    first = _serving(fleet, "churn-north")
+    retrained = tmp_path / "gcs" / "b" / "north-2"
+    retrained.mkdir()
+    (retrained / MODEL_METADATA_FILE).write_text(json.dumps({"format": FORMAT, "segment": "north", "retrained": 1}))
+    fleet.registry.upload_version("churn-north", retrained, artifact_uri="gs://b/north-2", serving_image="img")
+    _, canary = fleet.endpoints.deploy("churn-north", "churn-north", "2", traffic_percentage=10)
+
+    fleet.monitor(monitored, NOW)
+    fleet.monitor(monitored, NOW)  # watched now: nothing more to update
+    [update] = fleet.fake.calls("PATCH", "modelDeploymentMonitoringJobs/1")
+    assert "updateMask=modelDeploymentMonitoringObjectiveConfigs" in update["query"]
+    configs = update["body"]["modelDeploymentMonitoringObjectiveConfigs"]
+    assert [c["deployedModelId"] for c in configs] == [first, canary]
+    assert configs[1]["objectiveConfig"] == configs[0]["objectiveConfig"]
+    assert configs[1]["objectiveConfig"]["trainingDataset"]["bigquerySource"] == {"inputUri": "bq://proj-1.crm.churn"}
+    assert len(fleet.fake.calls("POST", "modelDeploymentMonitoringJobs")) == 2  # one per endpoint, ever
+
+
 def test_a_data_source_vertex_cannot_read_gives_drift_only_and_says_why(fleet, spec):
     monitored = _on_vertex(spec, "gs://b/churn.parquet")
     north = _serving(fleet, "churn-north")

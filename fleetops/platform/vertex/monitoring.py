@@ -111,11 +111,15 @@ def ensure_monitoring_jobs(
     if endpoints is None:
         endpoints = platform.endpoints.list({LABEL_FLEET: spec.name})
     existing = _jobs_by_endpoint(platform)
-    return {
-        endpoint.endpoint_id: existing.get(platform.endpoints.name(endpoint.endpoint_id))
-        or create_monitoring_job(spec, platform, endpoint.endpoint_id, training_data)
-        for endpoint in endpoints
-    }
+    jobs = {}
+    for endpoint in endpoints:
+        job = existing.get(platform.endpoints.name(endpoint.endpoint_id))
+        if job is None:
+            job = create_monitoring_job(spec, platform, endpoint.endpoint_id, training_data)
+        elif _watched(job) != {m.deployed_model_id for m in endpoint.deployed_models}:
+            job = _watch_deployed_models(platform, job, endpoint)
+        jobs[endpoint.endpoint_id] = job
+    return jobs
 
 
 def create_monitoring_job(
@@ -161,6 +165,39 @@ def create_monitoring_job(
         # Created, then refused: the endpoint's job is there.
         already_done=lambda: _jobs_by_endpoint(platform).get(endpoint),
     )
+
+
+def _watched(job: Any) -> set[str]:
+    """The deployed models a job watches (it has an objective config for each)."""
+    return {c.deployed_model_id for c in job.gca_resource.model_deployment_monitoring_objective_configs}
+
+
+def _watch_deployed_models(platform: VertexPlatform, job: Any, endpoint: Endpoint) -> Any:
+    """The job made to watch exactly the endpoint's deployed models (a canary deployed since it was created,
+    not one since undeployed), each new one with the objective the job already has (its training data and
+    thresholds): a job watches the deployed models it was given, not those deployed after."""
+    from google.cloud.aiplatform_v1.types import ModelDeploymentMonitoringObjectiveConfig
+    from google.protobuf import field_mask_pb2
+
+    current = job.gca_resource
+    configs = {c.deployed_model_id: c for c in current.model_deployment_monitoring_objective_configs}
+    if not configs:  # Vertex refuses a job without one, so this is a job in a state we do not know
+        raise UserError(f"monitoring job {current.name} has no objective configs to extend; delete it to recreate")
+    objective = next(iter(configs.values())).objective_config
+    deployed = [m.deployed_model_id for m in endpoint.deployed_models]
+    current.model_deployment_monitoring_objective_configs = [
+        configs.get(d) or ModelDeploymentMonitoringObjectiveConfig(deployed_model_id=d, objective_config=objective)
+        for d in deployed
+    ]
+    client = job.api_client.select_version("v1")
+    mask = field_mask_pb2.FieldMask(paths=["model_deployment_monitoring_objective_configs"])
+    platform.calls.write(
+        f"monitoring job update of {current.name} to watch deployed models {deployed}",
+        lambda: client.update_model_deployment_monitoring_job(
+            model_deployment_monitoring_job=current, update_mask=mask
+        ).result(),
+    )
+    return job
 
 
 def _thresholds(spec: FleetSpec, default: float) -> dict[str, float]:
@@ -285,6 +322,8 @@ def _notes(spec: FleetSpec, job: Any, skew: dict, drift: dict, without_skew: str
     every = f"every {spec.monitoring.interval_hours} h"
     waiting = f"no {{}} results yet from {job.resource_name} (runs {every})"
     notes = [without_skew or ("" if skew else waiting.format("skew")), "" if drift else waiting.format("drift")]
+    if skew or drift:
+        notes.append("Vertex's results give distances; the row counts stay in its statistics (statsUri)")
     if spec.monitoring.policy is not MonitoringPolicy.FIXED:
         notes.append(f"Vertex judges with the fixed rule (the {spec.monitoring.policy.value} policy runs on the twin)")
     return notes
