@@ -29,6 +29,7 @@ from fleetops.errors import UserError
 from fleetops.monitoring.compare import FeatureResult
 from fleetops.monitoring.jobs import EndpointReport
 from fleetops.names import LABEL_FLEET
+from fleetops.platform import Platform
 from fleetops.platform.endpoints import DeployedModel, Endpoint
 from fleetops.spec import FleetSpec, MonitoringPolicy
 from fleetops.training.artifact import read_metadata
@@ -42,7 +43,7 @@ DRIFT = "RAW_FEATURE_DRIFT"
 _GCS_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".tfrecord": "tf-record"}
 
 
-def configure_fleet_monitoring(spec: FleetSpec, platform: Any, training_data: str) -> list[str]:
+def configure_fleet_monitoring(spec: FleetSpec, platform: Platform, training_data: str) -> list[str]:
     """Make sure each endpoint labelled with the fleet has a monitoring job; return their resource names.
 
     `training_data` (bq:// or gs://) is the skew baseline of the jobs created now; jobs already there are kept.
@@ -87,7 +88,7 @@ def _gcs_format(uri: str) -> str | None:
     return next((f for suffix, f in _GCS_FORMATS.items() if uri.lower().endswith(suffix)), None)
 
 
-def _vertex(platform: Any) -> VertexPlatform:
+def _vertex(platform: Platform) -> VertexPlatform:
     from fleetops.platform.vertex import VertexPlatform
 
     if not isinstance(platform, VertexPlatform):
