@@ -265,6 +265,12 @@ def test_a_threshold_changed_since_the_job_was_created_is_noted(fleet, spec):
     assert by_feature["contract"].distance is None and "no statistics" in by_feature["contract"].note
 
 
+def test_an_artifact_out_of_reach_is_named(fleet, spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETOPS_GCS_MOUNT", str(tmp_path / "elsewhere"))
+    with pytest.raises(UserError, match=r"artifact of .*churn-north@1 \(gs://b/north\) is not readable"):
+        fleet.monitor(_on_vertex(spec, "bq://proj-1.crm.churn"), NOW)
+
+
 def test_vertex_monitoring_needs_a_vertex_platform(platform, spec):
     with pytest.raises(UserError, match="needs a vertex:// platform"):
         configure_fleet_monitoring(spec, platform, "bq://proj-1.crm.churn_training")

@@ -333,4 +333,10 @@ def _notes(spec: FleetSpec, job: Any, skew: dict, drift: dict, without_skew: str
 def _segment(platform: VertexPlatform, serving: DeployedModel) -> str:
     """The segment a deployed version was trained for, from its artifact (read through the Cloud Storage mount)."""
     version = platform.registry.get_version(serving.model_id, serving.version_id)
-    return read_metadata(platform.registry.artifact_path(version))["segment"]
+    artifact = platform.registry.artifact_path(version)
+    if not artifact.is_dir():
+        raise UserError(
+            f"the artifact of {version.versioned_name} ({version.artifact_uri}) is not readable at {artifact}: "
+            "a Vertex task sees Cloud Storage there; elsewhere set FLEETOPS_GCS_MOUNT to a copy of its buckets"
+        )
+    return read_metadata(artifact)["segment"]
