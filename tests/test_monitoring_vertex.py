@@ -254,12 +254,14 @@ def test_a_data_source_vertex_cannot_read_gives_drift_only_and_says_why(fleet, s
     assert "skew is not monitored on Vertex" in report.note and "gs://b/churn.parquet" in report.note
 
 
-def test_a_threshold_changed_since_the_job_was_created_is_noted(fleet, spec):
+def test_a_threshold_changed_since_the_job_was_created_and_the_policy_vertex_cannot_apply_are_noted(fleet, spec):
     north = _serving(fleet, "churn-north")
     fleet.fake.monitoring_stats["churn-north"] = [
         monitoring_stats(north, DRIFT, {"plan": 0.25}, 0.4, "2026-11-20T10:00:00Z", _T11)
     ]
-    report = fleet.monitor(_on_vertex(spec, "bq://proj-1.crm.churn", drift_threshold=0.2), NOW)[0]
+    monitored = _on_vertex(spec, "bq://proj-1.crm.churn", drift_threshold=0.2, policy="calibrated")
+    report = fleet.monitor(monitored, NOW)[0]
+    assert "Vertex judges with the fixed rule" in report.note
     by_feature = {r.feature: r for r in report.drift}
     assert by_feature["plan"].anomaly and "judges against 0.4" in by_feature["plan"].note
     assert by_feature["contract"].distance is None and "no statistics" in by_feature["contract"].note
