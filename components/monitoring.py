@@ -1,4 +1,4 @@
-"""Monitoring components: skew and drift of a fleet's endpoints on the local twin, and Vertex-managed monitoring."""
+"""Monitoring components: skew and drift of a fleet's endpoints (the twin's request log or Vertex's monitoring jobs)."""
 
 from typing import NamedTuple
 
@@ -17,15 +17,18 @@ def monitor(
     anomalies: Output[Artifact],
     scorecard: Output[HTML],
 ) -> bool:
-    """Skew (against each model's training statistics) and drift (against the previous window) per endpoint.
+    """Skew (against each model's training data) and drift (against the previous window) per endpoint.
 
-    Every endpoint and feature is computed in one vectorised pass. `monitoring.policy` judges the distances:
-    `fixed` (Vertex's rule, above the threshold) or `calibrated` (above the no-drift range at the window's
-    size, false discoveries controlled across the fleet).
+    On the local twin every endpoint and feature is computed from the request log in one vectorised pass,
+    and `monitoring.policy` judges the distances: `fixed` (Vertex's rule, above the threshold) or
+    `calibrated` (above the no-drift range at the window's size, false discoveries controlled across the
+    fleet). On Vertex each endpoint's ModelDeploymentMonitoringJob (created on the first run, reused after)
+    computes them, and its latest results are judged against the spec's thresholds.
 
     Args:
         fleet_spec: The fleet spec, YAML or JSON text (its `monitoring` section sets thresholds, windows, policy).
-        platform: The local twin's URI (`local:///path`); its request-response log is the serving data.
+        platform: `local:///path` (the twin's request-response log is the serving data) or
+            `vertex://PROJECT/REGION?...` (Vertex's monitoring jobs sample the endpoints' traffic).
         report: Output. HTML with a baseline-vs-current chart per feature.
         summary: Output. A Markdown table per segment.
         metrics: Output. The largest skew and drift per segment, and how many segments were flagged.
@@ -91,12 +94,15 @@ def plan_retraining(fleet_spec: str, anomalies: Input[Artifact]) -> NamedTuple(
 
 @fleetops_component
 def configure_vertex_monitoring(fleet_spec: str, platform: str, training_data: str) -> str:
-    """Create a Vertex ModelDeploymentMonitoringJob (skew and drift) for each endpoint of the fleet.
+    """Make sure each endpoint of the fleet has a Vertex ModelDeploymentMonitoringJob (skew and drift).
+
+    The monitor step does the same on Vertex with the spec's data source as the skew baseline; this step
+    sets up the jobs ahead of it, with other training data. A job already watching an endpoint is kept.
 
     Args:
         fleet_spec: The fleet spec (thresholds, interval, sampling rate, alert emails).
         platform: `vertex://PROJECT/REGION?...`.
-        training_data: The training data for skew: bq://project.dataset.table or gs://...csv.
+        training_data: The training data for skew: bq://project.dataset.table or gs://...csv|jsonl|tfrecord.
 
     Returns:
         The monitoring jobs' resource names, as JSON text.

@@ -58,6 +58,15 @@ _JOB_RESULTS: dict[str, dict[str, Any]] = {
         ],
     },
 }
+_MONITORING_SEARCH = re.compile(
+    r"^/v1/(projects/[^/]+/locations/[^/]+/modelDeploymentMonitoringJobs/\w+):searchModelDeploymentMonitoringStatsAnomalies$"
+)
+_OBJECTIVES = {
+    1: "RAW_FEATURE_SKEW",
+    2: "RAW_FEATURE_DRIFT",
+    3: "FEATURE_ATTRIBUTION_SKEW",
+    4: "FEATURE_ATTRIBUTION_DRIFT",
+}
 _ENDPOINTS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints$")
 _ENDPOINT = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints/([^/:]+)(:\w+)?$")
 _MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models/([^/@:]+)(?:@([^/:]+))?(.*)$")
@@ -132,6 +141,8 @@ class FakeVertex(LoopbackJsonServer):
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.pools: dict[str, dict[str, Any]] = {}
         self.pipeline_jobs: dict[str, dict[str, Any]] = {}
+        # endpoint id -> the ModelMonitoringStatsAnomalies (REST JSON) its monitoring job has produced so far
+        self.monitoring_stats: dict[str, list[dict[str, Any]]] = {}
         self._next_deployed_id = 1000
         self.fail_evaluation_import = False
         self.refusals: list[Refusal] = []
@@ -196,10 +207,14 @@ class FakeVertex(LoopbackJsonServer):
         return _error(404, f"PipelineJob {name} not found")
 
     def _api(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if method == "PATCH" and (match := _JOBS.match(path)) and match.group(2) == "modelDeploymentMonitoringJobs":
+            return self._update_monitoring_job(match.group(3), query, body)
         if match := _JOBS.match(path):
             return self._job(method, *match.groups(), body)
         if match := _PIPELINE_JOBS.match(path):
             return self._pipeline_jobs(method, *match.groups(), query, body)
+        if method == "POST" and (match := _MONITORING_SEARCH.match(path)):
+            return self._search_monitoring_stats(match.group(1), body)
         if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/schedules$", path):
             schedule = dict(body) | {"name": f"{match.group(1)}/schedules/{len(self.requests)}", "state": "ACTIVE"}
             return 200, schedule
@@ -250,6 +265,45 @@ class FakeVertex(LoopbackJsonServer):
             job_id = str(sum(k == kind for k, _ in self.jobs) + 1)
             self.jobs[(kind, job_id)] = dict(body) | {"name": f"{parent}/{kind}/{job_id}"} | _JOB_RESULTS[kind]
         return 200, self.jobs[(kind, job_id)]
+
+    def _update_monitoring_job(self, job_id: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """PATCH with an updateMask (camelCase or snake_case paths): those fields replaced; an operation, done."""
+        job = self.jobs.get(("modelDeploymentMonitoringJobs", job_id))
+        if job is None:
+            return _error(404, f"ModelDeploymentMonitoringJob {job_id} not found")
+        paths = parse_qs(query.replace(";", "&")).get("updateMask", [""])[0].split(",")
+        fields = {re.sub(r"_(\w)", lambda m: m.group(1).upper(), p) for p in paths if p}
+        if not fields:
+            return _error(400, "update_mask is required")
+        job.update({f: body[f] for f in fields if f in body})
+        return 200, _done(
+            f"{job['name']}/operations/{len(self.requests)}",
+            {"@type": "type.googleapis.com/google.cloud.aiplatform.v1.ModelDeploymentMonitoringJob", **job},
+        )
+
+    def _search_monitoring_stats(self, job_name: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The stats anomalies a test set for the job's endpoint, filtered as Vertex does: by deployed
+        model, objective and feature, each feature's windows limited to [startTime, endTime]."""
+        job = self.jobs.get(("modelDeploymentMonitoringJobs", job_name.rsplit("/", 1)[-1]))
+        if job is None:
+            return _error(404, f"ModelDeploymentMonitoringJob {job_name} not found")
+        if not body.get("deployedModelId"):
+            return _error(400, "deployed_model_id is required")
+        # The SDK's REST transport sends enums as numbers ($alt=json;enum-encoding=int); Vertex takes names too.
+        objectives = {_OBJECTIVES.get(o.get("type"), o.get("type")) for o in body.get("objectives", [])}
+        if not objectives:
+            return _error(400, "objectives are required")
+        found = []
+        for stats in self.monitoring_stats.get(job["endpoint"].rsplit("/", 1)[-1], []):
+            if stats["deployedModelId"] != body["deployedModelId"] or stats["objective"] not in objectives:
+                continue
+            features = [
+                feature | {"predictionStats": _within(feature.get("predictionStats", []), body)}
+                for feature in stats.get("featureStats", [])
+                if body.get("featureDisplayName") in (None, "", feature["featureDisplayName"])
+            ]
+            found.append(stats | {"featureStats": features})
+        return 200, {"monitoringStats": found}
 
     def _pools(self, method: str, parent: str, pool_id: str | None, body: dict[str, Any]) -> tuple[int, dict]:
         if method == "GET" and pool_id is not None:
@@ -417,6 +471,48 @@ class FakeVertex(LoopbackJsonServer):
         return 200, _done(
             f"{parent}/models/{model_id}/operations/delete", {"@type": "type.googleapis.com/google.protobuf.Empty"}
         )
+
+
+def _within(windows: list[dict[str, Any]], body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The windows that end within the request's [startTime, endTime] (RFC 3339 UTC strings compare as times)."""
+    start, end = body.get("startTime", ""), body.get("endTime", "9999")
+    return [w for w in windows if start <= w["endTime"] <= end]
+
+
+def monitoring_stats(
+    deployed_model_id: str,
+    objective: str,
+    deviations: dict[str, float],
+    threshold: dict[str, float] | float,
+    start: str,
+    end: str,
+) -> dict[str, Any]:
+    """One ModelMonitoringStatsAnomalies as Vertex's REST API answers it: `deviations` (feature -> its
+    distribution_deviation) in one window, each feature with its anomaly detection threshold."""
+    thresholds = threshold if isinstance(threshold, dict) else dict.fromkeys(deviations, threshold)
+    features = [
+        {
+            "featureDisplayName": name,
+            "threshold": {"value": thresholds[name]},
+            "predictionStats": [
+                {
+                    "distributionDeviation": deviation,
+                    "anomalyDetectionThreshold": thresholds[name],
+                    "startTime": start,
+                    "endTime": end,
+                    "statsUri": f"gs://monitoring/{deployed_model_id}/{objective}/{name}/stats",
+                }
+            ],
+        }
+        for name, deviation in deviations.items()
+    ]
+    anomalies = sum(deviations[f] > thresholds[f] for f in deviations)
+    return {
+        "objective": objective,
+        "deployedModelId": deployed_model_id,
+        "anomalyCount": anomalies,
+        "featureStats": features,
+    }
 
 
 def _done(name: str, response: dict[str, Any]) -> dict[str, Any]:

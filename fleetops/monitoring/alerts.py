@@ -1,10 +1,13 @@
 """Monitoring alerts: the local twin's alert log, an optional webhook, and a structured log line.
 
-Every flagged endpoint becomes one alert. It is appended to
-`<home>/monitoring.sqlite` (table `alerts`) when there is a home, POSTed as
-JSON to the webhook when one is configured (a failed delivery is recorded on
-the alert, never raised), and printed as a structured JSON line with severity
-WARNING, which Cloud Logging ingests from Vertex pipeline steps.
+Every flagged endpoint becomes one alert. It is POSTed as JSON to the webhook
+when one is configured (a failed delivery is recorded on the alert, never
+raised), printed as a structured JSON line with severity WARNING, which Cloud
+Logging ingests from Vertex pipeline steps, and kept where the platform keeps
+alerts (`Platform.record_alerts`): on the local twin, appended to
+`<home>/monitoring.sqlite` (table `alerts`); on Vertex nowhere more, as the
+monitoring jobs email `alert_emails` and log their anomalies to Cloud Logging
+themselves.
 """
 
 from __future__ import annotations
@@ -72,15 +75,22 @@ def send_alerts(
             flush=True,
         )
         alerts.append(alert)
-    if home is not None and alerts:
-        path = Path(home) / ALERTS_FILE
-        with closing(sqlite3.connect(path)) as conn, conn:
-            conn.executescript(_SCHEMA)
-            conn.executemany(
-                "INSERT INTO alerts (time, fleet, endpoint_id, payload, delivery) VALUES (?, ?, ?, ?, ?)",
-                [(a["time"], fleet, a["endpoint_id"], json.dumps(a), a["delivery"]) for a in alerts],
-            )
+    if home is not None:
+        record_alerts(home, fleet, alerts)
     return alerts
+
+
+def record_alerts(home: str | Path, fleet: str, alerts: list[dict[str, Any]]) -> None:
+    """Append `alerts` to the twin's alert log under `home` (all of them or none)."""
+    if not alerts:
+        return
+    path = Path(home) / ALERTS_FILE
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.executescript(_SCHEMA)
+        conn.executemany(
+            "INSERT INTO alerts (time, fleet, endpoint_id, payload, delivery) VALUES (?, ?, ?, ?, ?)",
+            [(a["time"], fleet, a["endpoint_id"], json.dumps(a), a["delivery"]) for a in alerts],
+        )
 
 
 def read_alerts(home: str | Path) -> list[dict[str, Any]]:

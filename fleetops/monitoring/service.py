@@ -1,4 +1,4 @@
-"""One monitoring run for a fleet on the local twin: reports, alerts, and what to retrain."""
+"""One monitoring run for a fleet, on the local twin or on Vertex: reports, alerts, and what to retrain."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 
 from fleetops.errors import UserError
 from fleetops.monitoring.alerts import send_alerts
-from fleetops.monitoring.jobs import EndpointReport, drifted_segments, monitor_fleet
+from fleetops.monitoring.jobs import EndpointReport, drifted_segments
 from fleetops.monitoring.report import metrics, render_html, render_markdown
 from fleetops.platform import Platform
 from fleetops.spec import FleetSpec
@@ -24,22 +24,22 @@ class MonitoringRun:
 
 
 def run_monitoring(spec: FleetSpec, platform: Platform, now: datetime | None = None) -> MonitoringRun:
-    """Monitor every endpoint of the fleet, raise alerts, and name the segments to retrain."""
-    home = getattr(platform, "home", None)
-    if home is None:
-        raise UserError(
-            f"monitoring from the request log runs on the local twin; on {platform.uri} use Vertex-managed "
-            "monitoring (the configure_vertex_monitoring component), which reads Vertex's own request log"
-        )
-    reports = monitor_fleet(spec, platform, home, now)
-    drifted = drifted_segments(reports)
+    """Monitor every endpoint of the fleet, raise alerts, and name the segments to retrain.
+
+    The platform monitors (`Platform.monitor`: the twin judges its request log, Vertex reads its
+    monitoring jobs' results); alerts go to the webhook and the log here, and are kept where the
+    platform keeps them (`Platform.record_alerts`).
+    """
+    reports = platform.monitor(spec, now)
+    alerts = send_alerts(spec.name, reports, webhook=spec.monitoring.webhook)
+    platform.record_alerts(spec.name, alerts)
     return MonitoringRun(
         reports=reports,
-        drifted=drifted,
+        drifted=drifted_segments(reports),
         html=render_html(spec.name, reports),
         markdown=render_markdown(spec.name, reports),
         metrics=metrics(reports),
-        alerts=send_alerts(spec.name, reports, home, spec.monitoring.webhook),
+        alerts=alerts,
     )
 
 

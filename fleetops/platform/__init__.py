@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
@@ -26,6 +27,10 @@ from fleetops.data.sources import BadLine
 from fleetops.errors import UserError
 from fleetops.platform.endpoints import Endpoints
 from fleetops.platform.registry import ModelRegistry
+
+if TYPE_CHECKING:  # monitoring imports the platform seam: only the annotations need its types
+    from fleetops.monitoring.jobs import EndpointReport
+    from fleetops.spec import FleetSpec
 
 DEFAULT_HOME = ".fleetops"
 _VERTEX_SETTINGS = (
@@ -173,6 +178,25 @@ class Platform(ABC):
         batch_size: int = 64,
     ) -> dict:
         """Score `source` with one registered version into `destination`; bad rows go to an errors output."""
+
+    @abstractmethod
+    def monitor(self, spec: FleetSpec, now: datetime | None = None) -> list[EndpointReport]:
+        """Skew and drift of every endpoint of the fleet (labelled `fleet=<name>`): one report each.
+
+        Local: the twin's request log, judged here (monitoring/jobs.py `monitor_fleet`) against each
+        model's training statistics (skew) and the window before (drift), at `now` (default: the
+        present). Vertex: each endpoint's ModelDeploymentMonitoringJob (created on first use with the
+        spec's thresholds, sampling, interval and alert emails; reused after) and its latest results
+        up to `now`, the distances as Vertex computed them (vertex/monitoring.py).
+        """
+
+    @abstractmethod
+    def record_alerts(self, fleet: str, alerts: list[dict]) -> None:
+        """Keep a monitoring run's alerts (already logged and sent to the webhook) where this platform keeps them.
+
+        Local: appended to the twin's alert log (`<home>/monitoring.sqlite`). Vertex: nothing more, since
+        the monitoring jobs email the spec's `alert_emails` and log their anomalies to Cloud Logging.
+        """
 
 
 def connect(uri: str = "local", credentials: object = None) -> Platform:

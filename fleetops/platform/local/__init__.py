@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pandas as pd
@@ -19,6 +20,10 @@ from fleetops.errors import UserError
 from fleetops.platform import PipelineRun, Platform, Submission, local_uri
 from fleetops.platform.local.endpoints import LocalEndpoints
 from fleetops.platform.local.registry import LocalModelRegistry
+
+if TYPE_CHECKING:
+    from fleetops.monitoring.jobs import EndpointReport
+    from fleetops.spec import FleetSpec
 
 
 class LocalPlatform(Platform):
@@ -111,6 +116,19 @@ class LocalPlatform(Platform):
         frame = self.read_table(source, bad_lines)
         result = batch_predict(predictor, frame, destination, bad_lines=bad_lines)
         return result.summary() | {"model": registered.versioned_name}
+
+    def monitor(self, spec: FleetSpec, now: datetime | None = None) -> list[EndpointReport]:
+        """The twin's request log, judged here: skew against each model's training statistics, drift
+        against the window before."""
+        from fleetops.monitoring.jobs import monitor_fleet
+
+        return monitor_fleet(spec, self, self.home, now)
+
+    def record_alerts(self, fleet: str, alerts: list[dict]) -> None:
+        """The twin's alert log, `<home>/monitoring.sqlite` (read with `read_alerts`)."""
+        from fleetops.monitoring.alerts import record_alerts
+
+        record_alerts(self.home, fleet, alerts)
 
     def write_table(self, df: pd.DataFrame, table: str) -> None:
         """Create or replace a `bq://project.dataset.table` of the local twin (the project is not used)."""

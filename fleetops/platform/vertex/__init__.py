@@ -14,9 +14,10 @@ share it, so one platform's threads share one pacing.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -26,6 +27,10 @@ from fleetops.platform import PipelineRun, Platform, Submission, VertexSettings
 from fleetops.platform.vertex.calls import VertexCalls
 from fleetops.platform.vertex.endpoints import VertexEndpoints
 from fleetops.platform.vertex.registry import VertexModelRegistry
+
+if TYPE_CHECKING:
+    from fleetops.monitoring.jobs import EndpointReport
+    from fleetops.spec import FleetSpec
 
 
 class VertexPlatform(Platform):
@@ -139,6 +144,17 @@ class VertexPlatform(Platform):
         )
         job = self.calls.submit(f"batch prediction job for {registered.versioned_name}", submit)
         return {"job": job.resource_name, "state": job.state.name, "model": registered.versioned_name}
+
+    def monitor(self, spec: FleetSpec, now: datetime | None = None) -> list[EndpointReport]:
+        """Each fleet endpoint's ModelDeploymentMonitoringJob (created once, then reused) and its latest
+        skew and drift results up to `now`, as Vertex computed them (see monitoring.py)."""
+        from fleetops.platform.vertex.monitoring import monitor_fleet
+
+        return monitor_fleet(spec, self, now)
+
+    def record_alerts(self, fleet: str, alerts: list[dict]) -> None:
+        """Nothing to add: the monitoring jobs email the spec's `alert_emails` and log to Cloud Logging, and the
+        run has printed each alert as a structured log line (which Cloud Logging ingests from the task)."""
 
     def bigquery_job(self, source: str) -> Any:
         """Run a SQL query or read a bq:// table as a BigQuery query job, labelled like every job."""
