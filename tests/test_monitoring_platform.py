@@ -5,7 +5,6 @@ import json
 from datetime import timedelta
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
 
 from fleetops.data.sample import make_churn
 from fleetops.monitoring.alerts import ALERTS_FILE, read_alerts
@@ -65,14 +64,11 @@ def test_on_vertex_alerts_reach_the_webhook_and_no_local_file(vertex_fleet, spec
     assert not list(tmp_path.rglob(ALERTS_FILE))  # Vertex emails and logs; nothing is kept on disk here
 
 
-def test_the_monitor_component_runs_on_a_vertex_uri(vertex_fleet, spec, tmp_path, monkeypatch):
-    import google.auth
+def test_the_monitor_component_runs_on_a_vertex_uri(vertex_fleet, spec, tmp_path):
     from kfp.dsl import HTML, Artifact, Markdown, Metrics
 
     from components import monitoring
 
-    # The component connects with Application Default Credentials; the stand-in takes anonymous ones.
-    monkeypatch.setattr(google.auth, "default", lambda *args, **kwargs: (AnonymousCredentials(), "proj-1"))
     outputs = {
         "report": HTML(uri=str(tmp_path / "report.html")),
         "summary": Markdown(uri=str(tmp_path / "summary.md")),
@@ -80,7 +76,7 @@ def test_the_monitor_component_runs_on_a_vertex_uri(vertex_fleet, spec, tmp_path
         "anomalies": Artifact(uri=str(tmp_path / "anomalies.json")),
         "scorecard": HTML(uri=str(tmp_path / "scorecard.html")),
     }
-    uri = f"vertex://proj-1/us-central1?api_endpoint={vertex_fleet.fake.endpoint}"
+    uri = f"vertex://proj-1/us-central1?api_endpoint={vertex_fleet.fake.endpoint}&credentials=anonymous"
     monitored = spec.model_copy(update={"data": _bq(spec)})
     flagged = monitoring.monitor.python_func(fleet_spec=monitored.to_json(), platform=uri, **outputs)
     assert flagged is True
