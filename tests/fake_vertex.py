@@ -40,23 +40,12 @@ _JOBS = re.compile(
     r"^/v1/(projects/[^/]+/locations/[^/]+)/"
     r"(batchPredictionJobs|modelDeploymentMonitoringJobs|hyperparameterTuningJobs)(?:/(\w+))?$"
 )
-# Jobs come back finished (or running, for monitoring); a tuning job with two trials, one infeasible.
+# Jobs come back finished (or running, for monitoring); tuning jobs are `FakeVertex._tuning_job`'s.
 _JOB_RESULTS: dict[str, dict[str, Any]] = {
     "batchPredictionJobs": {"state": "JOB_STATE_SUCCEEDED"},
     "modelDeploymentMonitoringJobs": {"state": "JOB_STATE_RUNNING"},
-    "hyperparameterTuningJobs": {
-        "state": "JOB_STATE_SUCCEEDED",
-        "trials": [
-            {
-                "id": "1",
-                "state": "SUCCEEDED",
-                "parameters": [{"parameterId": "learning_rate", "value": 0.01}],
-                "finalMeasurement": {"metrics": [{"metricId": "auRoc", "value": 0.81}]},
-            },
-            {"id": "2", "state": "INFEASIBLE", "parameters": [{"parameterId": "learning_rate", "value": 0.09}]},
-        ],
-    },
 }
+_TUNING_JOBS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/hyperparameterTuningJobs(?:/(\w+)(:cancel)?)?$")
 _ENDPOINTS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints$")
 _ENDPOINT = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints/([^/:]+)(:\w+)?$")
 _MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models/([^/@:]+)(?:@([^/:]+))?(.*)$")
@@ -140,6 +129,10 @@ class FakeVertex(LoopbackJsonServer):
         self._server.socket.listen(256)
         # A pool's dedicatedResources: another client creates that pool just after the next read of a missing one.
         self.race_pool_creation: dict[str, Any] | None = None
+        # What a hyperparameter tuning job reports (see `_tuning_job`): the trials a test sets, in REST JSON.
+        self.tuning_trials: list[dict[str, Any]] = []
+        self.tuning_reads_running = 0
+        self.tuning_end_state = "JOB_STATE_SUCCEEDED"
 
     def calls(self, method: str, suffix: str = "") -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method and r["path"].endswith(suffix)]
@@ -177,6 +170,8 @@ class FakeVertex(LoopbackJsonServer):
     # -- the API -------------------------------------------------------------------------------
 
     def _api(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if match := _TUNING_JOBS.match(path):
+            return self._tuning_job(method, *match.groups(), body)
         if match := _JOBS.match(path):
             return self._job(method, *match.groups(), body)
         if match := re.match(r"^/v1/(projects/[^/]+/locations/[^/]+)/schedules$", path):
@@ -229,6 +224,36 @@ class FakeVertex(LoopbackJsonServer):
             job_id = str(sum(k == kind for k, _ in self.jobs) + 1)
             self.jobs[(kind, job_id)] = dict(body) | {"name": f"{parent}/{kind}/{job_id}"} | _JOB_RESULTS[kind]
         return 200, self.jobs[(kind, job_id)]
+
+    def _tuning_job(
+        self, method: str, parent: str, job_id: str | None, verb: str | None, body: dict[str, Any]
+    ) -> tuple[int, dict]:
+        """A HyperparameterTuningJob: created PENDING; the next `tuning_reads_running` reads find it RUNNING with
+        no trials, the one after finds it ended (`tuning_end_state`) with the trials the test set
+        (`tuning_trials`); a cancel ends a job that has not ended as CANCELLED. Listing ignores its filter."""
+        kind = "hyperparameterTuningJobs"
+        if method == "GET" and job_id is None:
+            return 200, {kind: [job for (k, _), job in self.jobs.items() if k == kind]}
+        if method == "POST" and job_id is None:
+            job_id = str(sum(k == kind for k, _ in self.jobs) + 1)
+            job = dict(body) | {"name": f"{parent}/{kind}/{job_id}", "state": "JOB_STATE_PENDING", "trials": []}
+            self.jobs[(kind, job_id)] = job | {"_reads_running": self.tuning_reads_running}
+            return 200, job
+        job = self.jobs.get((kind, job_id or ""))
+        if job is None:
+            return _error(404, f"HyperparameterTuningJob {parent}/{kind}/{job_id} not found")
+        ended = job["state"] in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
+        if method == "POST" and verb == ":cancel":
+            if not ended:
+                job["state"] = "JOB_STATE_CANCELLED"
+            return 200, {}
+        if method == "GET" and not ended:
+            if job["_reads_running"] > 0:
+                job["_reads_running"] -= 1
+                job["state"] = "JOB_STATE_RUNNING"
+            else:
+                job |= {"state": self.tuning_end_state, "trials": list(self.tuning_trials)}
+        return 200, {k: v for k, v in job.items() if not k.startswith("_")}
 
     def _pools(self, method: str, parent: str, pool_id: str | None, body: dict[str, Any]) -> tuple[int, dict]:
         if method == "GET" and pool_id is not None:

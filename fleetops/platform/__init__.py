@@ -14,9 +14,11 @@ they never branch on which platform they got.
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
@@ -25,6 +27,9 @@ from fleetops.data.sources import BadLine
 from fleetops.errors import UserError
 from fleetops.platform.endpoints import Endpoints
 from fleetops.platform.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from fleetops.spec import FleetSpec
 
 DEFAULT_HOME = ".fleetops"
 _VERTEX_SETTINGS = (
@@ -110,6 +115,41 @@ class Platform(ABC):
         batch_size: int = 64,
     ) -> dict:
         """Score `source` with one registered version into `destination`; bad rows go to an errors output."""
+
+    @abstractmethod
+    def work_folder(self, purpose: str) -> Path:
+        """A folder for a task's scratch state, named by `purpose` (a simple folder name, e.g. "tuning").
+
+        The local twin: `<home>/<purpose>`, kept, so a rerun finds what the last run left there (a
+        tuning study resumes). Vertex: a folder on the task's own disk, never under an output
+        artifact or the Cloud Storage mount (SQLite is not safe on Cloud Storage FUSE, and whatever an
+        artifact holds is uploaded with it); it goes with the task.
+        """
+
+    @abstractmethod
+    def tune(self, spec: FleetSpec, dataset_path: str | Path, segment: str, log: Any = print) -> dict[str, Any]:
+        """Tune one segment's hyperparameters on the split dataset; its tuning record.
+
+        The record is `fleetops.tuning.local.TuningResult.to_dict()` and the spec's `scope`: the
+        trials in Vertex's Trial shape, `metric`, `goal`, `best_parameters` (which the train step
+        then trains the segment with) and `best_value`. The local twin runs an Optuna study in
+        `work_folder("tuning")` whose trials are the trainer run as processes (a rerun resumes it).
+        Vertex runs a HyperparameterTuningJob whose trials run the trainer in our image on the
+        dataset's Cloud Storage object (`fleetops.tuning.vertex`).
+        """
+
+
+_WORK_PURPOSE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def check_work_purpose(purpose: str) -> str:
+    """A work folder's purpose is one plain folder name: no path, no dots, nothing to escape the parent with."""
+    if not isinstance(purpose, str) or not _WORK_PURPOSE.fullmatch(purpose):
+        raise UserError(
+            f"work folder purpose {purpose!r} must be a simple folder name: lowercase letters, digits, '-' and '_', "
+            "starting with a letter or digit, at most 63 characters (e.g. 'tuning')"
+        )
+    return purpose
 
 
 def connect(uri: str = "local", credentials: object = None) -> Platform:

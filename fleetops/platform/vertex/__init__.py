@@ -14,18 +14,22 @@ share it, so one platform's threads share one pacing.
 from __future__ import annotations
 
 import os
+import tempfile
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
-from fleetops.platform import Platform, VertexSettings
+from fleetops.platform import Platform, VertexSettings, check_work_purpose
 from fleetops.platform.vertex.calls import VertexCalls
 from fleetops.platform.vertex.endpoints import VertexEndpoints
 from fleetops.platform.vertex.registry import VertexModelRegistry
+
+if TYPE_CHECKING:
+    from fleetops.spec import FleetSpec
 
 
 class VertexPlatform(Platform):
@@ -35,6 +39,7 @@ class VertexPlatform(Platform):
         self.settings = settings
         self.credentials = credentials
         self.calls = calls or VertexCalls(settings)
+        self._work_folders: dict[str, Path] = {}
         self.uri = f"vertex://{settings.project}/{settings.region}"
         init_kwargs: dict[str, Any] = {
             "project": settings.project,
@@ -114,6 +119,21 @@ class VertexPlatform(Platform):
         )
         job = self.calls.submit(f"batch prediction job for {registered.versioned_name}", submit)
         return {"job": job.resource_name, "state": job.state.name, "model": registered.versioned_name}
+
+    def work_folder(self, purpose: str) -> Path:
+        """A folder on the task's own disk, made once per purpose for this platform object: never under the
+        Cloud Storage mount, where an output artifact lives (SQLite is not safe on FUSE, and an artifact's
+        contents are uploaded). A Vertex task is a fresh container, so nothing carries over to a rerun."""
+        check_work_purpose(purpose)
+        if purpose not in self._work_folders:
+            self._work_folders[purpose] = Path(tempfile.mkdtemp(prefix=f"fleetops-{purpose}-"))
+        return self._work_folders[purpose]
+
+    def tune(self, spec: FleetSpec, dataset_path: str | Path, segment: str, log: Any = print) -> dict[str, Any]:
+        """A HyperparameterTuningJob whose trials run the trainer in our image on the dataset's gs:// object."""
+        from fleetops.tuning.vertex import tune_on_vertex
+
+        return tune_on_vertex(spec, self, dataset_path, segment, log)
 
     def bigquery_job(self, source: str) -> Any:
         """Run a SQL query or read a bq:// table as a BigQuery query job, labelled like every job."""
