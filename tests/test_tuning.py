@@ -25,6 +25,12 @@ def _spec(source, **tuning):
     return parse_spec(base)
 
 
+def _with_trials(spec, max_trial_count):
+    """The same study with a bigger budget (a rerun resumes it)."""
+    tuning = spec.tuning.model_dump(mode="json") | {"max_trial_count": max_trial_count}
+    return parse_spec(spec.model_dump(mode="json") | {"tuning": tuning})
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     work = tmp_path_factory.mktemp("tuning")
@@ -141,9 +147,7 @@ def test_an_interrupted_study_resumes_without_repeating_finished_trials(dataset,
             "architecture": optuna.distributions.CategoricalDistribution(["linear"]),
         }
     )
-    more = parse_spec(
-        spec.model_dump(mode="json") | {"tuning": spec.tuning.model_dump(mode="json") | {"max_trial_count": 3}}
-    )
+    more = _with_trials(spec, 3)
     assert study_name(more, "north") == study_name(spec, "north")  # a bigger budget is the same study
     ran = []
     resumed = tune_segment(more, tmp_path / "spec.json", path, "north", tmp_path / "study", log=ran.append)
@@ -238,9 +242,7 @@ def test_local_tuning_resumes_from_the_platforms_work_folder(dataset, tmp_path):
     first = connect(local_uri(tmp_path / "home")).tune(spec, path, "north", log=lambda *_: None)
     assert first["scope"] == "per_segment" and first["metric"] == "auRoc" and len(first["trials"]) == 1
     assert (tmp_path / "home" / "tuning" / "north" / "study.sqlite3").is_file()
-    more = parse_spec(
-        spec.model_dump(mode="json") | {"tuning": spec.tuning.model_dump(mode="json") | {"max_trial_count": 2}}
-    )
+    more = _with_trials(spec, 2)
     ran = []
     again = connect(local_uri(tmp_path / "home")).tune(more, path, "north", log=ran.append)  # another process
     assert len(ran) == 1 and [t["trial_id"] for t in again["trials"]] == ["1", "2"]

@@ -87,6 +87,19 @@ def mount(tmp_path, monkeypatch):
     return dataset
 
 
+def _split_dataset(spec, destination, work):
+    """A real split dataset of one segment ("north") at `destination`; the spec reading its sample data."""
+    from fleetops import fleet
+    from fleetops.data.sample import write_sample
+    from fleetops.platform import connect, local_uri
+
+    data = write_sample(work / "churn.csv", rows_per_segment=200, segments=1, seed=3)
+    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"source": str(data)})})
+    fleet.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
+    fleet.split_dataset(spec, work / "raw.parquet", destination)
+    return spec
+
+
 @pytest.fixture
 def fake():
     with FakeVertex() as server:
@@ -219,18 +232,15 @@ def test_the_train_step_on_vertex_tunes_through_a_job_and_writes_no_study_into_i
     from kfp.dsl import Artifact, Dataset, Model
 
     from components.training import train
-    from fleetops import fleet
-    from fleetops.data.sample import write_sample
-    from fleetops.platform import connect, local_uri
     from fleetops.training.artifact import read_metadata
 
     # The task's Application Default Credentials (Google's, not ours): anonymous, for the loopback stand-in.
     monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "proj-1"))
-    data = write_sample(tmp_path / "churn.csv", rows_per_segment=200, segments=1, seed=3)
-    spec = _spec(parameters={"learning_rate": {"type": "double", "min": 0.001, "max": 0.1, "scale": "log"}})
-    spec = spec.model_copy(update={"data": spec.data.model_copy(update={"source": str(data)})})
-    fleet.ingest(spec, connect(local_uri(tmp_path / "home")), tmp_path / "raw.parquet")
-    fleet.split_dataset(spec, tmp_path / "raw.parquet", mount)
+    spec = _split_dataset(
+        _spec(parameters={"learning_rate": {"type": "double", "min": 0.001, "max": 0.1, "scale": "log"}}),
+        mount,
+        tmp_path,
+    )
     fake.tuning_trials = [
         _trial("1", "SUCCEEDED", 0.004, {"auRoc": 0.7}),
         _trial("2", "SUCCEEDED", 0.03, {"auRoc": 0.8}),
@@ -305,3 +315,25 @@ def test_the_components_image_names_itself_for_the_trials():
     [step] = [s for s in build["steps"] if s["id"] == "build-image"]
     args = step["args"]
     assert args[args.index("--tag") + 1] == "${_IMAGE}" and f"{IMAGE_VARIABLE}=${{_IMAGE}}" in args
+
+
+def test_a_trial_reads_gs_uris_through_the_mount_and_reports_the_studys_metric(mount, tmp_path, monkeypatch, capsys):
+    """What a trial's container runs: the trainer given gs:// URIs and Vertex's trial variables reports the
+    tuning metric (here logLoss, not the primary auRoc) to cloudml-hypertune and writes AIP_MODEL_DIR."""
+    from fleetops.training.trainer import main
+
+    spec = _split_dataset(_spec(metric="logLoss"), mount, tmp_path)
+    spec_file = Path(gcs_local_path("gs://bkt/tuning/spec.json"))
+    spec_file.parent.mkdir(parents=True)
+    spec_file.write_text(spec.to_json())
+    metrics = tmp_path / "hypertune" / "output.metrics"
+    monkeypatch.setenv("CLOUD_ML_TRIAL_ID", "7")
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(metrics))
+    monkeypatch.setenv("AIP_MODEL_DIR", "gs://bkt/tuning/7/model")
+    args = ["--spec", "gs://bkt/tuning/spec.json", "--data", "gs://bkt/pipeline_root/run-1/split/dataset"]
+    assert main([*args, "--segment", "north", "--learning_rate=0.02", "--architecture=linear"]) == 0
+    validation = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["validation_metrics"]
+    [reported] = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert reported["trial"] == "7" and "auRoc" not in reported  # hypertune writes values as text
+    assert float(reported["logLoss"]) == pytest.approx(validation["logLoss"])
+    assert Path(gcs_local_path("gs://bkt/tuning/7/model/metadata.json")).is_file()
