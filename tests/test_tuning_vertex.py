@@ -199,6 +199,14 @@ def test_a_create_whose_answer_was_lost_is_not_repeated(fake, mount):
     assert len([k for k in fake.jobs if k[0] == "hyperparameterTuningJobs"]) == 1 and record["best_value"] == 0.86
 
 
+def test_a_refused_create_leaves_no_spec_behind(fake, mount):
+    vertex = connect_to(fake, "&staging_bucket=gs://bkt")
+    fake.refusals = [Refusal(500, count=1, method="POST", path_suffix="/hyperparameterTuningJobs")]
+    with pytest.raises(PlatformError, match="hyperparameter tuning job creation for segment 'north' failed"):
+        vertex.tune(_spec(), mount, "north", log=lambda *_: None)
+    assert not list(Path(gcs_local_path("gs://bkt/pipeline_root/tuning")).rglob("spec.json"))
+
+
 def test_nothing_is_sent_without_the_image_or_a_dataset_in_cloud_storage(fake, mount, tmp_path, monkeypatch):
     vertex = connect_to(fake, "&staging_bucket=gs://bkt")
     (tmp_path / "local.parquet").write_bytes(b"parquet")

@@ -88,7 +88,11 @@ def tune_on_vertex(
     }
     worker = {"machine_spec": {"machine_type": machine_type}, "replica_count": 1, "container_spec": trainer}
     job = _with_run_settings(_tuning_job(spec, platform, worker, segment, folder), request, platform)
-    created = _create(platform, job, segment, request)
+    try:
+        created = _create(platform, job, segment, request)
+    except Exception:
+        spec_file.unlink(missing_ok=True)  # no job will read it
+        raise
     log(f"tuning {segment}: Vertex hyperparameter tuning job {created.name}")
     finished = _wait(platform, job.api_client, created, segment, timeout_seconds, log)
     return tuning_record(spec, segment, finished)
