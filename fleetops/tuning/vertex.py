@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 # image names itself: the Dockerfile bakes `FLEETOPS_IMAGE` in from the build argument Cloud Build
 # passes (the URI it pushes). Outside our image (a test, a notebook) set it by hand.
 IMAGE_VARIABLE = "FLEETOPS_IMAGE"
-# How long the train step waits for a tuning job before cancelling it: a day (each trial is one
-# segment's training; 8 trials, 2 at a time, take well under an hour even on a large segment).
+# How long a step waits for one segment's tuning job before cancelling it (the spec has no setting for
+# it): a day, room for a large trial budget, each trial being one segment's training, while a job
+# stuck on quota or capacity does not keep the pipeline (and its bill) open without end.
 TIMEOUT_SECONDS = 24 * 3600.0
 # Polling starts at 30 s and doubles up to 10 min: reads are cheap, but a day of them need not be.
 FIRST_POLL_SECONDS, LONGEST_POLL_SECONDS = 30.0, 600.0
