@@ -22,6 +22,11 @@ COPY pipelines ./pipelines
 RUN pip install --no-deps . \
     && python -c "import fleetops.fleet, components.image, fleetops.serving.predictor, ai_edge_litert, xgboost"
 
+# The image names itself: a Vertex tuning job's trials run the trainer in the image the train step runs in
+# (fleetops.tuning.vertex.trainer_image). Cloud Build passes the URI it pushes.
+ARG FLEETOPS_IMAGE=""
+ENV FLEETOPS_IMAGE=${FLEETOPS_IMAGE}
+
 # KFP runs the component's own command; this default serves `fleetops --help`.
 ENTRYPOINT ["fleetops"]
 CMD ["--help"]

@@ -82,7 +82,7 @@ def train(
 
     Args:
         fleet_spec: The fleet spec, YAML or JSON text.
-        platform: Platform URI; the local twin keeps tuning studies under its home (reruns resume them).
+        platform: Platform URI; it tunes each segment when the spec says so, outside the model folder.
         dataset: The split dataset.
         shard: {"shard": i, "segments": [...], "fallback": {segment: reason}} from the validate step.
         tuning: The tune step's study; its `best_parameters` (tuned once for the fleet) apply to every segment.
@@ -101,7 +101,6 @@ def train(
     from fleetops.training.packed import GLOBAL_FILE, load_global, load_global_candidate
     from fleetops.training.trainer import train_shard
 
-    home = getattr(connect(platform), "home", None)
     with open(tuning.path) as handle:
         tuned = json.load(handle).get("best_parameters")
     trained_global = (Path(global_model.path) / GLOBAL_FILE).is_file()
@@ -112,7 +111,7 @@ def train(
         shard["segments"],
         model.path,
         tuned=tuned,
-        tuning_dir=Path(home) / "tuning" if home else None,
+        tuner=connect(platform).tune,
         fallback=shard.get("fallback") or {},
         global_model=load_global(global_model.path) if trained_global else None,
         global_candidate=load_global_candidate(global_model.path, spec),

@@ -14,21 +14,19 @@ def tune(fleet_spec: str, platform: str, dataset: Input[Dataset], trials: Output
 
     Args:
         fleet_spec: The fleet spec, YAML or JSON text (its `tuning` section).
-        platform: Platform URI; the local twin keeps studies under its home, so a rerun resumes them.
+        platform: Platform URI; it runs the study (the local twin resumes it on a rerun; Vertex runs a job).
         dataset: The split dataset.
         trials: Output. The study (JSON): its trials in Vertex's Trial shape and `best_parameters`, which
             every train step applies (null when tuning is off or per segment). An artifact rather than a
             parameter: kfp.local resolves a parameter from outside a ParallelFor to the loop item.
     """
     import json
-    from pathlib import Path
 
     import pandas as pd
 
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
     from fleetops.training.trainer import SEGMENT_COLUMN
-    from fleetops.training.trainer import tune as tune_segment
 
     spec = parse_spec(fleet_spec)
     if not (spec.tuning.enabled and spec.tuning.scope == "fleet"):
@@ -37,9 +35,7 @@ def tune(fleet_spec: str, platform: str, dataset: Input[Dataset], trials: Output
         return
     sizes = pd.read_parquet(dataset.path, columns=[SEGMENT_COLUMN])[SEGMENT_COLUMN].value_counts()
     segment = str(sizes.index[0])
-    home = getattr(connect(platform), "home", None)
-    work = Path(home) / "tuning" if home else Path(trials.path).parent / "tuning"
-    result = tune_segment(spec, dataset.path, segment, work)
+    result = connect(platform).tune(spec, dataset.path, segment)
     with open(trials.path, "w") as handle:
         json.dump(result, handle)
     trials.metadata.update({"segment": segment, "best_value": result["best_value"]})

@@ -41,22 +41,10 @@ _JOBS = re.compile(
     r"^/v1/(projects/[^/]+/locations/[^/]+)/"
     r"(batchPredictionJobs|modelDeploymentMonitoringJobs|hyperparameterTuningJobs)(?:/(\w+))?$"
 )
-# Jobs come back finished (or running, for monitoring); a tuning job with two trials, one infeasible.
+# Jobs come back finished (or running, for monitoring); tuning jobs are `FakeVertex._tuning_job`'s.
 _JOB_RESULTS: dict[str, dict[str, Any]] = {
     "batchPredictionJobs": {"state": "JOB_STATE_SUCCEEDED"},
     "modelDeploymentMonitoringJobs": {"state": "JOB_STATE_RUNNING"},
-    "hyperparameterTuningJobs": {
-        "state": "JOB_STATE_SUCCEEDED",
-        "trials": [
-            {
-                "id": "1",
-                "state": "SUCCEEDED",
-                "parameters": [{"parameterId": "learning_rate", "value": 0.01}],
-                "finalMeasurement": {"metrics": [{"metricId": "auRoc", "value": 0.81}]},
-            },
-            {"id": "2", "state": "INFEASIBLE", "parameters": [{"parameterId": "learning_rate", "value": 0.09}]},
-        ],
-    },
 }
 _MONITORING_SEARCH = re.compile(
     r"^/v1/(projects/[^/]+/locations/[^/]+/modelDeploymentMonitoringJobs/\w+):searchModelDeploymentMonitoringStatsAnomalies$"
@@ -67,6 +55,7 @@ _OBJECTIVES = {
     3: "FEATURE_ATTRIBUTION_SKEW",
     4: "FEATURE_ATTRIBUTION_DRIFT",
 }
+_TUNING_JOBS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/hyperparameterTuningJobs(?:/(\w+)(:cancel)?)?$")
 _ENDPOINTS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints$")
 _ENDPOINT = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints/([^/:]+)(:\w+)?$")
 _MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models/([^/@:]+)(?:@([^/:]+))?(.*)$")
@@ -154,6 +143,10 @@ class FakeVertex(LoopbackJsonServer):
         self._server.socket.listen(256)
         # A pool's dedicatedResources: another client creates that pool just after the next read of a missing one.
         self.race_pool_creation: dict[str, Any] | None = None
+        # What a hyperparameter tuning job reports (see `_tuning_job`): the trials a test sets, in REST JSON.
+        self.tuning_trials: list[dict[str, Any]] = []
+        self.tuning_reads_running = 0
+        self.tuning_end_state = "JOB_STATE_SUCCEEDED"
 
     def calls(self, method: str, suffix: str = "") -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method and r["path"].endswith(suffix)]
@@ -209,6 +202,8 @@ class FakeVertex(LoopbackJsonServer):
     def _api(self, method: str, path: str, query: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if method == "PATCH" and (match := _JOBS.match(path)) and match.group(2) == "modelDeploymentMonitoringJobs":
             return self._update_monitoring_job(match.group(3), query, body)
+        if match := _TUNING_JOBS.match(path):
+            return self._tuning_job(method, *match.groups(), body)
         if match := _JOBS.match(path):
             return self._job(method, *match.groups(), body)
         if match := _PIPELINE_JOBS.match(path):
@@ -304,6 +299,36 @@ class FakeVertex(LoopbackJsonServer):
             ]
             found.append(stats | {"featureStats": features})
         return 200, {"monitoringStats": found}
+
+    def _tuning_job(
+        self, method: str, parent: str, job_id: str | None, verb: str | None, body: dict[str, Any]
+    ) -> tuple[int, dict]:
+        """A HyperparameterTuningJob: created PENDING; the next `tuning_reads_running` reads find it RUNNING with
+        no trials, the one after finds it ended (`tuning_end_state`) with the trials the test set
+        (`tuning_trials`); a cancel ends a job that has not ended as CANCELLED. Listing ignores its filter."""
+        kind = "hyperparameterTuningJobs"
+        if method == "GET" and job_id is None:
+            return 200, {kind: [job for (k, _), job in self.jobs.items() if k == kind]}
+        if method == "POST" and job_id is None:
+            job_id = str(sum(k == kind for k, _ in self.jobs) + 1)
+            job = dict(body) | {"name": f"{parent}/{kind}/{job_id}", "state": "JOB_STATE_PENDING", "trials": []}
+            self.jobs[(kind, job_id)] = job | {"_reads_running": self.tuning_reads_running}
+            return 200, job
+        job = self.jobs.get((kind, job_id or ""))
+        if job is None:
+            return _error(404, f"HyperparameterTuningJob {parent}/{kind}/{job_id} not found")
+        ended = job["state"] in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
+        if method == "POST" and verb == ":cancel":
+            if not ended:
+                job["state"] = "JOB_STATE_CANCELLED"
+            return 200, {}
+        if method == "GET" and not ended:
+            if job["_reads_running"] > 0:
+                job["_reads_running"] -= 1
+                job["state"] = "JOB_STATE_RUNNING"
+            else:
+                job |= {"state": self.tuning_end_state, "trials": list(self.tuning_trials)}
+        return 200, {k: v for k, v in job.items() if not k.startswith("_")}
 
     def _pools(self, method: str, parent: str, pool_id: str | None, body: dict[str, Any]) -> tuple[int, dict]:
         if method == "GET" and pool_id is not None:

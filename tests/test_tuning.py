@@ -1,18 +1,21 @@
-"""Hyperparameter tuning: Vertex's parameter rules, local Optuna trials as processes, failures, resume, Vertex jobs."""
+"""Hyperparameter tuning: Vertex's parameter rules, local Optuna trials as processes, failures, resume.
+
+Tuning on Vertex (a HyperparameterTuningJob through the stand-in) is tests/test_tuning_vertex.py.
+"""
+
+import json
 
 import optuna
 import pytest
 import yaml
-from google.auth.credentials import AnonymousCredentials
 
 from fleetops import fleet
 from fleetops.data.sample import SAMPLE_SPEC, write_sample
 from fleetops.errors import SpecError, UserError
-from fleetops.platform import connect, local_uri, vertex_settings
+from fleetops.platform import connect, local_uri
 from fleetops.spec import parse_spec
 from fleetops.training.trainer import apply_parameters
 from fleetops.tuning.local import study_name, trainer_flags, tune_segment
-from tests.fake_vertex import FakeVertex
 
 
 def _spec(source, **tuning):
@@ -20,6 +23,12 @@ def _spec(source, **tuning):
     base["training"] |= {"epochs": 3}
     base["tuning"] = {"enabled": True, "max_trial_count": 3, "parallel_trial_count": 2, **tuning}
     return parse_spec(base)
+
+
+def _with_trials(spec, max_trial_count):
+    """The same study with a bigger budget (a rerun resumes it)."""
+    tuning = spec.tuning.model_dump(mode="json") | {"max_trial_count": max_trial_count}
+    return parse_spec(spec.model_dump(mode="json") | {"tuning": tuning})
 
 
 @pytest.fixture(scope="module")
@@ -138,67 +147,13 @@ def test_an_interrupted_study_resumes_without_repeating_finished_trials(dataset,
             "architecture": optuna.distributions.CategoricalDistribution(["linear"]),
         }
     )
-    more = parse_spec(
-        spec.model_dump(mode="json") | {"tuning": spec.tuning.model_dump(mode="json") | {"max_trial_count": 3}}
-    )
+    more = _with_trials(spec, 3)
     assert study_name(more, "north") == study_name(spec, "north")  # a bigger budget is the same study
     ran = []
     resumed = tune_segment(more, tmp_path / "spec.json", path, "north", tmp_path / "study", log=ran.append)
     assert len(ran) == 1  # only the missing trial ran
     assert [t.trial_id for t in resumed.trials[:2]] == [t.trial_id for t in first.trials]
     assert len(resumed.trials) == 3
-
-
-def test_vertex_hyperparameter_tuning_job_request(artifact_dirs):
-    from fleetops.tuning.vertex import tune_on_vertex
-
-    spec = _spec(
-        "bq://proj-1.crm.churn",
-        algorithm="random",
-        max_trial_count=6,
-        parameters={
-            "learning_rate": {"type": "double", "min": 0.001, "max": 0.1, "scale": "log"},
-            "batch_size": {"type": "discrete", "values": [32, 64]},
-            "architecture": {"type": "categorical", "values": ["linear", "dnn"]},
-        },
-    )
-    with FakeVertex() as fake:
-        settings = vertex_settings(
-            f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&staging_bucket=gs://bkt"
-            "&service_account=runner@proj-1.iam.gserviceaccount.com"
-        )
-        connect(
-            f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}&staging_bucket=gs://bkt",
-            credentials=AnonymousCredentials(),
-        )
-        result = tune_on_vertex(
-            spec,
-            settings,
-            "us-docker.pkg.dev/p/fleetops/components:v1",
-            "gs://b/spec.json",
-            "gs://b/dataset.parquet",
-            "north",
-            "gs://b/tuning/north",
-            credentials=AnonymousCredentials(),
-        )
-        job = fake.calls("POST", "hyperparameterTuningJobs")[0]["body"]
-    from google.cloud.aiplatform_v1.types import StudySpec
-
-    study = job["studySpec"]  # the REST transport sends enums as their numbers
-    assert study["metrics"] == [{"metricId": "auRoc", "goal": StudySpec.MetricSpec.GoalType.MAXIMIZE.value}]
-    assert study["algorithm"] == StudySpec.Algorithm.RANDOM_SEARCH.value
-    specs = {p["parameterId"]: p for p in study["parameters"]}
-    assert specs["learning_rate"]["doubleValueSpec"] == {"minValue": 0.001, "maxValue": 0.1}
-    assert specs["learning_rate"]["scaleType"] == StudySpec.ParameterSpec.ScaleType.UNIT_LOG_SCALE.value
-    assert specs["batch_size"]["discreteValueSpec"] == {"values": [32.0, 64.0]}
-    assert (job["maxTrialCount"], job["parallelTrialCount"]) == (6, 2)
-    worker = job["trialJobSpec"]["workerPoolSpecs"][0]["containerSpec"]
-    assert worker["imageUri"] == "us-docker.pkg.dev/p/fleetops/components:v1"
-    assert worker["command"] == ["python", "-m", "fleetops.training.trainer"]
-    assert worker["args"] == ["--spec", "/gcs/b/spec.json", "--data", "/gcs/b/dataset.parquet", "--segment", "north"]
-    assert job["trialJobSpec"]["serviceAccount"] == "runner@proj-1.iam.gserviceaccount.com"
-    assert [t.state for t in result.trials] == ["SUCCEEDED", "FAILED"]
-    assert result.best_parameters == {"learning_rate": 0.01} and result.best_value == 0.81
 
 
 def test_training_tunes_first_and_records_the_trials(dataset, tmp_path, platform):
@@ -214,9 +169,11 @@ def test_training_tunes_first_and_records_the_trials(dataset, tmp_path, platform
             "architecture": {"type": "categorical", "values": ["linear", "dnn"]},
         },
     )
-    [result] = train_shard(
-        path, spec, ["north"], tmp_path / "model", log=lambda *_: None, tuning_dir=tmp_path / "t"
-    ).results
+    with pytest.raises(UserError, match="pass tuner=platform.tune"):
+        train_shard(path, spec, ["north"], tmp_path / "untuned", log=lambda *_: None)
+    [result] = train_shard(path, spec, ["north"], tmp_path / "model", log=lambda *_: None, tuner=platform.tune).results
+    assert list((platform.home / "tuning" / "north").glob("study.sqlite3"))  # the study is the platform's
+    assert not list((tmp_path / "model").rglob("*.sqlite3"))  # never in the model folder
     tuning = read_metadata(result.artifact_dir)["tuning"]
     assert tuning["scope"] == "per_segment" and len(tuning["trials"]) == 2
     assert result.architecture == tuning["best_parameters"]["architecture"]
@@ -260,3 +217,56 @@ def test_gbt_hyperparameters_are_tuned_like_the_others(dataset, tmp_path):
     assert all(t.state == "SUCCEEDED" and t.metric == "auRoc" for t in result.trials)
     best = max(result.trials, key=lambda t: t.value)
     assert result.best_parameters == best.parameters
+
+
+def test_the_local_twin_keeps_work_folders_under_its_home(platform):
+    assert platform.work_folder("tuning") == platform.home / "tuning" and (platform.home / "tuning").is_dir()
+    for purpose in ("../elsewhere", "a/b", "", ".hidden", "Tuning", "x" * 64, None):
+        with pytest.raises(UserError, match=f"work folder purpose {purpose!r} must be a simple folder name"):
+            platform.work_folder(purpose)
+    with pytest.raises(UserError, match="work folder purpose 'models' names a folder the local twin keeps"):
+        platform.work_folder("models")
+
+
+def test_local_tuning_resumes_from_the_platforms_work_folder(dataset, tmp_path):
+    data, path = dataset
+    spec = _spec(
+        data,
+        max_trial_count=1,
+        parallel_trial_count=1,
+        parameters={
+            "learning_rate": {"type": "double", "min": 0.001, "max": 0.1, "scale": "log"},
+            "architecture": {"type": "categorical", "values": ["linear"]},
+        },
+    )
+    first = connect(local_uri(tmp_path / "home")).tune(spec, path, "north", log=lambda *_: None)
+    assert first["scope"] == "per_segment" and first["metric"] == "auRoc" and len(first["trials"]) == 1
+    assert (tmp_path / "home" / "tuning" / "north" / "study.sqlite3").is_file()
+    more = _with_trials(spec, 2)
+    ran = []
+    again = connect(local_uri(tmp_path / "home")).tune(more, path, "north", log=ran.append)  # another process
+    assert len(ran) == 1 and [t["trial_id"] for t in again["trials"]] == ["1", "2"]
+    assert again["trials"][0] == first["trials"][0]
+
+
+def test_the_fleet_tune_step_tunes_the_largest_segment_in_the_twins_work_folder(dataset, tmp_path):
+    from kfp.dsl import Artifact, Dataset
+
+    from components.tuning import tune
+
+    data, path = dataset
+    spec = _spec(
+        data,
+        scope="fleet",
+        max_trial_count=1,
+        parallel_trial_count=1,
+        parameters={"architecture": {"type": "categorical", "values": ["linear"]}},
+    )
+    trials = Artifact(uri=str(tmp_path / "trials"))
+    tune.python_func(
+        fleet_spec=spec.to_json(), platform=local_uri(tmp_path / "home"), dataset=Dataset(uri=str(path)), trials=trials
+    )
+    study = json.loads((tmp_path / "trials").read_text())
+    assert study["scope"] == "fleet" and study["best_parameters"] == {"architecture": "linear"}
+    assert (tmp_path / "home" / "tuning" / "north" / "study.sqlite3").is_file()
+    assert trials.metadata == {"segment": "north", "best_value": study["best_value"]}

@@ -208,3 +208,20 @@ def test_pacing_keeps_a_fleet_under_the_quota_that_unpaced_calls_run_into(fake, 
     assert fake.answers[429] > 5  # each window's seventh write onwards, until a back-off reaches the next window
     counts = fake.versions_by_identity()
     assert len(counts) == 40 and set(counts.values()) == {1}
+
+
+def test_a_platform_connected_later_inherits_nothing_from_one_before():
+    """aiplatform.init keeps what it was given before: a second platform must not send the first one's key."""
+    from google.cloud.aiplatform import initializer
+
+    from fleetops.platform import connect
+
+    key = "projects/proj-1/locations/us-central1/keyRings/r/cryptoKeys/k"
+    connect(
+        f"vertex://proj-1/us-central1?encryption_key={key}&network=projects/1/global/networks/n&credentials=anonymous"
+    )
+    assert initializer.global_config.encryption_spec_key_name == key
+    connect("vertex://proj-2/europe-west4?credentials=anonymous")
+    config = initializer.global_config
+    assert (config.project, config.location) == ("proj-2", "europe-west4")
+    assert config.encryption_spec_key_name is None and config.network is None

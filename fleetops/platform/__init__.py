@@ -14,6 +14,7 @@ they never branch on which platform they got.
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -197,6 +198,41 @@ class Platform(ABC):
         Local: appended to the twin's alert log (`<home>/monitoring.sqlite`). Vertex: nothing more, since
         the monitoring jobs email the spec's `alert_emails` and log their anomalies to Cloud Logging.
         """
+
+    @abstractmethod
+    def work_folder(self, purpose: str) -> Path:
+        """A folder for a task's scratch state, named by `purpose` (a simple folder name, e.g. "tuning").
+
+        The local twin: `<home>/<purpose>`, kept, so a rerun finds what the last run left there (a
+        tuning study resumes). Vertex: a folder on the task's own disk, never under an output
+        artifact or the Cloud Storage mount (SQLite is not safe on Cloud Storage FUSE, and whatever an
+        artifact holds is uploaded with it); it goes with the task.
+        """
+
+    @abstractmethod
+    def tune(self, spec: FleetSpec, dataset_path: str | Path, segment: str, log: Any = print) -> dict[str, Any]:
+        """Tune one segment's hyperparameters on the split dataset; its tuning record.
+
+        The record is `fleetops.tuning.local.TuningResult.to_dict()` and the spec's `scope`: the
+        trials in Vertex's Trial shape, `metric`, `goal`, `best_parameters` (which the train step
+        then trains the segment with) and `best_value`. The local twin runs an Optuna study in
+        `work_folder("tuning")` whose trials are the trainer run as processes (a rerun resumes it).
+        Vertex runs a HyperparameterTuningJob whose trials run the trainer in our image on the
+        dataset's Cloud Storage object (`fleetops.tuning.vertex`).
+        """
+
+
+_WORK_PURPOSE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def check_work_purpose(purpose: str) -> str:
+    """A work folder's purpose is one plain folder name: no path, no dots, nothing to escape the parent with."""
+    if not isinstance(purpose, str) or not _WORK_PURPOSE.fullmatch(purpose):
+        raise UserError(
+            f"work folder purpose {purpose!r} must be a simple folder name: lowercase letters, digits, '-' and '_', "
+            "starting with a letter or digit, at most 63 characters (e.g. 'tuning')"
+        )
+    return purpose
 
 
 def connect(uri: str = "local", credentials: object = None) -> Platform:

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from fleetops.names import segment_slug
 from fleetops.spec import Architecture, FleetSpec, Task, TrainingSpec, describe_error, load_spec
 
 SEGMENT_COLUMN = "__segment"
+
+# A segment's tuning (`Platform.tune`): (spec, dataset path, segment, log) -> its tuning record.
+Tuner = Callable[[FleetSpec, "str | Path", str, Any], dict[str, Any]]
 
 
 @dataclass
@@ -84,7 +88,7 @@ def train_shard(
     params: TrainingSpec | None = None,
     log: Any = print,
     tuned: dict[str, Any] | None = None,
-    tuning_dir: str | Path | None = None,
+    tuner: Tuner | None = None,
     fallback: dict[str, str] | None = None,
     global_model: Any = None,
     global_candidate: Any = None,
@@ -96,7 +100,8 @@ def train_shard(
     at a time.
 
     With `tuned` parameters (tuned once for the fleet) every segment uses them; with per-segment
-    tuning enabled in the spec, each segment is tuned first (trials under `tuning_dir`).
+    tuning enabled in the spec, each segment is tuned first by `tuner` (`Platform.tune`: where the study
+    runs and keeps its state is the platform's business, never the model folder).
     `global_model` (`packed.GlobalModel`) is where `training.warm_start: global` starts and what
     `fallback` segments (segment -> reason) are given. A segment whose own training fails gets the
     spec's failure policy: recorded in `failed` (skip), or given the global model (global), or the
@@ -109,6 +114,8 @@ def train_shard(
     fallback = dict(fallback or {})
     classes = fleet_classes(dataset_path, spec)
     per_segment_tuning = not tuned and spec.tuning.enabled and spec.tuning.scope == "per_segment"
+    if per_segment_tuning and tuner is None:
+        raise UserError("the spec tunes each segment (tuning.scope: per_segment): pass tuner=platform.tune")
     warm = global_model if spec.training.warm_start == "global" else None
     results: list[TrainResult] = []
     failed: dict[str, str] = {}
@@ -144,8 +151,7 @@ def train_shard(
                 output_dir,
                 params,
                 tuned,
-                per_segment_tuning,
-                tuning_dir,
+                tuner if per_segment_tuning else None,
                 log,
                 global_candidate,
             )
@@ -222,17 +228,16 @@ def _train_one(
     output_dir: str | Path,
     params: TrainingSpec | None,
     tuned: dict[str, Any] | None,
-    per_segment_tuning: bool,
-    tuning_dir: str | Path | None,
+    tuner: Tuner | None,
     log: Any,
     global_candidate: Any = None,
 ) -> TrainResult:
-    """One segment with the one-at-a-time trainer, tuned first when the spec says so."""
+    """One segment with the one-at-a-time trainer, tuned first by `tuner` when one is given."""
     segment_params, architectures, record = params, None, None
     if tuned:
         segment_params, architectures = apply_parameters(spec, tuned)
-    elif per_segment_tuning:
-        record = tune(spec, dataset_path, segment, Path(tuning_dir or Path(output_dir) / "tuning"), log)
+    elif tuner is not None:
+        record = tuner(spec, dataset_path, segment, log)
         segment_params, architectures = apply_parameters(spec, record["best_parameters"])
     return train_segment(
         read_segment(dataset_path, segment),
@@ -244,17 +249,6 @@ def _train_one(
         tuning=record or ({"best_parameters": tuned, "scope": "fleet"} if tuned else None),
         global_candidate=global_candidate,
     )
-
-
-def tune(spec: FleetSpec, dataset_path: str | Path, segment: str, work_dir: Path, log: Any = print) -> dict[str, Any]:
-    """Tune one segment locally (trials are this module run as processes); the result as a dict."""
-    from fleetops.tuning.local import tune_segment
-
-    work_dir = work_dir / segment_slug(segment)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    spec_file = work_dir / "spec.json"
-    spec_file.write_text(spec.to_json())
-    return tune_segment(spec, spec_file, dataset_path, segment, work_dir, log).to_dict() | {"scope": spec.tuning.scope}
 
 
 # The training settings that are integers, as TrainingSpec declares them (epochs, batch_size, ...).
@@ -552,20 +546,23 @@ def main(argv: list[str] | None = None) -> int:
 
         tf.config.threading.set_intra_op_parallelism_threads(int(threads))
         tf.config.threading.set_inter_op_parallelism_threads(int(threads))
-    spec = load_spec(args.spec)
+    from fleetops.platform.vertex import gcs_local_path
+
+    # A Vertex tuning trial is given gs:// URIs; its container reads them through the Cloud Storage mount.
+    spec = load_spec(gcs_local_path(args.spec))
     overrides = {k: v for k, v in vars(args).items() if k in TrainingSpec.model_fields and v is not None}
     try:
         params = TrainingSpec.model_validate(spec.training.model_dump() | overrides)
     except ValidationError as exc:
         raise SpecError([describe_error(e) for e in exc.errors()], "trainer flags") from None
     architectures = [Architecture(args.architecture)] if args.architecture else None
-    from fleetops.platform.vertex import gcs_local_path
-
     output_dir = gcs_local_path(args.output_dir)
-    result = train_segment(read_segment(args.data, args.segment), spec, args.segment, output_dir, params, architectures)
+    rows = read_segment(gcs_local_path(args.data), args.segment)
+    result = train_segment(rows, spec, args.segment, output_dir, params, architectures)
     report = {"metric": result.metric, "value": result.validation_value, **result.summary()}
-    print(json.dumps(report | {"validation_metrics": headline(result.metadata["validation_metrics"])}))
-    _report_to_vertex_tuning(result)
+    validation_metrics = headline(result.metadata["validation_metrics"])
+    print(json.dumps(report | {"validation_metrics": validation_metrics}))
+    _report_to_vertex_tuning(spec.tuning_metric, validation_metrics.get(spec.tuning_metric))
     return 0
 
 
@@ -576,15 +573,14 @@ def _number(kind: type) -> Any:
     return kind
 
 
-def _report_to_vertex_tuning(result: TrainResult) -> None:
-    """In a Vertex hyperparameter tuning trial, report the metric with cloudml-hypertune (Vertex reads it)."""
-    if not os.environ.get("CLOUD_ML_TRIAL_ID") or result.validation_value is None:
+def _report_to_vertex_tuning(metric: str, value: float | None) -> None:
+    """In a Vertex hyperparameter tuning trial, report the tuning metric (the study's metric id, which may
+    differ from the primary metric) with cloudml-hypertune; Vertex reads it. No value: the trial is infeasible."""
+    if not os.environ.get("CLOUD_ML_TRIAL_ID") or value is None:
         return
     import hypertune
 
-    hypertune.HyperTune().report_hyperparameter_tuning_metric(
-        hyperparameter_metric_tag=result.metric, metric_value=result.validation_value
-    )
+    hypertune.HyperTune().report_hyperparameter_tuning_metric(hyperparameter_metric_tag=metric, metric_value=value)
 
 
 def beats(value: float | None, best: float | None, goal: str) -> bool:

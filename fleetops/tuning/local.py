@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetops.errors import UserError
-from fleetops.names import model_id
+from fleetops.names import model_id, segment_slug
 from fleetops.spec import METRIC_GOALS, Algorithm, FleetSpec, ParameterKind, ParameterSpec, Scale
 from fleetops.training.trainer import whole_numbers
 
@@ -138,6 +138,21 @@ def tune_segment(
         raise UserError(f"tuning {segment!r}: no trial succeeded ({'; '.join(t.error for t in failures[:5])})")
     best = max(succeeded, key=lambda t: t.value if goal == "maximize" else -t.value)
     return TuningResult(segment, spec.tuning_metric, goal, best.parameters, best.value, trials)
+
+
+def tune_in_folder(
+    spec: FleetSpec, dataset_path: str | Path, segment: str, work_dir: str | Path, log: Any = print
+) -> dict[str, Any]:
+    """Run (or resume) the segment's study in `work_dir/<segment slug>/`; its tuning record (`Platform.tune`).
+
+    The spec the trials read is written there too: a trial is the trainer run as a process.
+    """
+    folder = Path(work_dir) / segment_slug(segment)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_file = folder / "spec.json"
+    spec_file.write_text(spec.to_json())
+    result = tune_segment(spec, spec_file, dataset_path, segment, folder, log)
+    return result.to_dict() | {"scope": spec.tuning.scope}
 
 
 def trainer_flags(parameters: dict[str, Any]) -> list[str]:

@@ -4,6 +4,7 @@
 <home>/models/<id>/<ver>/   registered artifacts
 <home>/warehouse.duckdb     tables addressed as bq://project.dataset.table
 <home>/pipeline_root/       artifacts of local pipeline runs
+<home>/<purpose>/           work folders (`work_folder`): tuning studies under <home>/tuning/
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import pandas as pd
 
 from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
-from fleetops.platform import PipelineRun, Platform, Submission, local_uri
+from fleetops.platform import PipelineRun, Platform, Submission, check_work_purpose, local_uri
 from fleetops.platform.local.endpoints import LocalEndpoints
 from fleetops.platform.local.registry import LocalModelRegistry
 
 if TYPE_CHECKING:
     from fleetops.monitoring.jobs import EndpointReport
     from fleetops.spec import FleetSpec
+
+# What the twin keeps under its home itself (registry artifacts, pipeline runs, cost runs): no work folder.
+_OWN_FOLDERS = frozenset({"models", "pipeline_root", "runs"})
 
 
 class LocalPlatform(Platform):
@@ -129,6 +133,23 @@ class LocalPlatform(Platform):
         from fleetops.monitoring.alerts import record_alerts
 
         record_alerts(self.home, fleet, alerts)
+
+    def work_folder(self, purpose: str) -> Path:
+        """`<home>/<purpose>`, kept between runs; the twin's own folders are not handed out."""
+        if check_work_purpose(purpose) in _OWN_FOLDERS:
+            raise UserError(
+                f"work folder purpose {purpose!r} names a folder the local twin keeps its own data in; "
+                f"not one of {sorted(_OWN_FOLDERS)}"
+            )
+        folder = self.home / purpose
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def tune(self, spec: FleetSpec, dataset_path: str | Path, segment: str, log: Any = print) -> dict[str, Any]:
+        """An Optuna study under `work_folder("tuning")`: a rerun resumes it without repeating finished trials."""
+        from fleetops.tuning.local import tune_in_folder
+
+        return tune_in_folder(spec, dataset_path, segment, self.work_folder("tuning"), log)
 
     def write_table(self, df: pd.DataFrame, table: str) -> None:
         """Create or replace a `bq://project.dataset.table` of the local twin (the project is not used)."""

@@ -14,6 +14,7 @@ share it, so one platform's threads share one pacing.
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,7 @@ import pandas as pd
 
 from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
-from fleetops.platform import PipelineRun, Platform, Submission, VertexSettings
+from fleetops.platform import PipelineRun, Platform, Submission, VertexSettings, check_work_purpose
 from fleetops.platform.vertex.calls import VertexCalls
 from fleetops.platform.vertex.endpoints import VertexEndpoints
 from fleetops.platform.vertex.registry import VertexModelRegistry
@@ -40,6 +41,7 @@ class VertexPlatform(Platform):
         self.settings = settings
         self.credentials = credentials
         self.calls = calls or VertexCalls(settings)
+        self._work_folders: dict[str, Path] = {}
         self.uri = f"vertex://{settings.project}/{settings.region}"
         init_kwargs: dict[str, Any] = {
             "project": settings.project,
@@ -52,6 +54,12 @@ class VertexPlatform(Platform):
         }
         if settings.api_endpoint:
             init_kwargs |= {"api_endpoint": settings.api_endpoint, "api_transport": "rest"}
+        # aiplatform.init only sets what it is given: a key, account, network or endpoint of a platform
+        # connected before would stay in the SDK's global config. The SDK has no reset; its config's
+        # constructor is one (every field None), so this platform's settings are the only ones in force.
+        from google.cloud.aiplatform import initializer
+
+        initializer.global_config.__init__()
         aiplatform.init(**{k: v for k, v in init_kwargs.items() if v is not None})
         self.registry = VertexModelRegistry(settings, credentials, self.calls)
         self.endpoints = VertexEndpoints(settings, credentials, self.registry)
@@ -155,6 +163,21 @@ class VertexPlatform(Platform):
     def record_alerts(self, fleet: str, alerts: list[dict]) -> None:
         """Nothing to add: the monitoring jobs email the spec's `alert_emails` and log to Cloud Logging, and the
         run has printed each alert as a structured log line (which Cloud Logging ingests from the task)."""
+
+    def work_folder(self, purpose: str) -> Path:
+        """A folder on the task's own disk, made once per purpose for this platform object: never under the
+        Cloud Storage mount, where an output artifact lives (SQLite is not safe on FUSE, and an artifact's
+        contents are uploaded). A Vertex task is a fresh container, so nothing carries over to a rerun."""
+        check_work_purpose(purpose)
+        if purpose not in self._work_folders:
+            self._work_folders[purpose] = Path(tempfile.mkdtemp(prefix=f"fleetops-{purpose}-"))
+        return self._work_folders[purpose]
+
+    def tune(self, spec: FleetSpec, dataset_path: str | Path, segment: str, log: Any = print) -> dict[str, Any]:
+        """A HyperparameterTuningJob whose trials run the trainer in our image on the dataset's gs:// object."""
+        from fleetops.tuning.vertex import tune_on_vertex
+
+        return tune_on_vertex(spec, self, dataset_path, segment, log)
 
     def bigquery_job(self, source: str) -> Any:
         """Run a SQL query or read a bq:// table as a BigQuery query job, labelled like every job."""
