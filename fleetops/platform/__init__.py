@@ -17,6 +17,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
@@ -25,6 +26,10 @@ from fleetops.data.sources import BadLine
 from fleetops.errors import UserError
 from fleetops.platform.endpoints import Endpoints
 from fleetops.platform.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from fleetops.batch import BatchMachine, BatchResult
+    from fleetops.spec import FleetSpec
 
 DEFAULT_HOME = ".fleetops"
 _VERTEX_SETTINGS = (
@@ -110,6 +115,28 @@ class Platform(ABC):
         batch_size: int = 64,
     ) -> dict:
         """Score `source` with one registered version into `destination`; bad rows go to an errors output."""
+
+    @abstractmethod
+    def fleet_batch_predict(
+        self,
+        spec: FleetSpec,
+        source: str,
+        work_dir: str | Path,
+        version: str = "champion",
+        machine: BatchMachine | None = None,
+    ) -> BatchResult:
+        """Score every row of `source` with its segment's model (`version`: an alias or id) of the fleet.
+
+        Writes `predictions.parquet` (the instance columns, `prediction`, `model_id`, `version_id`)
+        and `errors.parquet` (the instance columns, `errors` {code, message}) under `work_dir`, the
+        same on every platform. Rows that cannot be scored (bad values, no segment, a segment
+        without that version) are errors and never fail the call. The local twin loads each
+        segment's model and scores here (`machine` does not apply). Vertex runs a
+        BatchPredictionJob per segment on the registered version, concurrently, on `machine`
+        (default `BatchMachine()`), with `work_dir` under the Cloud Storage mount for the jobs'
+        inputs and outputs; a job that fails or outlasts `machine.timeout_seconds` makes its
+        segment's rows errors, naming the job.
+        """
 
 
 def connect(uri: str = "local", credentials: object = None) -> Platform:

@@ -9,15 +9,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pandas as pd
 
 from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
+from fleetops.names import CHAMPION_ALIAS
 from fleetops.platform import Platform, local_uri
 from fleetops.platform.local.endpoints import LocalEndpoints
 from fleetops.platform.local.registry import LocalModelRegistry
+
+if TYPE_CHECKING:
+    from fleetops.batch import BatchMachine, BatchResult
+    from fleetops.spec import FleetSpec
 
 
 class LocalPlatform(Platform):
@@ -70,6 +76,19 @@ class LocalPlatform(Platform):
         frame = self.read_table(source, bad_lines)
         result = batch_predict(predictor, frame, destination, bad_lines=bad_lines)
         return result.summary() | {"model": registered.versioned_name}
+
+    def fleet_batch_predict(
+        self,
+        spec: FleetSpec,
+        source: str,
+        work_dir: str | Path,
+        version: str = CHAMPION_ALIAS,
+        machine: BatchMachine | None = None,
+    ) -> BatchResult:
+        """In process, here: `machine` does not apply."""
+        from fleetops.batch import fleet_batch_predict_in_process
+
+        return fleet_batch_predict_in_process(spec, self, source, work_dir, version)
 
     def write_table(self, df: pd.DataFrame, table: str) -> None:
         """Create or replace a `bq://project.dataset.table` of the local twin (the project is not used)."""

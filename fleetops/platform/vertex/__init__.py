@@ -16,16 +16,21 @@ from __future__ import annotations
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
+from fleetops.names import CHAMPION_ALIAS
 from fleetops.platform import Platform, VertexSettings
 from fleetops.platform.vertex.calls import VertexCalls
 from fleetops.platform.vertex.endpoints import VertexEndpoints
 from fleetops.platform.vertex.registry import VertexModelRegistry
+
+if TYPE_CHECKING:
+    from fleetops.batch import BatchMachine, BatchResult
+    from fleetops.spec import FleetSpec
 
 
 class VertexPlatform(Platform):
@@ -114,6 +119,21 @@ class VertexPlatform(Platform):
         )
         job = self.calls.submit(f"batch prediction job for {registered.versioned_name}", submit)
         return {"job": job.resource_name, "state": job.state.name, "model": registered.versioned_name}
+
+    def fleet_batch_predict(
+        self,
+        spec: FleetSpec,
+        source: str,
+        work_dir: str | Path,
+        version: str = CHAMPION_ALIAS,
+        machine: BatchMachine | None = None,
+    ) -> BatchResult:
+        """A BatchPredictionJob per segment, its instances and outputs under `work_dir` (on the Cloud
+        Storage mount); see fleetops/platform/vertex/batch.py."""
+        from fleetops.batch import BatchMachine
+        from fleetops.platform.vertex import batch
+
+        return batch.fleet_batch_predict(self, spec, source, work_dir, version, machine or BatchMachine())
 
     def bigquery_job(self, source: str) -> Any:
         """Run a SQL query or read a bq:// table as a BigQuery query job, labelled like every job."""
