@@ -242,7 +242,8 @@ class FakeVertex(LoopbackJsonServer):
     def _batch_job(
         self, method: str, parent: str, job_id: str | None, cancel: str | None, body: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
-        """Batch prediction jobs: created pending, running for `batch_reads_running` reads, then finished.
+        """Batch prediction jobs: created pending, running for `batch_reads_running` reads (gets or
+        listings), then finished.
 
         The stand-in cannot run a serving container, so a job on a JSONL file "runs" as Vertex's
         would on our container: the version's artifact (found under FLEETOPS_GCS_MOUNT from its
@@ -254,8 +255,9 @@ class FakeVertex(LoopbackJsonServer):
         source (BigQuery) succeeds with no outputs: the stand-in has no table to read.
         """
         kind = "batchPredictionJobs"
-        if method == "GET" and job_id is None:  # a listing (its filter left to the caller)
-            return 200, {kind: [job for (k, _), job in self.jobs.items() if k == kind]}
+        if method == "GET" and job_id is None:  # a listing (its filter left to the caller) reads every job
+            listed = [job for (k, _), job in self.jobs.items() if k == kind]
+            return 200, {kind: [_public(self._advance_batch_job(job)) for job in listed]}
         if method == "POST" and job_id is None:
             job_id = str(sum(k == kind for k, _ in self.jobs) + 1)
             job = dict(body) | {"name": f"{parent}/{kind}/{job_id}", "state": "JOB_STATE_PENDING", "reads": 0}
@@ -269,12 +271,16 @@ class FakeVertex(LoopbackJsonServer):
             if job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING"):
                 job["state"] = "JOB_STATE_CANCELLED"
             return 200, {}
-        if method == "GET" and job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING"):
+        return 200, _public(self._advance_batch_job(job))
+
+    def _advance_batch_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A read of an unfinished job: it runs, and finishes after `batch_reads_running` reads."""
+        if job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING"):
             job["reads"] += 1
             job["state"] = "JOB_STATE_RUNNING"
             if job["reads"] > self.batch_reads_running:
                 self._finish_batch_job(job)
-        return 200, _public(job)
+        return job
 
     def _finish_batch_job(self, job: dict[str, Any]) -> None:
         model = job["model"].split("/models/", 1)[1]

@@ -7,6 +7,7 @@ stand-in folder, where the platform collects them into the local twin's schema.
 
 import json
 import shutil
+from urllib.parse import parse_qs
 
 import pandas as pd
 import pytest
@@ -170,6 +171,10 @@ def test_running_jobs_are_polled_and_cancelled_at_the_timeout(vertex, fake, spec
     fake.batch_reads_running = 2
     finished = vertex.fleet_batch_predict(spec, source, work / "a")
     assert finished.predicted == 118 and vertex.time.sleeps.count(30.0) == 2
+    # Each poll is one listing of the call's jobs by their run label, not a read per job.
+    assert len(fake.calls("GET", JOB_PATH)) == 3 and not fake.calls("GET", f"{JOB_PATH}/1")
+    [run] = {call["body"]["labels"]["fleetops_batch_run"] for call in fake.calls("POST", JOB_PATH)}
+    assert parse_qs(fake.calls("GET", JOB_PATH)[0]["query"])["filter"] == [f'labels.fleetops_batch_run="{run}"']
     fake.batch_reads_running = 1000
     late = vertex.fleet_batch_predict(spec, source, work / "b", machine=BatchMachine(timeout_seconds=100))
     assert late.predicted == 0 and len(late.failures) == 2
