@@ -147,6 +147,8 @@ class FakeVertex(LoopbackJsonServer):
         # (models/ID@VERSION) whose jobs fail, with their error message.
         self.batch_reads_running = 0
         self.failing_batch_models: dict[str, str] = {}
+        # A test's stand-in for the container refusing a request: a message for an instance it refuses.
+        self.refuse_batch_instance: Callable[[dict[str, Any]], str | None] = lambda instance: None
 
     def calls(self, method: str, suffix: str = "") -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method and r["path"].endswith(suffix)]
@@ -329,6 +331,8 @@ class FakeVertex(LoopbackJsonServer):
             inputs = [{k: v for k, v in line.items() if k != key_field} for line in batch]
             ids = [{"key": line[key_field]} if key_field else {"instance": line} for line in batch]
             try:
+                if refusals := [m for m in map(self.refuse_batch_instance, inputs) if m]:
+                    raise UserError(refusals[0])  # the container answers 400: the whole request fails
                 columns = predictor.columns(inputs)
                 outputs = predictor.predict_columns(columns)
                 predictor.check_finite(outputs, columns)

@@ -148,6 +148,17 @@ def test_a_failed_job_names_its_segment_and_the_other_segments_are_kept(vertex, 
     assert result.summary()["failures"] == result.failures
 
 
+def test_instances_the_container_refuses_are_errors_with_its_message(vertex, fake, spec, source, work):
+    fake.refuse_batch_instance = lambda instance: "plan 'premium' is retired" if instance["plan"] == "premium" else None
+    result = vertex.fleet_batch_predict(spec, source, work, machine=BatchMachine(batch_size=1))
+    predictions, errors = _frames(result)
+    refused = errors[errors["errors"].map(lambda e: e["message"] == "plan 'premium' is retired")]
+    assert len(refused) > 0 and set(refused["plan"]) == {"premium"}
+    assert set(refused["errors"].map(lambda e: e["code"])) == {INVALID_ARGUMENT}  # from the status name
+    assert "premium" not in set(predictions["plan"])
+    assert result.predicted + result.errors == result.rows == 120 and not result.failures
+
+
 def test_a_submit_whose_answer_was_lost_is_found_not_made_twice(vertex, fake, spec, source, work):
     fake.refusals.append(Refusal(503, count=1, after_handling=True, method="POST", path_suffix=JOB_PATH))
     result = vertex.fleet_batch_predict(spec, source, work)
