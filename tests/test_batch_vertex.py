@@ -33,11 +33,13 @@ def mount(tmp_path, monkeypatch):
 
 @pytest.fixture
 def source(tmp_path):
-    """Two segments of rows, two of them with values no model takes."""
+    """Two segments of rows, two of them with values no model takes, two with a value missing."""
     rows = make_churn(rows_per_segment=60, segments=2, seed=9)
     rows["tenure_months"] = rows["tenure_months"].astype(object)
     rows.loc[3, "tenure_months"] = "ten"
     rows.loc[70, "monthly_charges"] = float("inf")
+    rows.loc[5, "plan"] = None  # missing values are not errors: the model imputes them
+    rows.loc[80, "support_calls"] = None
     path = tmp_path / "score.csv"
     rows.to_csv(path, index=False)
     return str(path)
@@ -130,6 +132,7 @@ def test_results_are_what_the_local_twin_gives_on_the_same_models(vertex, platfo
         assert list(mine["scores"]) == pytest.approx(list(theirs["scores"]), abs=1e-6)
     pd.testing.assert_frame_equal(errors, local_errors)
     assert set(errors["errors"].map(lambda e: e["code"])) == {INVALID_ARGUMENT}
+    assert predictions["customer_id"].isin(["c0000005", "c0000080"]).sum() == 2
 
 
 def test_a_failed_job_names_its_segment_and_the_other_segments_are_kept(vertex, fake, spec, source, work):

@@ -153,7 +153,9 @@ def _write_instances(
 ) -> SegmentJob:
     """The segment's valid rows as JSONL instances (the features and the row key) under the work folder.
 
-    Values go as the serving container takes them: numbers or null, strings or null.
+    Numbers go as numbers or null (missing: the model imputes it), categories as strings, a missing
+    one as "" (what our container and the twin make of it, and what Vertex's prebuilt TensorFlow
+    container takes; that container refuses a null number, so those rows come back as errors).
     """
     path = work / "instances" / f"{part.model_id}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +163,7 @@ def _write_instances(
     for name in spec.features.numeric:
         columns[name] = [None if np.isnan(v) else float(v) for v in valid[name].to_numpy(dtype="float64")]
     for name in spec.features.categorical:
-        columns[name] = [None if v is None or v != v else str(v) for v in valid[name]]
+        columns[name] = ["" if v is None or v != v else str(v) for v in valid[name]]
     names = list(columns)
     lines = (json.dumps(dict(zip(names, values, strict=True))) for values in zip(*columns.values(), strict=True))
     text = "\n".join(lines) + "\n"
