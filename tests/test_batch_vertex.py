@@ -14,7 +14,7 @@ import pytest
 
 from fleetops.batch import INVALID_ARGUMENT, NOT_FOUND, BatchMachine, fleet_batch_predict
 from fleetops.data.sample import make_churn
-from fleetops.errors import UserError
+from fleetops.errors import PlatformError, UserError
 from tests.fake_vertex import FakeVertex, Refusal, connect_to
 
 KMS_KEY = "projects/proj-1/locations/us-central1/keyRings/r/cryptoKeys/k"
@@ -216,3 +216,14 @@ def test_the_work_folder_must_be_under_the_cloud_storage_mount(vertex, spec, sou
 def test_machine_settings_are_checked_before_anything_is_sent(settings, problem):
     with pytest.raises(UserError, match=problem):
         BatchMachine(**settings)
+
+
+def test_one_versions_job_is_submitted_once_and_waited_on(vertex, fake):
+    fake.refusals.append(Refusal(503, count=1, after_handling=True, method="POST", path_suffix=JOB_PATH))
+    fake.batch_reads_running = 2  # the look-up's listing reads it once, then two polls
+    summary = vertex.batch_predict("churn-north", "champion", "bq://proj-1.crm.churn", "bq://proj-1.scores")
+    assert summary["state"] == "JOB_STATE_SUCCEEDED" and len(fake.jobs) == 1  # found after the lost answer
+    assert vertex.time.sleeps.count(30.0) == 1  # polled by our clock, not the SDK's own wait
+    fake.failing_batch_models["churn-south@1"] = "out of quota for n1-standard-4"
+    with pytest.raises(PlatformError, match=r"churn-south@1 ended JOB_STATE_FAILED: out of quota for n1-standard-4"):
+        vertex.batch_predict("churn-south", "1", "bq://proj-1.crm.churn", "bq://proj-1.scores")

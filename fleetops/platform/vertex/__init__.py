@@ -14,7 +14,6 @@ share it, so one platform's threads share one pacing.
 from __future__ import annotations
 
 import os
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,42 +82,14 @@ class VertexPlatform(Platform):
         max_replica_count: int = 4,
         batch_size: int = 64,
     ) -> dict:
-        """A Vertex BatchPredictionJob: bq:// or gs:// in, a BigQuery dataset or gs:// prefix out."""
-        registered = self.registry.get_version(model_id, version)
-        model = self.registry.sdk_model(registered.versioned_name)
-        inputs: dict[str, Any]
-        if source.startswith("bq://"):
-            inputs = {"bigquery_source": source, "instances_format": "bigquery"}
-        elif source.startswith("gs://") and source.endswith((".csv", ".jsonl")):
-            inputs = {"gcs_source": source, "instances_format": source.rsplit(".", 1)[-1]}
-        else:
-            raise UserError(
-                f"Vertex batch prediction reads bq://project.dataset.table or gs://...csv|jsonl, not {source!r}"
-            )
-        if destination.startswith("bq://"):
-            outputs = {"bigquery_destination_prefix": destination, "predictions_format": "bigquery"}
-        elif destination.startswith("gs://"):
-            outputs = {"gcs_destination_prefix": destination, "predictions_format": "jsonl"}
-        else:
-            raise UserError(
-                f"Vertex batch prediction writes to bq://project.dataset or gs://prefix, not {destination!r}"
-            )
-        submit = partial(
-            model.batch_predict,
-            job_display_name=f"{model_id}-v{registered.version_id}-batch",
-            machine_type=machine_type,
-            starting_replica_count=starting_replica_count,
-            max_replica_count=max_replica_count,
-            batch_size=batch_size,
-            labels=dict(self.settings.labels) or None,
-            encryption_spec_key_name=self.settings.encryption_key,
-            service_account=self.settings.service_account,
-            credentials=self.credentials,
-            **inputs,
-            **outputs,
-        )
-        job = self.calls.submit(f"batch prediction job for {registered.versioned_name}", submit)
-        return {"job": job.resource_name, "state": job.state.name, "model": registered.versioned_name}
+        """A Vertex BatchPredictionJob: bq:// or gs:// in, a BigQuery dataset or gs:// prefix out; waited on.
+
+        See fleetops/platform/vertex/batch.py (`submit_batch_job`)."""
+        from fleetops.batch import BatchMachine
+        from fleetops.platform.vertex import batch
+
+        machine = BatchMachine(machine_type, starting_replica_count, max_replica_count, batch_size)
+        return batch.submit_batch_job(self, model_id, version, source, destination, machine)
 
     def fleet_batch_predict(
         self,

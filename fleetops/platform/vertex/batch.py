@@ -34,8 +34,9 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -71,6 +72,27 @@ _FINAL_STATES = {SUCCEEDED, "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STAT
 UNKNOWN = 2  # google.rpc.Code
 DEADLINE_EXCEEDED = 4
 INTERNAL = 13
+
+
+class PolledJob(Protocol):
+    """What polling, cancelling and reporting need of a job (a segment's, or a single version's)."""
+
+    name: str
+    run_label: str
+    state: str
+    error: Any
+    output_dir: str
+
+
+@dataclass
+class SingleJob:
+    """A job of `submit_batch_job`: one version on a whole source."""
+
+    name: str
+    run_label: str
+    state: str = ""
+    error: Any = None
+    output_dir: str = ""
 
 
 @dataclass
@@ -243,28 +265,28 @@ def _submit(platform: VertexPlatform, spec: FleetSpec, job: SegmentJob, machine:
         lambda: _job_client(platform).create_batch_prediction_job(
             parent=_parent(platform), batch_prediction_job=request
         ),
-        already_done=lambda: _created_job(platform, job),
+        already_done=lambda: _created_job(platform, job.display_name, job.input_label),
     )
     return created.name
 
 
-def _created_job(platform: VertexPlatform, job: SegmentJob) -> Any:
-    """The job created for these instances (by an attempt whose answer was lost), or None."""
+def _created_job(platform: VertexPlatform, display_name: str, input_label: str) -> Any:
+    """The job named `display_name` with this input label (an attempt whose answer was lost created it), or None."""
     found = platform.calls.read(
-        f"listing of the batch prediction jobs named {job.display_name!r}",
+        f"listing of the batch prediction jobs named {display_name!r}",
         lambda: list(
             _job_client(platform).list_batch_prediction_jobs(
-                request={"parent": _parent(platform), "filter": f'display_name="{job.display_name}"'}
+                request={"parent": _parent(platform), "filter": f'display_name="{display_name}"'}
             )
         ),
     )
     return next(
-        (j for j in found if j.display_name == job.display_name and j.labels.get(LABEL_BATCH_INPUT) == job.input_label),
+        (j for j in found if j.display_name == display_name and j.labels.get(LABEL_BATCH_INPUT) == input_label),
         None,
     )
 
 
-def _wait(platform: VertexPlatform, jobs: list[SegmentJob], timeout_seconds: float, poll_seconds: float) -> None:
+def _wait(platform: VertexPlatform, jobs: list[PolledJob], timeout_seconds: float, poll_seconds: float) -> None:
     """Poll the unfinished jobs together until all are final or the time is up; cancel the ones still running.
 
     Waits on the call layer's clock (a test's clock moves only when slept on).
@@ -284,7 +306,7 @@ def _wait(platform: VertexPlatform, jobs: list[SegmentJob], timeout_seconds: flo
         _cancel(platform, job, timeout_seconds)
 
 
-def _refresh(platform: VertexPlatform, pending: list[SegmentJob]) -> None:
+def _refresh(platform: VertexPlatform, pending: list[PolledJob]) -> None:
     """The jobs' states from one listing of the call's jobs (by their run label), not a read per job.
 
     A fleet of a thousand segments polled job by job every 30 s would read 2,000 times a minute,
@@ -305,20 +327,20 @@ def _refresh(platform: VertexPlatform, pending: list[SegmentJob]) -> None:
         _update(job, by_name.get(job.name) or _read(platform, job))
 
 
-def _read(platform: VertexPlatform, job: SegmentJob) -> Any:
+def _read(platform: VertexPlatform, job: PolledJob) -> Any:
     return platform.calls.read(
         f"read of batch prediction job {job.name}",
         lambda: _job_client(platform).get_batch_prediction_job(name=job.name),
     )
 
 
-def _update(job: SegmentJob, found: Any) -> None:
+def _update(job: PolledJob, found: Any) -> None:
     job.state = found.state.name
     job.error = found.error if job.state != SUCCEEDED else None
     job.output_dir = found.output_info.gcs_output_directory
 
 
-def _cancel(platform: VertexPlatform, job: SegmentJob, timeout_seconds: float) -> None:
+def _cancel(platform: VertexPlatform, job: PolledJob, timeout_seconds: float) -> None:
     """Cancel a job that outlasted the timeout, so it stops costing; its rows become errors."""
     from google.api_core import exceptions
 
@@ -418,3 +440,69 @@ def _rpc_status(error: dict[str, Any]) -> dict[str, Any]:
 
         code = code_pb2.Code.Value(error["status"]) if error["status"] in code_pb2.Code.keys() else UNKNOWN
     return {"code": int(code if code is not None else UNKNOWN), "message": str(error.get("message", ""))}
+
+
+# -- one version on a whole source (`Platform.batch_predict`) -------------------------------------
+
+
+def submit_batch_job(
+    platform: VertexPlatform, model_id: str, version: str, source: str, destination: str, machine: BatchMachine
+) -> dict[str, Any]:
+    """One version's BatchPredictionJob: bq:// or gs:// in, a BigQuery dataset or gs:// prefix out; waited on.
+
+    Submitted without the SDK's own wait, so that a retried submit is only ever the create (and is
+    looked up first, by its name and a label unique to this call) and the wait is ours: polled,
+    up to `machine.timeout_seconds`, then cancelled. A job that does not succeed is a `PlatformError`.
+    """
+    from google.cloud import aiplatform
+
+    registered = platform.registry.get_version(model_id, version)
+    settings = platform.settings
+    label = hashlib.sha256(f"{registered.versioned_name}\n{source}\n{destination}\n{time.time_ns()}".encode())
+    job = SingleJob(name="", run_label=label.hexdigest()[:40])
+    display_name = f"{model_id}-v{registered.version_id}-batch"
+    submit = partial(
+        aiplatform.BatchPredictionJob.submit,
+        job_display_name=display_name,
+        model_name=registered.versioned_name,
+        machine_type=machine.machine_type,
+        starting_replica_count=machine.starting_replica_count,
+        max_replica_count=machine.max_replica_count,
+        batch_size=machine.batch_size,
+        labels={**settings.labels, LABEL_BATCH_INPUT: job.run_label, LABEL_BATCH_RUN: job.run_label},
+        encryption_spec_key_name=settings.encryption_key,
+        service_account=settings.service_account,
+        project=settings.project,
+        location=settings.region,
+        credentials=platform.credentials,
+        **_single_job_io(source, destination),
+    )
+    job.name = platform.calls.submit(
+        f"batch prediction job for {registered.versioned_name}",
+        lambda: submit().resource_name,
+        already_done=lambda: getattr(_created_job(platform, display_name, job.run_label), "name", None),
+    )
+    _wait(platform, [job], machine.timeout_seconds, POLL_SECONDS)
+    if job.state != SUCCEEDED:
+        raise PlatformError(
+            f"Vertex AI batch prediction job {job.name} for {registered.versioned_name} ended {job.state}: "
+            f"{getattr(job.error, 'message', '') or 'no error given'}"
+        )
+    return {"job": job.name, "state": job.state, "model": registered.versioned_name}
+
+
+def _single_job_io(source: str, destination: str) -> dict[str, str]:
+    inputs: dict[str, str]
+    if source.startswith("bq://"):
+        inputs = {"bigquery_source": source, "instances_format": "bigquery"}
+    elif source.startswith("gs://") and source.endswith((".csv", ".jsonl")):
+        inputs = {"gcs_source": source, "instances_format": source.rsplit(".", 1)[-1]}
+    else:
+        raise UserError(
+            f"Vertex batch prediction reads bq://project.dataset.table or gs://...csv|jsonl, not {source!r}"
+        )
+    if destination.startswith("bq://"):
+        return inputs | {"bigquery_destination_prefix": destination, "predictions_format": "bigquery"}
+    if destination.startswith("gs://"):
+        return inputs | {"gcs_destination_prefix": destination, "predictions_format": "jsonl"}
+    raise UserError(f"Vertex batch prediction writes to bq://project.dataset or gs://prefix, not {destination!r}")
