@@ -30,14 +30,14 @@ def batch_predict(
     import json
     import os
     import shutil
-    import tempfile
 
-    from fleetops.batch import fleet_batch_predict
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
 
-    work = tempfile.mkdtemp()
-    result = fleet_batch_predict(parse_spec(fleet_spec), connect(platform), source, work, version)
+    # The task's own folder under the pipeline root (on Vertex, under the Cloud Storage mount): where
+    # the platform's batch jobs read their instances and write their outputs; they stay with the run.
+    work = os.path.join(os.path.dirname(predictions.path), "work")
+    result = connect(platform).fleet_batch_predict(parse_spec(fleet_spec), source, work, version)
     os.makedirs(os.path.dirname(predictions.path), exist_ok=True)
     os.makedirs(os.path.dirname(errors.path), exist_ok=True)
     shutil.move(str(result.predictions_path), predictions.path)

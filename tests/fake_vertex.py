@@ -25,6 +25,7 @@ handled one at a time (a lock), as a many-threaded client needs.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import threading
@@ -32,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -56,6 +58,7 @@ _OBJECTIVES = {
     4: "FEATURE_ATTRIBUTION_DRIFT",
 }
 _TUNING_JOBS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/hyperparameterTuningJobs(?:/(\w+)(:cancel)?)?$")
+_BATCH_JOBS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/batchPredictionJobs(?:/(\w+))?(:cancel)?$")
 _ENDPOINTS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints$")
 _ENDPOINT = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/endpoints/([^/:]+)(:\w+)?$")
 _MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models/([^/@:]+)(?:@([^/:]+))?(.*)$")
@@ -147,6 +150,12 @@ class FakeVertex(LoopbackJsonServer):
         self.tuning_trials: list[dict[str, Any]] = []
         self.tuning_reads_running = 0
         self.tuning_end_state = "JOB_STATE_SUCCEEDED"
+        # Batch prediction jobs: how many reads a job stays running for, and the versioned model names
+        # (models/ID@VERSION) whose jobs fail, with their error message.
+        self.batch_reads_running = 0
+        self.failing_batch_models: dict[str, str] = {}
+        # A test's stand-in for the container refusing a request: a message for an instance it refuses.
+        self.refuse_batch_instance: Callable[[dict[str, Any]], str | None] = lambda instance: None
 
     def calls(self, method: str, suffix: str = "") -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method and r["path"].endswith(suffix)]
@@ -204,6 +213,8 @@ class FakeVertex(LoopbackJsonServer):
             return self._update_monitoring_job(match.group(3), query, body)
         if match := _TUNING_JOBS.match(path):
             return self._tuning_job(method, *match.groups(), body)
+        if match := _BATCH_JOBS.match(path):
+            return self._batch_job(method, *match.groups(), body)
         if match := _JOBS.match(path):
             return self._job(method, *match.groups(), body)
         if match := _PIPELINE_JOBS.match(path):
@@ -329,6 +340,108 @@ class FakeVertex(LoopbackJsonServer):
             else:
                 job |= {"state": self.tuning_end_state, "trials": list(self.tuning_trials)}
         return 200, {k: v for k, v in job.items() if not k.startswith("_")}
+
+    def _batch_job(
+        self, method: str, parent: str, job_id: str | None, cancel: str | None, body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """Batch prediction jobs: created pending, running for `batch_reads_running` reads (gets or
+        listings), then finished.
+
+        The stand-in cannot run a serving container, so a job on a JSONL file "runs" as Vertex's
+        would on our container: the version's artifact (found under FLEETOPS_GCS_MOUNT from its
+        artifactUri) scores the instances with our `Predictor`, `batchSize` at a time, and the
+        results are written under the output prefix (the mount's folder for it) as Vertex lays them
+        out: `prediction-<display name>-<time>/predictions_0001.jsonl` and `errors_0001.jsonl`, a
+        line `{key|instance, prediction}` or `{key|instance, error: {status, message}}`. A
+        batch of instances the container refuses is an error line for each. A job on another
+        source (BigQuery) succeeds with no outputs: the stand-in has no table to read.
+        """
+        kind = "batchPredictionJobs"
+        if method == "GET" and job_id is None:  # a listing (its filter left to the caller) reads every job
+            listed = [job for (k, _), job in self.jobs.items() if k == kind]
+            return 200, {kind: [_public(self._advance_batch_job(job)) for job in listed]}
+        if method == "POST" and job_id is None:
+            job_id = str(sum(k == kind for k, _ in self.jobs) + 1)
+            job = dict(body) | {"name": f"{parent}/{kind}/{job_id}", "state": "JOB_STATE_PENDING", "reads": 0}
+            job["createTime"] = "2026-11-27T09:00:00.000Z"
+            self.jobs[(kind, job_id)] = job
+            return 200, _public(job)
+        job = self.jobs.get((kind, job_id))
+        if job is None:
+            return _error(404, f"BatchPredictionJob {parent}/{kind}/{job_id} not found")
+        if method == "POST" and cancel:
+            if job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING"):
+                job["state"] = "JOB_STATE_CANCELLED"
+            return 200, {}
+        return 200, _public(self._advance_batch_job(job))
+
+    def _advance_batch_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A read of an unfinished job: it runs, and finishes after `batch_reads_running` reads."""
+        if job["state"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING"):
+            job["reads"] += 1
+            job["state"] = "JOB_STATE_RUNNING"
+            if job["reads"] > self.batch_reads_running:
+                self._finish_batch_job(job)
+        return job
+
+    def _finish_batch_job(self, job: dict[str, Any]) -> None:
+        model = job["model"].split("/models/", 1)[1]
+        if model in self.failing_batch_models:
+            job["state"] = "JOB_STATE_FAILED"
+            job["error"] = {"code": 3, "message": self.failing_batch_models[model]}
+            return
+        job["state"] = "JOB_STATE_SUCCEEDED"
+        source = job["inputConfig"]
+        if source.get("instancesFormat") != "jsonl" or "gcsSource" not in source:
+            return
+        from fleetops.platform.vertex import gcs_local_path
+
+        output_dir = f"{job['outputConfig']['gcsDestination']['outputUriPrefix']}/prediction-{job['displayName']}-"
+        output_dir += job["createTime"]
+        job["outputInfo"] = {"gcsOutputDirectory": output_dir}
+        lines = [
+            json.loads(line)
+            for uri in source["gcsSource"]["uris"]
+            for line in Path(gcs_local_path(uri)).read_text().splitlines()
+            if line.strip()
+        ]
+        predictions, errors = self._score_batch_lines(job, model, lines)
+        folder = Path(gcs_local_path(output_dir))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "predictions_0001.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+        if errors:
+            (folder / "errors_0001.jsonl").write_text("".join(json.dumps(e) + "\n" for e in errors))
+
+    def _score_batch_lines(
+        self, job: dict[str, Any], model: str, lines: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Our container's answers to the job's instances, a batch at a time, as Vertex's output lines."""
+        from fleetops.errors import UserError
+        from fleetops.platform.vertex import gcs_local_path
+        from fleetops.serving.predictor import Predictor
+
+        model_id, version = model.split("@")
+        registered = self.models[model_id]["versions"][self._resolve(model_id, version)]
+        predictor = Predictor.load(gcs_local_path(registered["artifactUri"]), registered["labels"]["artifact-sha256"])
+        key_field = job.get("instanceConfig", {}).get("keyField")
+        batch_size = int(job.get("manualBatchTuningParameters", {}).get("batchSize", 64))
+        predictions, errors = [], []
+        for start in range(0, len(lines), batch_size):
+            batch = lines[start : start + batch_size]
+            inputs = [{k: v for k, v in line.items() if k != key_field} for line in batch]
+            ids = [{"key": line[key_field]} if key_field else {"instance": line} for line in batch]
+            try:
+                if refusals := [m for m in map(self.refuse_batch_instance, inputs) if m]:
+                    raise UserError(refusals[0])  # the container answers 400: the whole request fails
+                columns = predictor.columns(inputs)
+                outputs = predictor.predict_columns(columns)
+                predictor.check_finite(outputs, columns)
+            except UserError as exc:
+                errors += [i | {"error": {"status": "INVALID_ARGUMENT", "message": str(exc)}} for i in ids]
+                continue
+            answers = predictor.format_predictions(outputs)
+            predictions += [i | {"prediction": p} for i, p in zip(ids, answers, strict=True)]
+        return predictions, errors
 
     def _pools(self, method: str, parent: str, pool_id: str | None, body: dict[str, Any]) -> tuple[int, dict]:
         if method == "GET" and pool_id is not None:
@@ -538,6 +651,11 @@ def monitoring_stats(
         "anomalyCount": anomalies,
         "featureStats": features,
     }
+
+
+def _public(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as the API answers it: without the stand-in's own bookkeeping."""
+    return {k: v for k, v in job.items() if k != "reads"}
 
 
 def _done(name: str, response: dict[str, Any]) -> dict[str, Any]:

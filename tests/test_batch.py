@@ -104,7 +104,8 @@ def test_vertex_batch_prediction_job_request(artifact_dirs):
     assert job["outputConfig"]["bigqueryDestination"] == {"outputUri": "bq://proj-1.scores"}
     assert job["dedicatedResources"]["machineSpec"]["machineType"] == "n1-standard-8"
     assert job["manualBatchTuningParameters"] == {"batchSize": 256}
-    assert json.dumps(job["labels"]) == '{"team": "ml"}'
+    # The platform's labels, and the one a retried submit is looked up by (unique to the call).
+    assert job["labels"]["team"] == "ml" and len(job["labels"]["fleetops-batch-input"]) == 40
 
 
 def test_a_column_missing_throughout_one_chunk_keeps_the_file_schema(trained_models, tmp_path):
@@ -197,3 +198,26 @@ def test_malformed_csv_lines_are_errors_and_the_rest_is_scored(platform, trained
     assert (summary["rows"], summary["predicted"], summary["errors"]) == (200, 196, 4)
     errors = pd.read_parquet(tmp_path / "one" / "errors.parquet")
     assert [e["message"][:8] for e in errors["errors"]] == ["line 51 ", "line 91 ", "feature ", "feature "]
+
+
+def test_the_component_scores_through_the_platform_into_its_outputs(platform, trained_models, rows, spec, tmp_path):
+    from kfp.dsl import Dataset
+
+    from components import batch
+
+    platform.registry.upload_version("churn-north", trained_models[0], aliases=["champion"])
+    rows.to_csv(tmp_path / "score.csv", index=False)
+    task = tmp_path / "pipeline_root" / "run" / "batch-predict"
+    predictions, errors = Dataset(uri=str(task / "predictions")), Dataset(uri=str(task / "errors"))
+    counts = batch.batch_predict.python_func(
+        fleet_spec=spec.to_json(),
+        platform=platform.uri,
+        source=str(tmp_path / "score.csv"),
+        version="champion",
+        predictions=predictions,
+        errors=errors,
+    )
+    summary = json.loads(counts)
+    assert (summary["rows"], summary["predicted"], summary["errors"]) == (200, 98, 102)
+    assert len(pd.read_parquet(task / "predictions")) == 98 and len(pd.read_parquet(task / "errors")) == 102
+    assert predictions.metadata == {"rows": 98} and (task / "work").is_dir()  # the task's work folder

@@ -29,7 +29,8 @@ from fleetops.errors import UserError
 from fleetops.platform.endpoints import Endpoints
 from fleetops.platform.registry import ModelRegistry
 
-if TYPE_CHECKING:  # monitoring imports the platform seam: only the annotations need its types
+if TYPE_CHECKING:  # monitoring and batch import the platform seam: only the annotations need their types
+    from fleetops.batch import BatchMachine, BatchResult
     from fleetops.monitoring.jobs import EndpointReport
     from fleetops.spec import FleetSpec
 
@@ -233,6 +234,27 @@ def check_work_purpose(purpose: str) -> str:
             "starting with a letter or digit, at most 63 characters (e.g. 'tuning')"
         )
     return purpose
+
+    def fleet_batch_predict(
+        self,
+        spec: FleetSpec,
+        source: str,
+        work_dir: str | Path,
+        version: str = "champion",
+        machine: BatchMachine | None = None,
+    ) -> BatchResult:
+        """Score every row of `source` with its segment's model (`version`: an alias or id) of the fleet.
+
+        Writes `predictions.parquet` (the instance columns, `prediction`, `model_id`, `version_id`)
+        and `errors.parquet` (the instance columns, `errors` {code, message}) under `work_dir`, the
+        same on every platform. Rows that cannot be scored (bad values, no segment, a segment
+        without that version) are errors and never fail the call. The local twin loads each
+        segment's model and scores here (`machine` does not apply). Vertex runs a
+        BatchPredictionJob per segment on the registered version, concurrently, on `machine`
+        (default `BatchMachine()`), with `work_dir` under the Cloud Storage mount for the jobs'
+        inputs and outputs; a job that fails or outlasts `machine.timeout_seconds` makes its
+        segment's rows errors, naming the job.
+        """
 
 
 def connect(uri: str = "local", credentials: object = None) -> Platform:

@@ -18,11 +18,13 @@ import pandas as pd
 
 from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
+from fleetops.names import CHAMPION_ALIAS
 from fleetops.platform import PipelineRun, Platform, Submission, check_work_purpose, local_uri
 from fleetops.platform.local.endpoints import LocalEndpoints
 from fleetops.platform.local.registry import LocalModelRegistry
 
 if TYPE_CHECKING:
+    from fleetops.batch import BatchMachine, BatchResult
     from fleetops.monitoring.jobs import EndpointReport
     from fleetops.spec import FleetSpec
 
@@ -150,6 +152,19 @@ class LocalPlatform(Platform):
         from fleetops.tuning.local import tune_in_folder
 
         return tune_in_folder(spec, dataset_path, segment, self.work_folder("tuning"), log)
+
+    def fleet_batch_predict(
+        self,
+        spec: FleetSpec,
+        source: str,
+        work_dir: str | Path,
+        version: str = CHAMPION_ALIAS,
+        machine: BatchMachine | None = None,
+    ) -> BatchResult:
+        """In process, here: `machine` does not apply."""
+        from fleetops.batch import fleet_batch_predict_in_process
+
+        return fleet_batch_predict_in_process(spec, self, source, work_dir, version)
 
     def write_table(self, df: pd.DataFrame, table: str) -> None:
         """Create or replace a `bq://project.dataset.table` of the local twin (the project is not used)."""

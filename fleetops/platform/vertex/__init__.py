@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import tempfile
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +23,14 @@ import pandas as pd
 
 from fleetops.data.sources import BadLine, parse_table, read_file, source_kind
 from fleetops.errors import UserError
+from fleetops.names import CHAMPION_ALIAS
 from fleetops.platform import PipelineRun, Platform, Submission, VertexSettings, check_work_purpose
 from fleetops.platform.vertex.calls import VertexCalls
 from fleetops.platform.vertex.endpoints import VertexEndpoints
 from fleetops.platform.vertex.registry import VertexModelRegistry
 
 if TYPE_CHECKING:
+    from fleetops.batch import BatchMachine, BatchResult
     from fleetops.monitoring.jobs import EndpointReport
     from fleetops.spec import FleetSpec
 
@@ -116,42 +117,29 @@ class VertexPlatform(Platform):
         max_replica_count: int = 4,
         batch_size: int = 64,
     ) -> dict:
-        """A Vertex BatchPredictionJob: bq:// or gs:// in, a BigQuery dataset or gs:// prefix out."""
-        registered = self.registry.get_version(model_id, version)
-        model = self.registry.sdk_model(registered.versioned_name)
-        inputs: dict[str, Any]
-        if source.startswith("bq://"):
-            inputs = {"bigquery_source": source, "instances_format": "bigquery"}
-        elif source.startswith("gs://") and source.endswith((".csv", ".jsonl")):
-            inputs = {"gcs_source": source, "instances_format": source.rsplit(".", 1)[-1]}
-        else:
-            raise UserError(
-                f"Vertex batch prediction reads bq://project.dataset.table or gs://...csv|jsonl, not {source!r}"
-            )
-        if destination.startswith("bq://"):
-            outputs = {"bigquery_destination_prefix": destination, "predictions_format": "bigquery"}
-        elif destination.startswith("gs://"):
-            outputs = {"gcs_destination_prefix": destination, "predictions_format": "jsonl"}
-        else:
-            raise UserError(
-                f"Vertex batch prediction writes to bq://project.dataset or gs://prefix, not {destination!r}"
-            )
-        submit = partial(
-            model.batch_predict,
-            job_display_name=f"{model_id}-v{registered.version_id}-batch",
-            machine_type=machine_type,
-            starting_replica_count=starting_replica_count,
-            max_replica_count=max_replica_count,
-            batch_size=batch_size,
-            labels=dict(self.settings.labels) or None,
-            encryption_spec_key_name=self.settings.encryption_key,
-            service_account=self.settings.service_account,
-            credentials=self.credentials,
-            **inputs,
-            **outputs,
-        )
-        job = self.calls.submit(f"batch prediction job for {registered.versioned_name}", submit)
-        return {"job": job.resource_name, "state": job.state.name, "model": registered.versioned_name}
+        """A Vertex BatchPredictionJob: bq:// or gs:// in, a BigQuery dataset or gs:// prefix out; waited on.
+
+        See fleetops/platform/vertex/batch.py (`submit_batch_job`)."""
+        from fleetops.batch import BatchMachine
+        from fleetops.platform.vertex import batch
+
+        machine = BatchMachine(machine_type, starting_replica_count, max_replica_count, batch_size)
+        return batch.submit_batch_job(self, model_id, version, source, destination, machine)
+
+    def fleet_batch_predict(
+        self,
+        spec: FleetSpec,
+        source: str,
+        work_dir: str | Path,
+        version: str = CHAMPION_ALIAS,
+        machine: BatchMachine | None = None,
+    ) -> BatchResult:
+        """A BatchPredictionJob per segment, its instances and outputs under `work_dir` (on the Cloud
+        Storage mount); see fleetops/platform/vertex/batch.py."""
+        from fleetops.batch import BatchMachine
+        from fleetops.platform.vertex import batch
+
+        return batch.fleet_batch_predict(self, spec, source, work_dir, version, machine or BatchMachine())
 
     def monitor(self, spec: FleetSpec, now: datetime | None = None) -> list[EndpointReport]:
         """Each fleet endpoint's ModelDeploymentMonitoringJob (created once, then reused) and its latest
