@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -501,6 +502,9 @@ class FakeVertex(LoopbackJsonServer):
                 deployed["model"], deployed["modelVersionId"] = deployed["model"].split("@")
             if refusal := self._refuse_shared(deployed):
                 return refusal
+            # Vertex stamps each deployed model (what "the newest deployed model", a canary, is found by).
+            stamp = datetime(2026, 11, 27, 9, tzinfo=UTC) + timedelta(seconds=self._next_deployed_id)
+            deployed["createTime"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
             self._next_deployed_id += 1
             endpoint["deployedModels"].append(deployed)
             split = body.get("trafficSplit", {})
