@@ -111,7 +111,9 @@ def test_batch_prediction_submits_a_job_per_champion(vertex, tmp_path):
     assert all(job["state"] == "JOB_STATE_SUCCEEDED" for job in jobs)
     summary = json.loads(run.outputs["Output"])
     assert summary["predicted"] == 500 and summary["errors"] == 0
-    predictions = pd.read_parquet(next((vertex.mount / BUCKET).glob("pipeline_root/fleetops-batch-prediction-*/batch-predict/predictions")))
+    predictions = pd.read_parquet(
+        next((vertex.mount / BUCKET).glob("pipeline_root/fleetops-batch-prediction-*/batch-predict/predictions"))
+    )
     assert len(predictions) == 500 and set(predictions["model_id"]) == {"churn-north", "churn-south"}
 
 
