@@ -3,11 +3,21 @@
 Every server serves the same Keras churn model with the same number of worker
 processes; wrk (a C load generator, so the client does not eat the servers'
 Python CPU) drives each at 32 connections for a fixed duration with
-single-instance requests, then 100-instance requests.
+single-instance requests, then 100-instance requests, ours and the baselines
+taking turns at each size so a change in the machine's load falls on both.
+
+The competent baseline is given what ours has that a competent engineer would
+also set (see benchmarks/serving_baselines.py): the same TensorFlow thread pools
+(one intra-op and one inter-op thread a worker), orjson both ways, uvloop and
+httptools, a prediction as the model loads; both get the same client, bodies and
+warm-up. What stays ours alone is the server's design: micro-batching, padding
+to a few traced shapes, the frozen garbage collector.
 
     python benchmarks/bench_serving.py [--seconds 15] [--workers 2]
 
-Ends with: BENCH serving: <ours rps> vs <competent rps> = <ratio>x (target >= 1.5x, p99 <= 20 ms, 0 errors)
+Ends with one line carrying both sizes:
+BENCH serving: 1 instance <ours> vs <competent> = <ratio>x; 100 instances <ours> vs <competent> = <ratio>x
+(target >= 1.5x throughput at both, p99 <= 20 ms at 1, p99 no worse than the baseline's at 100, 0 errors)
 """
 
 from __future__ import annotations
@@ -75,35 +85,55 @@ def main() -> int:
         }
         results = {}
         wanted = args.servers.split(",")
-        for name, command in servers.items():
-            if name not in wanted:
-                continue
-            server_env = env | {"BASELINE_MODEL_DIR": str(model_dir), "BASELINE_MODE": name}
-            for size in (1, 100):
-                if name == "naive" and size == 100:
+        print(f"load average before the runs: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+        for size in (1, 100):
+            for name, command in servers.items():
+                if name not in wanted or (name == "naive" and size == 100):
                     continue
-                results[(name, size)] = measure(wrk, command, server_env, work, size, args)
-                r = results[(name, size)]
+                server_env = env | {"BASELINE_MODEL_DIR": str(model_dir), "BASELINE_MODE": name}
+                results[(name, size)] = r = measure(wrk, command, server_env, work, size, args)
                 print(
                     f"{name:<10} {size:>3} instance(s)/request: {r['rps']:8.0f} req/s  p50 {r['p50']:6.1f} ms  "
-                    f"p99 {r['p99']:6.1f} ms  errors {r['errors']}",
+                    f"p99 {r['p99']:6.1f} ms  errors {r['errors']}  (1-min load after: {r['load']:.2f})",
                     flush=True,
                 )
-        if not {("fleetops", 1), ("competent", 1)} <= results.keys():
+        if not {(name, size) for name in ("fleetops", "competent") for size in (1, 100)} <= results.keys():
             return 0
-        ours, competent = results[("fleetops", 1)], results[("competent", 1)]
-        ratio = ours["rps"] / competent["rps"]
         print(
-            f"\nrows/s with 100-instance requests: fleetops {results[('fleetops', 100)]['rps'] * 100:.0f}, "
-            f"competent {results[('competent', 100)]['rps'] * 100:.0f}"
+            f"\nrows/s with 100-instance requests: fleetops {results[('fleetops', 100)]['rps'] * 100:,.0f}, "
+            f"competent {results[('competent', 100)]['rps'] * 100:,.0f}"
         )
-        print(
-            f"BENCH serving: {ours['rps']:.0f} req/s (p99 {ours['p99']:.1f} ms, {ours['errors']} errors) vs "
-            f"{competent['rps']:.0f} req/s = {ratio:.2f}x (target >= 1.5x, p99 <= 20 ms, 0 errors)"
-        )
+        print(bench_line(results))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_line(results: dict) -> str:
+    """The BENCH line: both sizes, ours against the competent baseline, and whether each target is met."""
+    parts, missed = [], []
+    for size in (1, 100):
+        ours, base = results[("fleetops", size)], results[("competent", size)]
+        ratio = ours["rps"] / base["rps"]
+        label = "1 instance" if size == 1 else f"{size} instances"
+        parts.append(
+            f"{label} {ours['rps']:,.0f} req/s p99 {ours['p99']:.1f} ms vs {base['rps']:,.0f} req/s "
+            f"p99 {base['p99']:.1f} ms = {ratio:.2f}x"
+        )
+        if ratio < 1.5:
+            missed.append(f"throughput at {size} {ratio:.2f}x")
+        if size == 1 and ours["p99"] > 20:
+            missed.append(f"p99 at 1 {ours['p99']:.1f} ms")
+        if size > 1 and ours["p99"] > base["p99"]:
+            missed.append(f"p99 at {size} {ours['p99']:.1f} > {base['p99']:.1f} ms")
+    errors = sum(results[(name, size)]["errors"] for name in ("fleetops", "competent") for size in (1, 100))
+    if errors:
+        missed.append(f"{errors} errors")
+    verdict = "met" if not missed else "missed: " + ", ".join(missed)
+    return (
+        f"BENCH serving: {'; '.join(parts)} (target >= 1.5x throughput at both, p99 <= 20 ms at 1, "
+        f"p99 no worse than baseline at 100, 0 errors: {verdict})"
+    )
 
 
 def baseline_command(port: int, workers: int) -> list[str]:
@@ -117,6 +147,10 @@ def baseline_command(port: int, workers: int) -> list[str]:
         str(port),
         "--workers",
         str(workers),
+        "--loop",
+        "uvloop",  # what ours runs on (fleetops.serving.server.run_uvicorn)
+        "--http",
+        "httptools",
         "--log-level",
         "warning",
         "--no-access-log",
@@ -161,7 +195,8 @@ def measure(wrk: str, command, env: dict, work: Path, size: int, args) -> dict:
         )
         # A short warm-up, then the measured run.
         subprocess.run([wrk, "-t1", "-c8", "-d2s", "-s", str(script), url], capture_output=True, check=True)
-        return parse_wrk(measured_wrk(wrk, script, url, args))
+        out = measured_wrk(wrk, script, url, args)
+        return parse_wrk(out) | {"load": os.getloadavg()[0]}
     finally:
         server.terminate()
         server.wait(timeout=30)
