@@ -10,13 +10,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/fleetops
 # Dependencies first, so a code change does not reinstall TensorFlow.
 COPY setup.py ./
-RUN mkdir -p fleetops components pipelines \
-    && touch fleetops/__init__.py components/__init__.py pipelines/__init__.py \
+RUN mkdir -p fleetops components pipelines fleetops_cli \
+    && touch fleetops/__init__.py components/__init__.py pipelines/__init__.py fleetops_cli/__init__.py \
     && pip install . \
     && pip uninstall -y fleetops
 COPY fleetops ./fleetops
 COPY components ./components
 COPY pipelines ./pipelines
+COPY fleetops_cli ./fleetops_cli
 # The same image is the serving container (`fleetops serve-container`): it must load every kind of model,
 # Keras (TensorFlow), LiteRT flatbuffers and boosted trees (xgboost, whose wheel carries its OpenMP runtime).
 RUN pip install --no-deps . \

@@ -34,12 +34,12 @@ test-fast: install-test  ## the tests without the slow layers (pipeline runs, no
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install-test  ## ruff lint and format check
-	$(BIN)/ruff check fleetops components pipelines tests benchmarks
-	$(BIN)/ruff format --check fleetops components pipelines tests benchmarks
+	$(BIN)/ruff check fleetops fleetops_cli components pipelines tests benchmarks
+	$(BIN)/ruff format --check fleetops fleetops_cli components pipelines tests benchmarks
 
 format: install-test  ## apply ruff formatting and fixes
-	$(BIN)/ruff check --fix fleetops components pipelines tests benchmarks
-	$(BIN)/ruff format fleetops components pipelines tests benchmarks
+	$(BIN)/ruff check --fix fleetops fleetops_cli components pipelines tests benchmarks
+	$(BIN)/ruff format fleetops fleetops_cli components pipelines tests benchmarks
 
 compile: install  ## compile every pipeline to $(BUILD) with IMAGE as the components image
 	$(BIN)/fleetops compile --output $(BUILD) --image $(IMAGE)

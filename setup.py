@@ -1,4 +1,4 @@
-"""The `fleetops` distribution: the library, its KFP components and pipelines.
+"""The `fleetops` distribution: the library, its KFP components and pipelines, and the `fleetops` command.
 
 Every dependency is pinned to versions checked to install together on Python 3.11
 (`pip check` clean); the comment beside each says why it is here.
@@ -82,9 +82,9 @@ setup(
     version="0.1.0",
     description="Kubeflow Pipelines components and pipelines for MLOps on Vertex AI, for fleets of models.",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["fleetops", "fleetops.*", "components", "pipelines"]),
+    packages=find_packages(include=["fleetops", "fleetops.*", "components", "pipelines", "fleetops_cli"]),
     package_data={"fleetops": ["py.typed", "prices/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["fleetops=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["fleetops=fleetops_cli.cli:main"]},
 )

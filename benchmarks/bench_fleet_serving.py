@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_serving import INSTANCE, ensure_wrk, measured_wrk, parse_wrk  # noqa: E402
 from benchmarks.requirements import require  # noqa: E402
-from pipelines.child_server import free_port, start_child, wait_until_answering  # noqa: E402
+from fleetops_cli.child_server import free_port, start_child, wait_until_answering  # noqa: E402
 
 DRAWS = 100_000  # Zipf draws in the Lua table; wrk's threads pick from it at random
 TARGETS = {"throughput": 0.7, "memory": 0.2, "startup": 20.0, "warm_p99_ms": 20.0, "cold_p99_ms": 50.0}
@@ -198,7 +198,7 @@ class PeakMemory:
 def measure(name: str, wrk: str, home: Path, flags: list[str], env: dict, script: Path, work: Path, args) -> dict:
     port = free_port()
     log = work / f"server-{name}.log"
-    command = [sys.executable, "-m", "pipelines.cli", "serve", "--home", str(home), "--port", str(port), *flags]
+    command = [sys.executable, "-m", "fleetops_cli.cli", "serve", "--home", str(home), "--port", str(port), *flags]
     started = time.perf_counter()
     server = start_child(command, log, cwd=ROOT, env={**os.environ, **env})
     memory = PeakMemory(server.pid)

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.requirements import require  # noqa: E402
-from pipelines.child_server import free_port, start_child, wait_until_answering  # noqa: E402
+from fleetops_cli.child_server import free_port, start_child, wait_until_answering  # noqa: E402
 
 PATH = "/v1/projects/local/locations/local/endpoints/churn-north:predict"
 INSTANCE = {
@@ -71,7 +71,7 @@ def main() -> int:
             "fleetops": lambda port: [
                 sys.executable,
                 "-m",
-                "pipelines.cli",
+                "fleetops_cli.cli",
                 "serve",
                 "--home",
                 str(home),

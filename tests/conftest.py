@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from fleetops.data.sample import SAMPLE_SPEC, make_churn  # noqa: E402
 from fleetops.platform import connect, local_uri  # noqa: E402
 from fleetops.spec import parse_spec  # noqa: E402
-from pipelines.child_server import free_port, start_child, wait_until_answering  # noqa: E402
+from fleetops_cli.child_server import free_port, start_child, wait_until_answering  # noqa: E402
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ class ServerProcess:
             command = ["serve", "--home", str(home), "--port", str(self.port), *extra]
         self.log = Path(tempfile.mkdtemp(prefix="fleetops-server-")) / "server.log"
         self.process = start_child(
-            [sys.executable, "-m", "pipelines.cli", *command],
+            [sys.executable, "-m", "fleetops_cli.cli", *command],
             self.log,
             env=environment,
             cwd=Path(__file__).resolve().parents[1],

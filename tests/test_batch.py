@@ -13,7 +13,7 @@ from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.errors import UserError
 from fleetops.platform import connect
 from fleetops.serving.predictor import FLOAT32_MAX, Predictor
-from pipelines.cli import main
+from fleetops_cli.cli import main
 from tests.fake_vertex import FakeVertex
 
 

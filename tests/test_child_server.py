@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.child_server import free_port, start_child, wait_until_answering
+from fleetops_cli.child_server import free_port, start_child, wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from fleetops.platform import connect, local_uri
 from fleetops.platform.endpoints import DeployedModel
 from fleetops.serving.request_log import RequestLogWriter
 from fleetops.spec import parse_spec
-from pipelines.cli import main
+from fleetops_cli.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BRIEF_MACHINES = [

@@ -55,7 +55,7 @@ def _registered_versions(database: Path) -> int:
 
 def test_a_champion_registered_by_a_killed_run_is_deployed_by_the_next_run(tmp_path):
     spec, home = _small_fleet(tmp_path), tmp_path / "home"
-    command = [sys.executable, "-m", "pipelines.cli", "run", str(spec), "--home", str(home)]
+    command = [sys.executable, "-m", "fleetops_cli.cli", "run", str(spec), "--home", str(home)]
     killed_log = tmp_path / "killed.log"
     with killed_log.open("w") as log:
         # Its own process group: the CLI, the kfp.local runner and the executing task all go.

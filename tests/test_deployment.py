@@ -7,7 +7,7 @@ from fleetops.deployment import deploy_champions, promote, promote_fleet, rollba
 from fleetops.errors import UserError
 from fleetops.platform import connect
 from fleetops.spec import PREBUILT_TF_IMAGE, parse_spec
-from pipelines.cli import _endpoint_listing
+from fleetops_cli.cli import _endpoint_listing
 from tests.fake_vertex import FakeVertex
 
 

@@ -227,10 +227,10 @@ def test_prewarm_all_is_the_old_behaviour_and_ready_waits_for_it(fleet, serve):
 
 def _start_failure(home, *flags, seconds=120) -> tuple[int, str]:
     """Run `fleetops serve` expecting it to stop by itself; its exit code and output."""
-    from pipelines.child_server import free_port
+    from fleetops_cli.child_server import free_port
 
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--home", str(home), "--port", str(free_port()), *flags],
+        [sys.executable, "-m", "fleetops_cli.cli", "serve", "--home", str(home), "--port", str(free_port()), *flags],
         capture_output=True,
         text=True,
         timeout=seconds,
@@ -272,7 +272,7 @@ def test_a_prewarm_of_an_unknown_endpoint_is_refused_at_start(fleet):
     ],
 )
 def test_cache_options_that_cannot_work_are_refused(tmp_path, capsys, flags, message):
-    from pipelines.cli import main
+    from fleetops_cli.cli import main
 
     assert main(["serve", "--home", str(tmp_path), *flags]) == 2
     assert message in capsys.readouterr().err

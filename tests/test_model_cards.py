@@ -31,7 +31,7 @@ from fleetops.model_card import (
 from fleetops.platform import connect, local_uri
 from fleetops.spec import parse_spec
 from fleetops.training.artifact import read_metadata
-from pipelines.cli import main
+from fleetops_cli.cli import main
 from tests.fake_vertex import FakeVertex
 
 IMAGE = "us-docker.pkg.dev/proj-1/fleetops/components:abc123"

@@ -11,7 +11,7 @@ import pytest
 from fleetops.data.sample import MAX_SEGMENTS, REGIONS, make_churn, segment_name, write_sample
 from fleetops.names import model_id
 from fleetops.spec import load_spec
-from pipelines.cli import main
+from fleetops_cli.cli import main
 
 
 def _csv_sha256(frame: pd.DataFrame) -> str:

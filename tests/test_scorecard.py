@@ -228,7 +228,7 @@ def _twin_run(home: Path, stamp: str, spec_text: str, inputs: dict[str, Any] | N
 
 
 def test_fleetops_report_writes_the_latest_training_runs_scorecard(tmp_path: Path, spec, capsys):
-    from pipelines.cli import main
+    from fleetops_cli.cli import main
 
     home, text = tmp_path / "home", spec.to_json()
     older = _twin_run(home, "20260101-000000-000000", text, fleet_inputs(5, monitored=False))

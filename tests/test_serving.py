@@ -453,14 +453,14 @@ def test_an_endpoint_without_logging_logs_nothing(twin, serve):
     ],
 )
 def test_serve_refuses_to_open_the_server_by_accident(tmp_path, capsys, flags, message):
-    from pipelines.cli import main
+    from fleetops_cli.cli import main
 
     assert main(["serve", "--home", str(tmp_path), *flags]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_an_empty_token_from_a_file_or_the_environment_is_refused(tmp_path, capsys, monkeypatch):
-    from pipelines.cli import main
+    from fleetops_cli.cli import main
 
     (tmp_path / "token").write_text("\n")
     assert main(["serve", "--home", str(tmp_path), "--token-file", str(tmp_path / "token")]) == 2
@@ -506,7 +506,7 @@ def test_no_auth_beyond_loopback_warns_on_stderr(tmp_path):
 
     command = ["serve", "--home", str(tmp_path), "--host", "192.0.2.1", "--allow-remote", "--no-auth", "--port", "9"]
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *command],
+        [sys.executable, "-m", "fleetops_cli.cli", *command],
         capture_output=True,
         text=True,
         timeout=120,

@@ -10,9 +10,9 @@ from google.protobuf import json_format
 from fleetops.errors import UserError
 from fleetops.platform import vertex_settings
 from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job, pipeline_job_request
-from pipelines.cli import main
+from fleetops_cli.cli import main
+from fleetops_cli.submit import submit_to_kfp
 from pipelines.compile import compile_all
-from pipelines.submit import submit_to_kfp
 from tests.fake_kfp import FakeKfp
 
 KEY = "projects/p/locations/us-central1/keyRings/r/cryptoKeys/k"

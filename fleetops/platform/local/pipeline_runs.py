@@ -1,6 +1,6 @@
 """The local twin's pipeline runs: a compiled pipeline run on this machine with kfp.local, and its schedule.
 
-The run happens in a child process (`python -m pipelines.local_run`: the
+The run happens in a child process (`python -m fleetops_cli.local_run`: the
 library itself imports no kfp) whose output (every executor's log) goes to
 `<home>/runs/<run>/run.log`; this process follows that file and prints one line
 per finished task. The same compiled YAML is what Vertex would run.
@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-CHILD = "pipelines.local_run"  # the module that runs a template under kfp.local
+CHILD = "fleetops_cli.local_run"  # the module that runs a template under kfp.local
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")

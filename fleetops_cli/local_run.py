@@ -1,6 +1,6 @@
 """The child process of a local pipeline run: the compiled template under kfp.local.
 
-`fleetops.platform.local.pipeline_runs.run_compiled` starts it (`python -m pipelines.local_run TEMPLATE
+`fleetops.platform.local.pipeline_runs.run_compiled` starts it (`python -m fleetops_cli.local_run TEMPLATE
 RUN_DIR PIPELINE_ROOT`), follows its log and reports progress; here is the only kfp of a local run.
 """
 

@@ -83,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from fleetops.platform import local_uri
-    from pipelines.demo import run_demo
+    from fleetops_cli.demo import run_demo
 
     home = _home(args.home)
 
@@ -121,7 +121,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     template = _template(args)
     name = args.job_id or f"{spec.name}-training-{datetime.now():%Y%m%d-%H%M%S}"
     if args.kfp_host:
-        from pipelines.submit import submit_to_kfp
+        from fleetops_cli.submit import submit_to_kfp
 
         run_id = submit_to_kfp(
             args.kfp_host,

@@ -25,7 +25,7 @@ from fleetops.data.sample import SAMPLE_SPEC, write_sample
 from fleetops.names import model_id
 from fleetops.platform import connect, local_uri
 from fleetops.spec import load_spec
-from pipelines.child_server import free_port, start_child, wait_until_answering
+from fleetops_cli.child_server import free_port, start_child, wait_until_answering
 
 DRIFTED_REGIONS = ("north", "east")
 
@@ -120,7 +120,7 @@ def running_server(home: Path) -> Iterator[Any]:
     port = free_port()
     log = home / "serve.log"
     server = start_child(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--home", str(home), "--port", str(port)],
+        [sys.executable, "-m", "fleetops_cli.cli", "serve", "--home", str(home), "--port", str(port)],
         log,
         cwd=Path(__file__).resolve().parents[1],
     )
