@@ -21,7 +21,7 @@ COPY fleetops_cli ./fleetops_cli
 # The same image is the serving container (`fleetops serve-container`): it must load every kind of model,
 # Keras (TensorFlow), LiteRT flatbuffers and boosted trees (xgboost, whose wheel carries its OpenMP runtime).
 RUN pip install --no-deps . \
-    && python -c "import fleetops.fleet, components.image, fleetops.serving.predictor, ai_edge_litert, xgboost"
+    && python -c "import fleetops.training_steps, components.image, fleetops.serving.predictor, ai_edge_litert, xgboost"
 
 # The image names itself: a Vertex tuning job's trials run the trainer in the image the train step runs in
 # (fleetops.tuning.vertex.trainer_image). Cloud Build passes the URI it pushes.

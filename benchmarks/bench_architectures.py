@@ -95,7 +95,7 @@ def _quality(work: Path, name: str, frame, task: str, fleet_segments: int = 8) -
     import numpy as np
     import yaml
 
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.data.sample import SAMPLE_SPEC, write_sample
     from fleetops.platform import connect, local_uri
     from fleetops.spec import parse_spec
@@ -113,8 +113,8 @@ def _quality(work: Path, name: str, frame, task: str, fleet_segments: int = 8) -
         frame.to_csv(source, index=False)
         document = _spec_for(name, frame, task, source)
     spec = parse_spec(document)
-    fleet.ingest(spec, connect(local_uri(folder / "home")), folder / "raw.parquet")
-    fleet.split_dataset(spec, folder / "raw.parquet", folder / "dataset.parquet")
+    training_steps.ingest(spec, connect(local_uri(folder / "home")), folder / "raw.parquet")
+    training_steps.split_dataset(spec, folder / "raw.parquet", folder / "dataset.parquet")
     segments = _segments(folder)
     started = time.perf_counter()
     outcome = train_shard(folder / "dataset.parquet", spec, segments, folder / "models", log=lambda *_: None)
@@ -183,7 +183,7 @@ def _hgb(folder: Path, spec, segment: str) -> float | None:
 def _speed(work: Path, segments: int, rows: int) -> tuple[float, float]:
     import yaml
 
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.data.sample import SAMPLE_SPEC, write_sample
     from fleetops.platform import connect, local_uri
     from fleetops.spec import parse_spec
@@ -194,8 +194,8 @@ def _speed(work: Path, segments: int, rows: int) -> tuple[float, float]:
     source = write_sample(folder / "data.parquet", rows_per_segment=rows, segments=segments, seed=13)
     document = yaml.safe_load(SAMPLE_SPEC.format(source=source))
     spec = parse_spec(document)
-    fleet.ingest(spec, connect(local_uri(folder / "home")), folder / "raw.parquet")
-    fleet.split_dataset(spec, folder / "raw.parquet", folder / "dataset.parquet")
+    training_steps.ingest(spec, connect(local_uri(folder / "home")), folder / "raw.parquet")
+    training_steps.split_dataset(spec, folder / "raw.parquet", folder / "dataset.parquet")
     names = _segments(folder)
     seconds = {}
     for architecture in ("gbt", "dnn"):

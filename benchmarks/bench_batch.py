@@ -34,7 +34,7 @@ def main() -> int:
     import pandas as pd
     import tensorflow as tf
 
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.batch import CHUNK_ROWS, batch_predict
     from fleetops.data.sample import SAMPLE_SPEC, make_churn, write_sample
     from fleetops.platform import connect, local_uri
@@ -46,8 +46,8 @@ def main() -> int:
     try:
         data = write_sample(work / "churn.csv", rows_per_segment=2000, segments=1)
         spec = parse_spec(SAMPLE_SPEC.format(source=data))
-        fleet.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
-        fleet.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
+        training_steps.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
+        training_steps.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
         model_dir = train_shard(work / "dataset.parquet", spec, ["north"], work / "model", log=lambda *_: None).results[
             0
         ]

@@ -102,7 +102,7 @@ def main() -> int:
 
 def prepare(work: Path, segments: int, rows: int, epochs: int) -> tuple[Path, list[str]]:
     """Train a fleet packed, register every model in one batch, and deploy each on its own endpoint."""
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.data.sample import SAMPLE_SPEC, write_sample
     from fleetops.names import model_id
     from fleetops.platform import connect, local_uri
@@ -114,8 +114,8 @@ def prepare(work: Path, segments: int, rows: int, epochs: int) -> tuple[Path, li
     base = parse_spec(SAMPLE_SPEC.format(source=data)).model_dump(mode="json")
     spec = parse_spec(base | {"architectures": ["linear"], "training": base["training"] | {"epochs": epochs}})
     platform = connect(local_uri(work / "home"))
-    fleet.ingest(spec, platform, work / "raw.parquet")
-    fleet.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
+    training_steps.ingest(spec, platform, work / "raw.parquet")
+    training_steps.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
     names = _segments(work / "dataset.parquet")
     trained = train_shard(work / "dataset.parquet", spec, names, work / "models", log=lambda *_: None).results
     ids = [model_id(spec.name, r.segment) for r in trained]

@@ -42,7 +42,7 @@ def main() -> int:
     import numpy as np
     import yaml
 
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.data.sample import SAMPLE_SPEC, write_sample
     from fleetops.platform import connect, local_uri
     from fleetops.spec import parse_spec
@@ -53,8 +53,8 @@ def main() -> int:
     try:
         data = write_sample(work / "churn.parquet", rows_per_segment=args.rows, segments=args.segments, seed=13)
         spec = parse_spec(yaml.safe_load(SAMPLE_SPEC.format(source=data)))
-        fleet.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
-        fleet.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
+        training_steps.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
+        training_steps.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
         segments = _all(work)
         print(f"{len(segments)} segments x {args.rows} rows; architectures {[a.value for a in spec.architectures]}")
 

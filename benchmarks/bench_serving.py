@@ -159,7 +159,7 @@ def baseline_command(port: int, workers: int) -> list[str]:
 
 def prepare(work: Path) -> tuple[Path, Path]:
     """Train the sample churn model for one region and deploy it on a fresh local twin."""
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.data.sample import SAMPLE_SPEC, write_sample
     from fleetops.platform import connect, local_uri
     from fleetops.spec import parse_spec
@@ -169,8 +169,8 @@ def prepare(work: Path) -> tuple[Path, Path]:
     spec = parse_spec(SAMPLE_SPEC.format(source=data))
     platform = connect(local_uri(work / "home"))
     data_path = work / "raw.parquet"
-    fleet.ingest(spec, platform, data_path)
-    fleet.split_dataset(spec, data_path, work / "dataset.parquet")
+    training_steps.ingest(spec, platform, data_path)
+    training_steps.split_dataset(spec, data_path, work / "dataset.parquet")
     trained = train_shard(work / "dataset.parquet", spec, ["north"], work / "models", log=lambda *_: None)
     model_dir = trained.results[0].artifact_dir
     platform.registry.upload_version("churn-north", model_dir, aliases=["champion"])

@@ -37,7 +37,7 @@ def main() -> int:
 
     import yaml
 
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.data.sample import SAMPLE_SPEC, write_sample
     from fleetops.platform import connect, local_uri
     from fleetops.spec import parse_spec
@@ -63,8 +63,8 @@ def main() -> int:
         for parallel in (2, 1):
             spec = parse_spec(base | {"tuning": base["tuning"] | {"parallel_trial_count": parallel}})
             if parallel == 2:
-                fleet.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
-                fleet.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
+                training_steps.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
+                training_steps.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
             (work / f"spec{parallel}.json").write_text(spec.to_json())
             started = time.perf_counter()
             results[parallel] = tune_segment(

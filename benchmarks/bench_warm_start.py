@@ -37,7 +37,7 @@ def main() -> int:
     import pandas as pd
     import yaml
 
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.data.sample import SAMPLE_SPEC, make_churn
     from fleetops.data.validation import validate
     from fleetops.spec import parse_spec
@@ -52,7 +52,7 @@ def main() -> int:
         base["training"]["warm_start"] = "global"
         spec = parse_spec(base)
         report = validate(raw, spec)  # segments too small for a split are skipped, as the pipeline does
-        fleet.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
+        training_steps.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
         segments = sorted(report.trainable)
         print(f"{len(segments)} segments ({len(report.skipped)} skipped as too small), {len(raw)} rows")
 

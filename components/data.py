@@ -14,11 +14,11 @@ def ingest(fleet_spec: str, platform: str, raw_data: Output[Dataset]):
         platform: Platform URI: `local:///path` or `vertex://PROJECT/REGION`.
         raw_data: Output. The rows as Parquet; metadata has rows, columns and sha256.
     """
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
 
-    raw_data.metadata.update(fleet.ingest(parse_spec(fleet_spec), connect(platform), raw_data.path))
+    raw_data.metadata.update(training_steps.ingest(parse_spec(fleet_spec), connect(platform), raw_data.path))
 
 
 @fleetops_component
@@ -49,11 +49,11 @@ def validate(
     import json
     import sys
 
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.spec import parse_spec
 
     spec = parse_spec(fleet_spec)
-    result, baseline = fleet.validate_dataset(spec, raw_data.path)
+    result, baseline = training_steps.validate_dataset(spec, raw_data.path)
     with open(report.path, "w") as handle:
         handle.write(result.to_markdown())
     print(result.to_markdown(), file=sys.stderr)
@@ -62,7 +62,7 @@ def validate(
         json.dump(baseline, handle)
     with open(segments.path, "w") as handle:
         json.dump({"rows": result.segments, "skipped": result.skipped, "fallback": result.fallback}, handle)
-    shards = fleet.plan_shards(result.trainable, spec.sharding, fallback=result.fallback)
+    shards = training_steps.plan_shards(result.trainable, spec.sharding, fallback=result.fallback)
     statistics.metadata.update({"rows": result.rows, "segments": len(result.segments)})
     segments.metadata.update(
         {"trained": len(result.trainable), "skipped": len(result.skipped), "fallback": len(result.fallback)}
@@ -79,7 +79,7 @@ def split(fleet_spec: str, raw_data: Input[Dataset], dataset: Output[Dataset]):
         raw_data: The validated rows.
         dataset: Output. Parquet sorted by segment, with `__segment` and `__split` columns.
     """
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.spec import parse_spec
 
-    dataset.metadata.update(fleet.split_dataset(parse_spec(fleet_spec), raw_data.path, dataset.path))
+    dataset.metadata.update(training_steps.split_dataset(parse_spec(fleet_spec), raw_data.path, dataset.path))

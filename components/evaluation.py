@@ -32,14 +32,14 @@ def evaluate(
     """
     import json
 
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
     from fleetops.training.trainer import read_outcome
 
     # What the train step produced: its trained segments and those given the global model (not the failed).
     trained = read_outcome(model.path)
-    results = fleet.evaluate_shard(
+    results = training_steps.evaluate_shard(
         parse_spec(fleet_spec),
         connect(platform),
         dataset.path,
@@ -50,7 +50,7 @@ def evaluate(
     with open(evaluation.path, "w") as handle:
         json.dump(results, handle)
     with open(report.path, "w") as handle:
-        handle.write(fleet.evaluation_report(results))
+        handle.write(training_steps.evaluation_report(results))
     for result in results:
         for name, value in result["metrics"].items():
             if isinstance(value, (int, float)):

@@ -33,7 +33,7 @@ def register(
     """
     import json
 
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
     from fleetops.training.trainer import read_outcome
@@ -41,7 +41,7 @@ def register(
     with open(evaluation.path) as handle:
         evaluations = json.load(handle)
     spec = parse_spec(fleet_spec)
-    results = fleet.register_shard(
+    results = training_steps.register_shard(
         spec,
         connect(platform),
         model.path,
@@ -51,7 +51,7 @@ def register(
         serving_image=serving_image or None,
     )
     # Segments whose training failed go on to the summary with their reason (nothing is registered).
-    results += fleet.failed_rows(spec, read_outcome(model.path)["failed"])
+    results += training_steps.failed_rows(spec, read_outcome(model.path)["failed"])
     with open(registered.path, "w") as handle:
         json.dump(results, handle)
     counts = {
@@ -94,7 +94,7 @@ def summarize(
     """
     import json
 
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.scorecard import render_scorecard
     from fleetops.spec import parse_spec
 
@@ -109,11 +109,11 @@ def summarize(
             evaluated += json.load(handle)
     with open(segments.path) as handle:
         outcomes = json.load(handle)
-    table = fleet.summarize(rows, evaluated, outcomes, spec)
+    table = training_steps.summarize(rows, evaluated, outcomes, spec)
     with open(summary.path, "w") as handle:
         handle.write(table)
     page, _ = render_scorecard(rows, evaluated, outcomes, fleet=spec.name, metric=spec.primary_metric)
     with open(scorecard.path, "w") as handle:
         handle.write(page)
-    fleet.check_failures(spec, rows, outcomes)
-    return fleet.summary_head(table, summary.uri)
+    training_steps.check_failures(spec, rows, outcomes)
+    return training_steps.summary_head(table, summary.uri)

@@ -72,7 +72,7 @@ def build_card(
     Args:
         spec: The fleet spec (name, task, label, owners from `registry.labels`, data source).
         metadata: The artifact's metadata (`read_metadata`).
-        evaluation: The segment's row of `fleet.evaluate_shard`.
+        evaluation: The segment's row of `training_steps.evaluate_shard`.
         identity: The version's identity (sha256 hex), when known.
         artifact_uri: Where the artifact is registered from, when it is a URI.
         pipeline_job: The run that registered it.

@@ -34,7 +34,7 @@ FAILED_DNN = "training failed: ValueError: injected for the test"
 
 
 def split_rows(spec: FleetSpec, df: pd.DataFrame) -> pd.DataFrame:
-    """Rows with the segment and split columns, as `fleet.split_dataset` writes them."""
+    """Rows with the segment and split columns, as `training_steps.split_dataset` writes them."""
     rows = with_splits(df, spec.data.split, spec.data.split_key)
     rows[SEGMENT_COLUMN] = segment_values(rows, spec)
     return rows

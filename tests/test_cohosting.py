@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
-from fleetops import fleet
+from fleetops import training_steps
 from fleetops.errors import RegistryRuleError, SpecError, UserError
 from fleetops.platform import connect
 from fleetops.platform.endpoints import DeployedModel, DeploymentSettings, check_explainable
@@ -108,10 +108,12 @@ def test_registration_for_the_pool_exports_and_names_the_tensorflow_container(tr
         )
         # A custom image for a pooled fleet is refused before anything is exported or sent.
         with pytest.raises(UserError, match="serving_image 'img' is a custom container, and the fleet's spec says"):
-            fleet.register_shard(spec, vertex, model_dir, [_evaluation()], "gs://b/run/model", serving_image="img")
+            training_steps.register_shard(
+                spec, vertex, model_dir, [_evaluation()], "gs://b/run/model", serving_image="img"
+            )
         assert not has_savedmodel(model_dir / "north") and fake.requests == []
 
-        [row] = fleet.register_shard(spec, vertex, model_dir, [_evaluation()], model_uri="gs://b/run/model")
+        [row] = training_steps.register_shard(spec, vertex, model_dir, [_evaluation()], model_uri="gs://b/run/model")
         assert has_savedmodel(model_dir / "north")
         [upload] = fake.calls("POST", "models:upload")
         model = upload["body"]["model"]

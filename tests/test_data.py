@@ -7,8 +7,8 @@ from fleetops.data.sources import read_file, source_kind
 from fleetops.data.split import SPLIT_COLUMN, assign_splits, with_splits
 from fleetops.data.validation import numeric_statistics, statistics, validate
 from fleetops.errors import UserError
-from fleetops.fleet import ingest, plan_shards
 from fleetops.spec import ShardingSpec
+from fleetops.training_steps import ingest, plan_shards
 
 
 def test_sample_data_is_seeded_and_realistic():

@@ -12,7 +12,7 @@ import pytest
 from fairlearn.metrics import MetricFrame, selection_rate, true_negative_rate
 from sklearn.metrics import accuracy_score, recall_score
 
-from fleetops import fleet
+from fleetops import training_steps
 from fleetops.data.sample import make_churn
 from fleetops.data.split import SPLIT_COLUMN, TEST, with_splits
 from fleetops.data.validation import segment_values
@@ -210,7 +210,7 @@ def test_a_model_that_breaks_a_gate_is_registered_but_not_champion(platform, nor
         {"slice": "contract", "metric": "differenceInPopulationSize", "max_abs": 0.5},
     ]
     spec = parse_spec(_spec_dict(fairness=gates, slice_columns=["plan", "contract"]))
-    [evaluation] = fleet.evaluate_shard(spec, platform, dataset, model_dir, ["north"])
+    [evaluation] = training_steps.evaluate_shard(spec, platform, dataset, model_dir, ["north"])
 
     report = evaluation["fairness"]
     plan, contract = report["columns"]
@@ -235,7 +235,7 @@ def test_a_model_that_breaks_a_gate_is_registered_but_not_champion(platform, nor
     assert {g["gate"] for g in broken} == {"evaluation.fairness[0]"}
     assert {g["gate"] for g in report["gates"] if g["broken"] is None} >= {"evaluation.fairness[2]"}
 
-    markdown = fleet.evaluation_report([evaluation])
+    markdown = training_steps.evaluation_report([evaluation])
     assert "slice minus the rest; positive class '1')" in markdown
     assert "| plan | rows | rest | population | DPPTL | DPPPL | accuracy | recall | specificity | FN/FP |" in markdown
     assert "- evaluation.fairness[0]: **broken**: accuracyDifference on plan=" in markdown
@@ -245,10 +245,10 @@ def test_a_model_that_breaks_a_gate_is_registered_but_not_champion(platform, nor
     assert "| monthly | 176 | 0 | undefined | undefined |" in table.replace(str(len(test)), "176")
     assert " undefined: column contract has one value ('monthly')" in table
 
-    [registered] = fleet.register_shard(spec, platform, model_dir, [evaluation])
+    [registered] = training_steps.register_shard(spec, platform, model_dir, [evaluation])
     assert registered["promoted"] is False and registered["reason"] == evaluation["reason"]
     assert registered["version_id"] == "1" and "champion" not in registered["aliases"]
-    summary = fleet.summarize([registered])  # the run summary says why a model was kept from champion
+    summary = training_steps.summarize([registered])  # the run summary says why a model was kept from champion
     assert "## Kept from champion by a fairness gate (1)" in summary
     assert f"- north: {registered['reason']}" in summary
     with pytest.raises(NotFoundError):
@@ -257,7 +257,7 @@ def test_a_model_that_breaks_a_gate_is_registered_but_not_champion(platform, nor
     # The same model within every gate takes the alias.
     gates[0]["max_abs"] = 1.0
     spec = parse_spec(_spec_dict(fairness=gates, slice_columns=["plan", "contract"]))
-    [evaluation] = fleet.evaluate_shard(spec, platform, dataset, model_dir, ["north"])
+    [evaluation] = training_steps.evaluate_shard(spec, platform, dataset, model_dir, ["north"])
     assert evaluation["promote"] is True and "fairness" not in evaluation["reason"]
     assert [g["broken"] for g in evaluation["fairness"]["gates"] if g["gate"] == "evaluation.fairness[0]"] == [
         False
@@ -271,7 +271,7 @@ def test_the_report_pools_the_segments_fairness(tmp_path, platform, north):
     south = rows.assign(**{SEGMENT_COLUMN: "south", "region": "south"})
     pd.concat([rows, south]).to_parquet(dataset, index=False)
     spec = parse_spec(_spec_dict())
-    evaluations = fleet.evaluate_shard(spec, platform, dataset, model_dir, ["north", "south"])
+    evaluations = training_steps.evaluate_shard(spec, platform, dataset, model_dir, ["north", "south"])
     pooled = f.pool(spec.task.value, [e["fairness"] for e in evaluations])
     # The same model on the same rows twice: counts double, the rates stay, each rest doubles too.
     [plan] = pooled["columns"]
@@ -285,7 +285,7 @@ def test_the_report_pools_the_segments_fairness(tmp_path, platform, north):
             else:  # a rate short of rows in one segment may have enough pooled over the fleet
                 gained += fleet_wide["metrics"][name] is not None
     assert gained > 0
-    markdown = fleet.evaluation_report(evaluations)
+    markdown = training_steps.evaluation_report(evaluations)
     assert "## Fairness over all 2 segments (their test rows pooled)" in markdown
 
 
@@ -307,7 +307,7 @@ def test_the_reason_names_each_broken_gate_by_its_worst_value_and_the_champion_s
     ]
     spec = parse_spec(_spec_dict(fairness=gates))
     result = {"fairness": report, "promote": True, "reason": "new auRoc 0.9 beats champion v3", "champion_version": "3"}
-    decided = fleet._fairness_gate(spec, result)
+    decided = training_steps._fairness_gate(spec, result)
     assert decided["promote"] is False
     assert decided["reason"] == (
         "not promoted: breaks the fairness gate (evaluation.fairness[0]: accuracyDifference on plan=a is -0.2500: "
@@ -317,7 +317,7 @@ def test_the_reason_names_each_broken_gate_by_its_worst_value_and_the_champion_s
     )
     assert [c["broken"] for c in decided["fairness"]["gates"]] == [True, True, True, True, False, False]
     # Not promoted anyway: the reason keeps the rule's words and adds the breach.
-    kept = fleet._fairness_gate(spec, result | {"promote": False, "reason": "new auRoc 0.8 does not beat v3"})
+    kept = training_steps._fairness_gate(spec, result | {"promote": False, "reason": "new auRoc 0.8 does not beat v3"})
     assert "promote" not in kept
     assert kept["reason"].startswith("new auRoc 0.8 does not beat v3; it also breaks the fairness gate (")
 
@@ -327,13 +327,13 @@ def test_a_champion_stays_when_the_new_model_breaks_a_gate(platform, north, trai
     platform.registry.upload_version("churn-north", trained_models[1], aliases=["champion"])
     gates = [{"slice": "plan", "metric": "differenceInPopulationSize", "max_abs": 0.0}]
     spec = parse_spec(_spec_dict(fairness=gates))
-    [evaluation] = fleet.evaluate_shard(spec, platform, dataset, model_dir, ["north"])
+    [evaluation] = training_steps.evaluate_shard(spec, platform, dataset, model_dir, ["north"])
     assert evaluation["promote"] is False and evaluation["champion_version"] == "1"
     assert (
         "breaks the fairness gate (evaluation.fairness[0]: differenceInPopulationSize on plan="
         in (evaluation["reason"])
     )
-    [registered] = fleet.register_shard(spec, platform, model_dir, [evaluation])
+    [registered] = training_steps.register_shard(spec, platform, model_dir, [evaluation])
     assert registered["version_id"] == "2" and not registered["promoted"]
     assert platform.registry.get_version("churn-north", "champion").version_id == "1"
     assert registered["reason"] == evaluation["reason"]
@@ -383,13 +383,15 @@ def test_other_tasks_through_evaluate_shard_say_which_metrics_they_define(tmp_pa
     }
     save_artifact(model, metadata, statistics(train, spec), tmp_path / "model" / "north")
 
-    [evaluation] = fleet.evaluate_shard(spec, platform, tmp_path / "dataset.parquet", tmp_path / "model", ["north"])
+    [evaluation] = training_steps.evaluate_shard(
+        spec, platform, tmp_path / "dataset.parquet", tmp_path / "model", ["north"]
+    )
     [contract] = evaluation["fairness"]["columns"]
     assert evaluation["fairness"]["positive_class"] is None
     for s in contract["slices"]:
         defined = {name for name, value in s["metrics"].items() if value is not None}
         assert defined == set(f.DEFINED[task])
         assert set(s["undefined"]) == set(f.METRICS) - defined
-    report = fleet.evaluation_report([evaluation])
+    report = training_steps.evaluation_report([evaluation])
     no_class = "a regression model has no classes" if task == "regression" else "has no positive class"
     assert no_class in report

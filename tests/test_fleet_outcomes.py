@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from fleetops import fleet
+from fleetops import training_steps
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.errors import UserError
 from fleetops.spec import parse_spec
@@ -26,7 +26,7 @@ def dataset(tmp_path):
     small = churn.head(2).assign(region="small", customer_id=["s1", "s2"], churned=[0, 1])
     pd.concat([churn, small]).to_parquet(tmp_path / "raw.parquet")
     spec = _spec("x.csv")
-    fleet.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "dataset.parquet")
+    training_steps.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "dataset.parquet")
     return tmp_path / "dataset.parquet"
 
 
@@ -57,7 +57,7 @@ def test_fallback_segments_are_evaluated_registered_and_summarized(tmp_path, dat
         dataset, spec, ["north", "south"], tmp_path / "shard", log=lambda *_: None, global_model=found,
         fallback={"small": "has 2 row(s); at least 50 are needed", "atlantis": "has no rows in the data"},
     )  # fmt: skip
-    evaluations = fleet.evaluate_shard(
+    evaluations = training_steps.evaluate_shard(
         spec, platform, dataset, tmp_path / "shard", ["north", "south"], fallback=outcome.fallback
     )
     by_segment = {e["segment"]: e for e in evaluations}
@@ -67,13 +67,13 @@ def test_fallback_segments_are_evaluated_registered_and_summarized(tmp_path, dat
     assert by_segment["atlantis"]["fallback"]["model"] == "global"
     # No champion yet and no test rows: the global model's validation metric makes it the first champion.
     assert by_segment["atlantis"]["promote"] and "first champion" in by_segment["atlantis"]["reason"]
-    registered = fleet.register_shard(spec, platform, tmp_path / "shard", evaluations)
-    registered += fleet.failed_rows(spec, {"east": "training failed: ValueError: boom"})
+    registered = training_steps.register_shard(spec, platform, tmp_path / "shard", evaluations)
+    registered += training_steps.failed_rows(spec, {"east": "training failed: ValueError: boom"})
     version = platform.registry.get_version("churn-atlantis", "champion")
     assert version.lineage["fallback"]["model"] == "global"
 
     outcomes = {"rows": {"north": 240, "south": 240, "small": 2}, "skipped": {"gone": "has no rows"}, "fallback": {}}
-    summary = fleet.summarize(registered, evaluations, outcomes, spec)
+    summary = training_steps.summarize(registered, evaluations, outcomes, spec)
     head = summary.split("## Segments")[0]
     assert "| segments | 6 |" in head and "| served by the fleet's global model | 2 |" in head
     assert "| skipped | 1 |" in head and "| failed in training | 1 |" in head
@@ -81,20 +81,20 @@ def test_fallback_segments_are_evaluated_registered_and_summarized(tmp_path, dat
     assert "- east: failed: training failed: ValueError: boom" in head and "- gone: skipped: has no rows" in head
     assert "| atlantis (global model) | churn-atlantis | 1 |" in summary and "vNone" not in summary
     with pytest.raises(UserError, match=r"2 of 6 segment\(s\) \(33%\) were skipped or failed"):
-        fleet.check_failures(spec, registered, outcomes)
-    fleet.check_failures(spec, registered[:-1], {"skipped": {}})  # nothing lost: no error
+        training_steps.check_failures(spec, registered, outcomes)
+    training_steps.check_failures(spec, registered[:-1], {"skipped": {}})  # nothing lost: no error
 
 
 def test_a_shard_registered_halfway_and_run_again_registers_nothing_twice(tmp_path, dataset, platform):
     """A run killed after part of a fleet registered: the rerun adds only what is missing."""
     spec = _spec("x.csv")
     train_shard(dataset, spec, ["north", "south", "east"], tmp_path / "shard", log=lambda *_: None)
-    evaluations = fleet.evaluate_shard(spec, platform, dataset, tmp_path / "shard", ["north", "south", "east"])
-    fleet.register_shard(spec, platform, tmp_path / "shard", evaluations[:1])  # the run dies after one model
+    evaluations = training_steps.evaluate_shard(spec, platform, dataset, tmp_path / "shard", ["north", "south", "east"])
+    training_steps.register_shard(spec, platform, tmp_path / "shard", evaluations[:1])  # the run dies after one model
     # The rerun trains again from scratch (new artifact files) and registers the whole shard.
     train_shard(dataset, spec, ["north", "south", "east"], tmp_path / "again", log=lambda *_: None)
-    evaluations = fleet.evaluate_shard(spec, platform, dataset, tmp_path / "again", ["north", "south", "east"])
-    rows = fleet.register_shard(spec, platform, tmp_path / "again", evaluations)
+    evaluations = training_steps.evaluate_shard(spec, platform, dataset, tmp_path / "again", ["north", "south", "east"])
+    rows = training_steps.register_shard(spec, platform, tmp_path / "again", evaluations)
     assert [(r["segment"], r["version_id"], r["created"]) for r in rows] == [
         ("north", "1", False),
         ("south", "1", True),
@@ -125,7 +125,7 @@ def test_a_segment_whose_packed_fit_diverges_fails_alone(tmp_path):
         }
     )
     df.to_parquet(tmp_path / "raw.parquet")
-    fleet.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "dataset.parquet")
+    training_steps.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "dataset.parquet")
     outcome = train_shard(tmp_path / "dataset.parquet", spec, ["a", "b", "wild"], tmp_path / "out", log=lambda *_: None)
     assert [r.segment for r in outcome.results] == ["a", "b"]
     diverged = "no candidate trained (linear: packed training diverged: no finite validation loss)"

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from fleetops import fleet
+from fleetops import training_steps
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.data.split import with_splits
 from fleetops.data.validation import segment_values
@@ -73,8 +73,8 @@ def test_identical_training_gives_one_identity_though_the_zips_differ(runs):
 
 
 def _register(spec, platform, dataset, model_dir, **changes):
-    evaluations = [e | changes for e in fleet.evaluate_shard(spec, platform, dataset, model_dir, [SEGMENT])]
-    [row] = fleet.register_shard(spec, platform, model_dir, evaluations)
+    evaluations = [e | changes for e in training_steps.evaluate_shard(spec, platform, dataset, model_dir, [SEGMENT])]
+    [row] = training_steps.register_shard(spec, platform, model_dir, evaluations)
     return row
 
 
@@ -88,7 +88,7 @@ def test_a_rerun_on_identical_data_adds_no_version_and_a_change_adds_one(runs, p
     version = platform.registry.get_version("churn-north", "1")
     assert version.identity_sha256 == read_metadata(_artifact(model_dirs["a"]))["identity_sha256"]
     assert version.artifact_sha256 == directory_sha256(_artifact(model_dirs["a"]))  # the stored bytes
-    summary = fleet.summarize([rerun])
+    summary = training_steps.summarize([rerun])
     assert "| north | churn-north | 1 (unchanged, no new version) | auRoc |" in summary
 
     changed = _register(spec, platform, dataset, model_dirs["c"], promote=True)

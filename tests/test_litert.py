@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from fleetops import fleet
+from fleetops import training_steps
 from fleetops.batch import batch_predict
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.data.split import SPLIT_COLUMN, VALIDATION, with_splits
@@ -172,7 +172,7 @@ def test_the_quantized_variant_records_its_metric_change_and_is_served_only_with
     platform_home = root / "home"
     from fleetops.platform import connect, local_uri
 
-    [evaluation] = fleet.evaluate_shard(
+    [evaluation] = training_steps.evaluate_shard(
         spec, connect(local_uri(platform_home)), root / "dataset.parquet", root / "model", [segment]
     )
     runtimes = evaluation["runtimes"]
@@ -184,7 +184,7 @@ def test_the_quantized_variant_records_its_metric_change_and_is_served_only_with
     assert abs(runtimes["variants"]["int8"]["metric_delta"]) < 0.05 and test_auc > 0.5
     assert runtimes["variants"]["float32"]["max_delta"] <= AGREEMENT_TOLERANCE
     assert runtimes["variants"]["float32"]["metric_delta"] == pytest.approx(0.0, abs=1e-6)
-    assert "**Runtimes** (serving: float32)" in fleet.evaluation_report([evaluation])
+    assert "**Runtimes** (serving: float32)" in training_steps.evaluation_report([evaluation])
 
 
 def test_the_runtime_follows_the_spec_the_environment_and_the_identity(trained_models, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
-from fleetops import fleet
+from fleetops import training_steps
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.evaluation.metrics import headline
 from fleetops.fingerprints import directory_sha256
@@ -44,16 +44,16 @@ def run(tmp_path_factory, kind_artifacts):
     churn = make_churn(rows_per_segment=300, segments=2, seed=3)
     churn.to_parquet(root / "raw.parquet")
     spec = parse_spec(SAMPLE_SPEC.format(source=root / "churn.csv"))
-    fleet.split_dataset(spec, root / "raw.parquet", root / "dataset.parquet")
+    training_steps.split_dataset(spec, root / "raw.parquet", root / "dataset.parquet")
     first, second = root / "run1", root / "run2"
     shutil.copytree(kind_artifacts["gbt"], first / "north")
     shutil.copytree(kind_artifacts["global"], first / "south")
     shutil.copytree(kind_artifacts["ensemble"], second / "north")
     platform = connect(local_uri(root / "home"))
-    evaluated1 = fleet.evaluate_shard(spec, platform, root / "dataset.parquet", first, ["north", "south"])
-    registered1 = fleet.register_shard(spec, platform, first, evaluated1, pipeline_job="run-1")
-    evaluated2 = fleet.evaluate_shard(spec, platform, root / "dataset.parquet", second, ["north"])
-    registered2 = fleet.register_shard(spec, platform, second, evaluated2, pipeline_job="run-2")
+    evaluated1 = training_steps.evaluate_shard(spec, platform, root / "dataset.parquet", first, ["north", "south"])
+    registered1 = training_steps.register_shard(spec, platform, first, evaluated1, pipeline_job="run-1")
+    evaluated2 = training_steps.evaluate_shard(spec, platform, root / "dataset.parquet", second, ["north"])
+    registered2 = training_steps.register_shard(spec, platform, second, evaluated2, pipeline_job="run-2")
     return SimpleNamespace(
         root=root,
         spec=spec,
@@ -183,8 +183,10 @@ def test_fairness_results_and_undefined_metrics_are_carried_as_the_evaluation_gi
 def test_registering_an_unchanged_model_again_adds_no_version_and_keeps_its_card(run):
     row = run.registered[0]
     before, path, (card, _) = _stored(run.platform, row)
-    [evaluation] = fleet.evaluate_shard(run.spec, run.platform, run.root / "dataset.parquet", run.first, ["north"])
-    [again] = fleet.register_shard(run.spec, run.platform, run.first, [evaluation], pipeline_job="rerun")
+    [evaluation] = training_steps.evaluate_shard(
+        run.spec, run.platform, run.root / "dataset.parquet", run.first, ["north"]
+    )
+    [again] = training_steps.register_shard(run.spec, run.platform, run.first, [evaluation], pipeline_job="rerun")
     assert (again["version_id"], again["created"]) == (row["version_id"], False)
     assert [v.version_id for v in run.platform.registry.list_versions(row["model_id"])] == ["1", "2"]
     after, _, (kept, _) = _stored(run.platform, row)
@@ -233,7 +235,7 @@ def test_the_vertex_request_carries_the_card_summary_and_its_sha256_label(tmp_pa
         vertex = connect(
             f"vertex://proj-1/us-central1?api_endpoint={fake.endpoint}", credentials=AnonymousCredentials()
         )
-        rows = fleet.register_shard(
+        rows = training_steps.register_shard(
             run.spec, vertex, shard, run.evaluated[:2], model_uri="gs://b/run/model", pipeline_job="job-1",
             serving_image=IMAGE,
         )  # fmt: skip
@@ -259,7 +261,7 @@ def test_the_vertex_request_carries_the_card_summary_and_its_sha256_label(tmp_pa
         assert north.description == card_summary(read_card(shard / "north")[0])
         assert north.lineage["selection"]["chosen"] == "gbt"  # the lineage after the card still reads back
 
-        again = fleet.register_shard(
+        again = training_steps.register_shard(
             run.spec, vertex, shard, run.evaluated[:2], model_uri="gs://b/run/model", pipeline_job="job-1",
             serving_image=IMAGE,
         )  # fmt: skip
@@ -269,7 +271,7 @@ def test_the_vertex_request_carries_the_card_summary_and_its_sha256_label(tmp_pa
         # Another run registering the same folder (say its train step was cached): on Vertex the folder is
         # version 1's artifact itself, so its card stays, and its bytes still match the version's sha256 label.
         before = (shard / "north" / CARD_JSON).read_bytes()
-        later = fleet.register_shard(
+        later = training_steps.register_shard(
             run.spec, vertex, shard, run.evaluated[:2], model_uri="gs://b/run/model", pipeline_job="job-2",
             serving_image=IMAGE,
         )  # fmt: skip
@@ -279,7 +281,7 @@ def test_the_vertex_request_carries_the_card_summary_and_its_sha256_label(tmp_pa
         assert directory_sha256(shard / "north") == vertex.registry.get_version("churn-north", "1").artifact_sha256
         # A copy of the folder elsewhere is no version's artifact: it gets the card of the run registering it.
         shutil.copytree(shard, tmp_path / "copy")
-        [moved, _] = fleet.register_shard(
+        [moved, _] = training_steps.register_shard(
             run.spec, vertex, tmp_path / "copy", run.evaluated[:2], model_uri="gs://b/copy/model",
             pipeline_job="job-3", serving_image=IMAGE,
         )  # fmt: skip
@@ -298,8 +300,10 @@ def test_a_segment_without_test_rows_gets_a_card_with_its_undefined_metrics_and_
     shard = tmp_path / "shard"
     shutil.copytree(kind_artifacts["global"], shard / "nowhere")
     platform = connect(local_uri(tmp_path / "home"))
-    evaluations = fleet.evaluate_shard(run.spec, platform, run.root / "dataset.parquet", shard, [], ["nowhere"])
-    [row] = fleet.register_shard(run.spec, platform, shard, evaluations, pipeline_job="empty")
+    evaluations = training_steps.evaluate_shard(
+        run.spec, platform, run.root / "dataset.parquet", shard, [], ["nowhere"]
+    )
+    [row] = training_steps.register_shard(run.spec, platform, shard, evaluations, pipeline_job="empty")
     _, _, (card, markdown) = _stored(platform, row)
     assert card["model_parameters"]["data"][1]["rows"] == 0
     assert card["quantitative_analysis"]["performance_metrics"] == [

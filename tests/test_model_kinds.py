@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetops import cost, fleet
+from fleetops import cost, training_steps
 from fleetops.batch import NOT_FOUND, fleet_batch_predict
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.data.split import SPLIT_COLUMN, TEST
@@ -53,17 +53,17 @@ def run(tmp_path_factory, kind_artifacts):
     churn.to_csv(root / "churn.csv", index=False)
     churn.to_parquet(root / "raw.parquet")
     spec = _spec(root / "churn.csv")
-    fleet.split_dataset(spec, root / "raw.parquet", root / "dataset.parquet")
+    training_steps.split_dataset(spec, root / "raw.parquet", root / "dataset.parquet")
     dataset = root / "dataset.parquet"
     first, second = root / "run1", root / "run2"
     shutil.copytree(kind_artifacts["gbt"], first / "north")
     shutil.copytree(kind_artifacts["ensemble"], second / "north")
     shutil.copytree(kind_artifacts["global"], second / "south")
     platform = connect(local_uri(root / "home"))
-    evaluated1 = fleet.evaluate_shard(spec, platform, dataset, first, ["north"])
-    registered1 = fleet.register_shard(spec, platform, first, evaluated1, pipeline_job="run-1")
-    evaluated2 = fleet.evaluate_shard(spec, platform, dataset, second, ["north", "south"])
-    registered2 = fleet.register_shard(spec, platform, second, evaluated2, pipeline_job="run-2")
+    evaluated1 = training_steps.evaluate_shard(spec, platform, dataset, first, ["north"])
+    registered1 = training_steps.register_shard(spec, platform, first, evaluated1, pipeline_job="run-1")
+    evaluated2 = training_steps.evaluate_shard(spec, platform, dataset, second, ["north", "south"])
+    registered2 = training_steps.register_shard(spec, platform, second, evaluated2, pipeline_job="run-2")
     return SimpleNamespace(
         root=root,
         spec=spec,
@@ -110,7 +110,7 @@ def test_each_kind_is_measured_by_the_runtime_that_serves_it(run):
     }
     assert standing["runtimes"]["variants"]["ensemble"]["members"] == {"global": "xgboost"}
 
-    report = fleet.evaluation_report([trees, ensemble])
+    report = training_steps.evaluation_report([trees, ensemble])
     assert "**Runtimes** (serving: xgboost)" in report and "**Runtimes** (serving: ensemble)" in report
     assert re.search(r"\| xgboost \| \d+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|  \|  \|", report)
     assert "- the runtime serving each member: gbt xgboost, linear " in report
@@ -135,7 +135,7 @@ def test_test_metrics_are_those_of_the_artifacts_scores(run):
 def test_the_evaluation_report_shows_each_candidate_the_choice_and_the_failures(run):
     (trees,), (ensemble, standing) = run.runs[0][0], run.runs[1][0]
     assert trees["selection"]["chosen"] == "gbt" and trees["selection"]["failed"] == {"dnn": FAILED_DNN}
-    report = fleet.evaluation_report([trees, ensemble, standing])
+    report = training_steps.evaluation_report([trees, ensemble, standing])
     north, south = report.split("## south")
     assert (
         "**Model selection** on validation auRoc, maximize: chose gbt: gbt has the best validation auRoc: 0.8234 "
@@ -149,7 +149,7 @@ def test_the_evaluation_report_shows_each_candidate_the_choice_and_the_failures(
     assert "chose global (serves global_gbt): the global model (gbt) has the best validation auRoc" in south
     assert "| gbt | 0.7301 | 0.7222 |" in south and "| global (gbt) **chosen** | 0.7533 | 0.7480 |" in south
     # A model trained before selection records shows none.
-    assert "Model selection" not in fleet.evaluation_report([trees | {"selection": None}])
+    assert "Model selection" not in training_steps.evaluation_report([trees | {"selection": None}])
 
 
 # -- registration ----------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_registration_records_the_artifact_its_architecture_and_the_selection(ru
 def test_the_same_gbt_model_registered_again_adds_no_version(run, tmp_path):
     registry = run.platform.registry
     (evaluated, _), spec = run.runs[0], run.spec
-    again = fleet.register_shard(spec, run.platform, run.first, evaluated, pipeline_job="rerun")
+    again = training_steps.register_shard(spec, run.platform, run.first, evaluated, pipeline_job="rerun")
     assert [(r["version_id"], r["created"]) for r in again] == [("1", False)]
     # The same model saved again (a rerun of training on the same data) is the same identity.
     artifact = load_artifact(run.first / "north")
@@ -198,8 +198,8 @@ def test_the_same_gbt_model_registered_again_adds_no_version(run, tmp_path):
     statistics = json.loads((run.first / "north" / MODEL_STATISTICS_FILE).read_text())
     resaved = save_artifact(artifact.model, metadata, statistics, tmp_path / "north")
     assert read_metadata(resaved)[METADATA_IDENTITY] == artifact.metadata[METADATA_IDENTITY]
-    [evaluation] = fleet.evaluate_shard(spec, run.platform, run.dataset, tmp_path, ["north"])
-    [row] = fleet.register_shard(spec, run.platform, tmp_path, [evaluation], pipeline_job="retrained")
+    [evaluation] = training_steps.evaluate_shard(spec, run.platform, run.dataset, tmp_path, ["north"])
+    [row] = training_steps.register_shard(spec, run.platform, tmp_path, [evaluation], pipeline_job="retrained")
     assert not row["created"] and row["version_id"] == "1"
     assert [v.version_id for v in registry.list_versions("churn-north")] == ["1", "2"]
 
@@ -211,7 +211,7 @@ def test_a_failed_registration_on_the_twin_leaves_no_version(run, tmp_path):
     # after north's ensemble (members and all) was staged and moved into place.
     (platform.registry.store / "churn-south").write_text("not a folder")
     with pytest.raises(FileExistsError):
-        fleet.register_shard(run.spec, platform, run.second, evaluated)
+        training_steps.register_shard(run.spec, platform, run.second, evaluated)
     assert platform.registry.list_models() == []
     files = [
         f.relative_to(platform.registry.store).as_posix() for f in platform.registry.store.rglob("*") if f.is_file()
@@ -219,7 +219,7 @@ def test_a_failed_registration_on_the_twin_leaves_no_version(run, tmp_path):
     assert files == ["churn-south"]  # the blocking file only: no member of the ensemble was left
     assert not any((platform.registry.store / ".staging").iterdir())
     (platform.registry.store / "churn-south").unlink()
-    rows = fleet.register_shard(run.spec, platform, run.second, evaluated)
+    rows = training_steps.register_shard(run.spec, platform, run.second, evaluated)
     assert [(r["segment"], r["version_id"], r["created"]) for r in rows] == [("north", "1", True), ("south", "1", True)]
 
 
@@ -231,7 +231,7 @@ def test_vertex_s_tensorflow_container_is_refused_for_trees_and_ensembles(run, t
         r"image .*tf2-cpu.* is Vertex's prebuilt TensorFlow container.*pass the fleetops image as the pipeline's "
         r"serving_image \(`fleetops submit --serving-image IMAGE`\) or set registry.serving_image",
     ):
-        fleet.register_shard(run.spec, platform, run.second, run.runs[1][0], serving_image=PREBUILT_TF_IMAGE)
+        training_steps.register_shard(run.spec, platform, run.second, run.runs[1][0], serving_image=PREBUILT_TF_IMAGE)
     assert platform.registry.list_models() == []
     # A pooled fleet registers for that container: the global model standing for a segment (an ensemble,
     # whatever its architecture) cannot be, and nothing is exported or registered.
@@ -247,10 +247,10 @@ def test_vertex_s_tensorflow_container_is_refused_for_trees_and_ensembles(run, t
     )
     south = _by(run.runs[1][0], "south")
     with pytest.raises(UserError, match=r"segment 'south' \(architecture global_gbt\).*set serving.cohosting: none"):
-        fleet.register_shard(pooled, platform, run.second, south)
+        training_steps.register_shard(pooled, platform, run.second, south)
     assert platform.registry.list_models() == [] and not (run.second / "south" / "savedmodel").exists()
     # The twin serves every kind with its own server: no image is needed there.
-    rows = fleet.register_shard(run.spec, platform, run.first, run.runs[0][0])
+    rows = training_steps.register_shard(run.spec, platform, run.first, run.runs[0][0])
     assert rows[0]["created"]
 
 
@@ -260,11 +260,11 @@ def test_vertex_s_tensorflow_container_is_refused_for_trees_and_ensembles(run, t
 def test_the_summary_counts_the_architectures_the_segments_chose(run):
     evaluated, registered = run.runs[1]
     outcomes = {"rows": {"north": 300, "south": 300}, "skipped": {}, "fallback": {}}
-    summary = fleet.summarize(registered, evaluated, outcomes, run.spec)
+    summary = training_steps.summarize(registered, evaluated, outcomes, run.spec)
     head = summary.split("## Segments")[0]
     assert "| architectures | ensemble 1, global_gbt 1 |" in head
     assert "candidates that failed" not in head
-    first = fleet.summarize(*reversed(run.runs[0]), outcomes, run.spec)  # registrations, evaluations
+    first = training_steps.summarize(*reversed(run.runs[0]), outcomes, run.spec)  # registrations, evaluations
     assert "| architectures | gbt 1 |" in first and "| candidates that failed to train | dnn in 1 segment(s) |" in first
 
 
@@ -289,8 +289,8 @@ def test_a_large_fleet_s_summary_head_keeps_the_architecture_counts(run):
         )
         failed = {"dnn": FAILED_DNN} if i % 20 == 0 else {}
         evaluations.append({"segment": segment, "selection": {"chosen": architecture, "failed": failed}})
-    summary = fleet.summarize(rows, evaluations, {"skipped": {}}, run.spec)
-    head = fleet.summary_head(summary, "gs://bucket/summary.md")
+    summary = training_steps.summarize(rows, evaluations, {"skipped": {}}, run.spec)
+    head = training_steps.summary_head(summary, "gs://bucket/summary.md")
     assert "| architectures | gbt 40, ensemble 15, dnn 4, global_gbt 1 |" in head
     assert "| candidates that failed to train | dnn in 3 segment(s) |" in head
     assert "The table of all 60 segments is in the run's summary: gs://bucket/summary.md" in head
@@ -298,8 +298,8 @@ def test_a_large_fleet_s_summary_head_keeps_the_architecture_counts(run):
     # Rows from before architectures were recorded are counted by their evaluation's, or not at all.
     old = [{k: v for k, v in r.items() if k != "architecture"} for r in rows[:2]]
     evaluated = [{"segment": r["segment"], "architecture": "gbt"} for r in old]
-    assert "| architectures | gbt 2 |" in fleet.summarize(old, evaluated, {"skipped": {}}, run.spec)
-    assert "architectures" not in fleet.summarize(old, None, {"skipped": {}}, run.spec).split("## Segments")[0]
+    assert "| architectures | gbt 2 |" in training_steps.summarize(old, evaluated, {"skipped": {}}, run.spec)
+    assert "architectures" not in training_steps.summarize(old, None, {"skipped": {}}, run.spec).split("## Segments")[0]
 
 
 def test_fleetops_models_shows_each_version_s_architecture_and_choice(run):

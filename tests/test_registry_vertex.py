@@ -253,27 +253,27 @@ def kinds_shard(tmp_path, spec, churn, kind_artifacts):
     """A shard of north's trees and south's global model (a one-member ensemble), evaluated on the twin."""
     import shutil
 
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.platform import local_uri
 
     churn.to_parquet(tmp_path / "raw.parquet")
-    fleet.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "dataset.parquet")
+    training_steps.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "dataset.parquet")
     shard = tmp_path / "shard"
     shutil.copytree(kind_artifacts["gbt"], shard / "north")
     shutil.copytree(kind_artifacts["global"], shard / "south")
     twin = connect(local_uri(tmp_path / "twin"))
-    evaluations = fleet.evaluate_shard(spec, twin, tmp_path / "dataset.parquet", shard, ["north", "south"])
+    evaluations = training_steps.evaluate_shard(spec, twin, tmp_path / "dataset.parquet", shard, ["north", "south"])
     return shard, evaluations
 
 
 def test_trees_and_ensembles_are_registered_for_the_fleetops_serving_container(
     vertex, fake, spec, kinds_shard, kind_artifacts, tmp_path
 ):
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.training.artifact import read_metadata
 
     shard, evaluations = kinds_shard
-    rows = fleet.register_shard(
+    rows = training_steps.register_shard(
         spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model", pipeline_job="job-1", serving_image=IMAGE
     )
     assert [(r["segment"], r["version_id"], r["created"], r["architecture"]) for r in rows] == [
@@ -295,7 +295,7 @@ def test_trees_and_ensembles_are_registered_for_the_fleetops_serving_container(
     assert vertex.registry.get_version("churn-south", "1").lineage["selection"]["chosen"] == "global"
 
     # The same models again: found by their identity, nothing uploaded.
-    again = fleet.register_shard(
+    again = training_steps.register_shard(
         spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model", serving_image=IMAGE
     )
     assert [(r["version_id"], r["created"]) for r in again] == [("1", False), ("1", False)]
@@ -307,7 +307,7 @@ def test_trees_and_ensembles_are_registered_for_the_fleetops_serving_container(
     other = tmp_path / "run2"
     shutil.copytree(kind_artifacts["ensemble"], other / "north")
     ensemble = dict(evaluations[0], promote=False)
-    [row] = fleet.register_shard(
+    [row] = training_steps.register_shard(
         spec, vertex, other, [ensemble], model_uri="gs://bucket/run2/model", serving_image=IMAGE
     )
     assert (row["version_id"], row["created"], row["architecture"]) == ("2", True, "ensemble")
@@ -317,7 +317,7 @@ def test_trees_and_ensembles_are_registered_for_the_fleetops_serving_container(
 
 
 def test_trees_without_a_serving_image_are_refused_before_any_request(vertex, fake, spec, kinds_shard):
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.spec import PREBUILT_TF_IMAGE
 
     shard, evaluations = kinds_shard
@@ -327,30 +327,32 @@ def test_trees_without_a_serving_image_are_refused_before_any_request(vertex, fa
         r"given, which the registry \(Vertex\) requires: pass the fleetops image as the pipeline's serving_image "
         r"\(`fleetops submit --serving-image IMAGE`\) or set registry.serving_image in the spec",
     ):
-        fleet.register_shard(spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model")
+        training_steps.register_shard(spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model")
     with pytest.raises(UserError, match=r"segment 'north' .* is Vertex's prebuilt TensorFlow container"):
-        fleet.register_shard(
+        training_steps.register_shard(
             spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model", serving_image=PREBUILT_TF_IMAGE
         )
     assert fake.requests == []
     # The spec's registry.serving_image is what the pipeline registers with when it passes none.
     own = spec.model_copy(update={"registry": spec.registry.model_copy(update={"serving_image": IMAGE})})
-    fleet.register_shard(own, vertex, shard, evaluations, model_uri="gs://bucket/run/model")
+    training_steps.register_shard(own, vertex, shard, evaluations, model_uri="gs://bucket/run/model")
     assert {c["body"]["model"]["containerSpec"]["imageUri"] for c in fake.calls("POST", "models:upload")} == {IMAGE}
 
 
 def test_a_failed_registration_of_trees_leaves_no_version_on_vertex(vertex, fake, spec, kinds_shard):
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.errors import NotFoundError
 
     shard, evaluations = kinds_shard
     fake.fail_evaluation_import = True
     with pytest.raises(Exception, match="injected failure"):
-        fleet.register_shard(spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model", serving_image=IMAGE)
+        training_steps.register_shard(
+            spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model", serving_image=IMAGE
+        )
     with pytest.raises(NotFoundError):
         vertex.registry.list_versions("churn-north")  # its first version was undone, and the model with it
     fake.fail_evaluation_import = False
-    rows = fleet.register_shard(
+    rows = training_steps.register_shard(
         spec, vertex, shard, evaluations, model_uri="gs://bucket/run/model", serving_image=IMAGE
     )
     assert [(r["segment"], r["created"]) for r in rows] == [("north", True), ("south", True)]

@@ -90,11 +90,11 @@ def test_class_names_order_numbers_numerically():
 
 
 def test_trainer_command_line_takes_hyperparameter_flags(tmp_path, spec, churn, capsys):
-    from fleetops import fleet
+    from fleetops import training_steps
 
     (tmp_path / "fleet.yaml").write_text(spec.to_json())
     churn.to_parquet(tmp_path / "raw.parquet")
-    fleet.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "ds.parquet")
+    training_steps.split_dataset(spec, tmp_path / "raw.parquet", tmp_path / "ds.parquet")
     code = main(
         [
             "--spec",

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from fleetops import fleet
+from fleetops import training_steps
 from fleetops.data.sample import SAMPLE_SPEC, write_sample
 from fleetops.errors import SpecError, UserError
 from fleetops.platform import connect, local_uri
@@ -36,8 +36,8 @@ def dataset(tmp_path_factory):
     work = tmp_path_factory.mktemp("tuning")
     data = write_sample(work / "churn.csv", rows_per_segment=300, segments=1, seed=2)
     spec = _spec(data, parameters={"learning_rate": {"type": "double", "min": 0.001, "max": 0.1}})
-    fleet.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
-    fleet.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
+    training_steps.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
+    training_steps.split_dataset(spec, work / "raw.parquet", work / "dataset.parquet")
     return data, work / "dataset.parquet"
 
 
@@ -181,14 +181,14 @@ def test_training_tunes_first_and_records_the_trials(dataset, tmp_path, platform
         read_metadata(result.artifact_dir)["hyperparameters"]["learning_rate"]
         == tuning["best_parameters"]["learning_rate"]
     )
-    evaluations = fleet.evaluate_shard(spec, platform, path, tmp_path / "model", ["north"])
+    evaluations = training_steps.evaluate_shard(spec, platform, path, tmp_path / "model", ["north"])
     assert len(evaluations[0]["tuning"]["trials"]) == 2  # the trials, in the evaluation output
-    report = fleet.evaluation_report(evaluations)
+    report = training_steps.evaluation_report(evaluations)
     assert (
         "**Tuning** (per_segment)" in report
         and "| trial | state | auRoc | seconds | architecture | learning_rate |" in report
     )
-    [registered] = fleet.register_shard(spec, platform, tmp_path / "model", evaluations)
+    [registered] = training_steps.register_shard(spec, platform, tmp_path / "model", evaluations)
     lineage = platform.registry.get_version("churn-north", registered["version_id"]).lineage
     assert lineage["tuning"]["trials"] == 2 and lineage["tuning"]["best_parameters"] == tuning["best_parameters"]
 

@@ -89,14 +89,14 @@ def mount(tmp_path, monkeypatch):
 
 def _split_dataset(spec, destination, work):
     """A real split dataset of one segment ("north") at `destination`; the spec reading its sample data."""
-    from fleetops import fleet
+    from fleetops import training_steps
     from fleetops.data.sample import write_sample
     from fleetops.platform import connect, local_uri
 
     data = write_sample(work / "churn.csv", rows_per_segment=200, segments=1, seed=3)
     spec = spec.model_copy(update={"data": spec.data.model_copy(update={"source": str(data)})})
-    fleet.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
-    fleet.split_dataset(spec, work / "raw.parquet", destination)
+    training_steps.ingest(spec, connect(local_uri(work / "home")), work / "raw.parquet")
+    training_steps.split_dataset(spec, work / "raw.parquet", destination)
     return spec
 
 

@@ -3,7 +3,7 @@
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
-from fleetops import fleet
+from fleetops import training_steps
 from fleetops.data.sample import make_churn
 from fleetops.errors import UserError
 from fleetops.platform import connect
@@ -54,8 +54,8 @@ def test_bigquery_refusals_name_the_source(vertex):
 
 def test_rows_from_bigquery_pass_validation(vertex, spec, tmp_path):
     remote = spec.model_copy(update={"data": spec.data.model_copy(update={"source": "bq://proj-1.crm.churn"})})
-    summary = fleet.ingest(remote, vertex, tmp_path / "raw.parquet")
-    report, baseline = fleet.validate_dataset(remote, tmp_path / "raw.parquet")
+    summary = training_steps.ingest(remote, vertex, tmp_path / "raw.parquet")
+    report, baseline = training_steps.validate_dataset(remote, tmp_path / "raw.parquet")
     assert summary["rows"] == 120 and report.ok, report.problems
     assert set(baseline["segments"]) == {"north", "south"}
 

@@ -18,7 +18,7 @@ scores are finite, and the artifact's sha256 is not verified before serving.
 
 Exporting costs about 0.3-0.5 s per model (traced and written once, measured
 on 2 cores), so it runs only for fleets with `serving.cohosting: pool`, at
-registration (`fleet.register_shard`).
+registration (`training_steps.register_shard`).
 """
 
 from __future__ import annotations
