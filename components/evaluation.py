@@ -33,6 +33,7 @@ def evaluate(
     import json
 
     from fleetops import training_steps
+    from fleetops.evaluation.report import evaluation_report
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
     from fleetops.training.trainer import read_outcome
@@ -50,7 +51,7 @@ def evaluate(
     with open(evaluation.path, "w") as handle:
         json.dump(results, handle)
     with open(report.path, "w") as handle:
-        handle.write(training_steps.evaluation_report(results))
+        handle.write(evaluation_report(results))
     for result in results:
         for name, value in result["metrics"].items():
             if isinstance(value, (int, float)):

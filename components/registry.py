@@ -95,6 +95,7 @@ def summarize(
     import json
 
     from fleetops import training_steps
+    from fleetops.evaluation.report import summarize, summary_head
     from fleetops.scorecard import render_scorecard
     from fleetops.spec import parse_spec
 
@@ -109,11 +110,11 @@ def summarize(
             evaluated += json.load(handle)
     with open(segments.path) as handle:
         outcomes = json.load(handle)
-    table = training_steps.summarize(rows, evaluated, outcomes, spec)
+    table = summarize(rows, evaluated, outcomes, spec)
     with open(summary.path, "w") as handle:
         handle.write(table)
     page, _ = render_scorecard(rows, evaluated, outcomes, fleet=spec.name, metric=spec.primary_metric)
     with open(scorecard.path, "w") as handle:
         handle.write(page)
     training_steps.check_failures(spec, rows, outcomes)
-    return training_steps.summary_head(table, summary.uri)
+    return summary_head(table, summary.uri)

@@ -13,6 +13,7 @@ from fleetops import training_steps
 from fleetops.data.sample import make_churn
 from fleetops.data.split import SPLIT_COLUMN, TEST, with_splits
 from fleetops.data.validation import segment_values
+from fleetops.evaluation.report import evaluation_report, summarize
 from fleetops.training.trainer import SEGMENT_COLUMN
 from fleetops_cli.cli import _registry_listing
 
@@ -44,7 +45,7 @@ def test_without_a_champion_it_becomes_the_first_on_its_validation_metric(spec, 
     assert "promoted as the first champion on validation auRoc 0." in evaluation["reason"]
     assert "and test logLoss 0." in evaluation["reason"]
 
-    report = training_steps.evaluation_report([evaluation])
+    report = evaluation_report([evaluation])
     assert "| auRoc | undefined |" in report and "| auPrc | undefined |" in report
     assert f"- {ONE_CLASS}" in report and "promote: yes." in report
     # The one-class slices too. (Below, the fairness table's 0s are real: no positive label in any slice
@@ -56,7 +57,7 @@ def test_without_a_champion_it_becomes_the_first_on_its_validation_metric(spec, 
     [registered] = training_steps.register_shard(spec, platform, model_dir, [evaluation])
     assert registered["promoted"] and registered["value"] is None
     assert platform.registry.get_version("churn-north", "champion").version_id == registered["version_id"]
-    summary = training_steps.summarize([registered])
+    summary = summarize([registered])
     assert "| north | churn-north | 1 | auRoc | undefined | none | v1 |" in summary
     assert "vNone" not in summary and "0.0000" not in summary
     assert f"- north: the segment has no champion and {ONE_CLASS}" in summary
@@ -80,7 +81,7 @@ def test_an_undefined_metric_does_not_unseat_a_champion(spec, platform, one_clas
     [registered] = training_steps.register_shard(spec, platform, model_dir, [evaluation])
     assert not registered["promoted"]
     assert platform.registry.get_version("churn-north", "champion").version_id == "1"
-    summary = training_steps.summarize([registered])
+    summary = summarize([registered])
     assert "| north | churn-north | 2 | auRoc | undefined | v1 n/a | v1 |" in summary
     assert f"- north: not promoted: {ONE_CLASS}" in summary
     assert "vNone" not in summary and "0.0000" not in summary
@@ -109,7 +110,7 @@ def test_without_any_defined_evidence_it_is_not_promoted_and_says_why(spec):
         "champion_value": None,
         "reason": reason,
     }
-    summary = training_steps.summarize([row])
+    summary = summarize([row])
     assert "| north | churn-north | 1 | auRoc | undefined | none | none |" in summary
     assert "vNone" not in summary and f"- north: {reason}" in summary
 

@@ -18,6 +18,7 @@ from fleetops.data.split import SPLIT_COLUMN, TEST, with_splits
 from fleetops.data.validation import segment_values
 from fleetops.errors import NotFoundError, SpecError
 from fleetops.evaluation import fairness as f
+from fleetops.evaluation.report import evaluation_report, summarize
 from fleetops.spec import parse_spec
 from fleetops.training.trainer import SEGMENT_COLUMN
 
@@ -235,7 +236,7 @@ def test_a_model_that_breaks_a_gate_is_registered_but_not_champion(platform, nor
     assert {g["gate"] for g in broken} == {"evaluation.fairness[0]"}
     assert {g["gate"] for g in report["gates"] if g["broken"] is None} >= {"evaluation.fairness[2]"}
 
-    markdown = training_steps.evaluation_report([evaluation])
+    markdown = evaluation_report([evaluation])
     assert "slice minus the rest; positive class '1')" in markdown
     assert "| plan | rows | rest | population | DPPTL | DPPPL | accuracy | recall | specificity | FN/FP |" in markdown
     assert "- evaluation.fairness[0]: **broken**: accuracyDifference on plan=" in markdown
@@ -248,7 +249,7 @@ def test_a_model_that_breaks_a_gate_is_registered_but_not_champion(platform, nor
     [registered] = training_steps.register_shard(spec, platform, model_dir, [evaluation])
     assert registered["promoted"] is False and registered["reason"] == evaluation["reason"]
     assert registered["version_id"] == "1" and "champion" not in registered["aliases"]
-    summary = training_steps.summarize([registered])  # the run summary says why a model was kept from champion
+    summary = summarize([registered])  # the run summary says why a model was kept from champion
     assert "## Kept from champion by a fairness gate (1)" in summary
     assert f"- north: {registered['reason']}" in summary
     with pytest.raises(NotFoundError):
@@ -285,7 +286,7 @@ def test_the_report_pools_the_segments_fairness(tmp_path, platform, north):
             else:  # a rate short of rows in one segment may have enough pooled over the fleet
                 gained += fleet_wide["metrics"][name] is not None
     assert gained > 0
-    markdown = training_steps.evaluation_report(evaluations)
+    markdown = evaluation_report(evaluations)
     assert "## Fairness over all 2 segments (their test rows pooled)" in markdown
 
 
@@ -392,6 +393,6 @@ def test_other_tasks_through_evaluate_shard_say_which_metrics_they_define(tmp_pa
         defined = {name for name, value in s["metrics"].items() if value is not None}
         assert defined == set(f.DEFINED[task])
         assert set(s["undefined"]) == set(f.METRICS) - defined
-    report = training_steps.evaluation_report([evaluation])
+    report = evaluation_report([evaluation])
     no_class = "a regression model has no classes" if task == "regression" else "has no positive class"
     assert no_class in report

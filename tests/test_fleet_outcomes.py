@@ -6,6 +6,7 @@ import pytest
 from fleetops import training_steps
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.errors import UserError
+from fleetops.evaluation.report import summarize
 from fleetops.spec import parse_spec
 from fleetops.training.packed import train_global
 from fleetops.training.trainer import read_outcome, train_shard
@@ -73,7 +74,7 @@ def test_fallback_segments_are_evaluated_registered_and_summarized(tmp_path, dat
     assert version.lineage["fallback"]["model"] == "global"
 
     outcomes = {"rows": {"north": 240, "south": 240, "small": 2}, "skipped": {"gone": "has no rows"}, "fallback": {}}
-    summary = training_steps.summarize(registered, evaluations, outcomes, spec)
+    summary = summarize(registered, evaluations, outcomes, spec)
     head = summary.split("## Segments")[0]
     assert "| segments | 6 |" in head and "| served by the fleet's global model | 2 |" in head
     assert "| skipped | 1 |" in head and "| failed in training | 1 |" in head

@@ -11,6 +11,7 @@ from fleetops import training_steps
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.data.split import with_splits
 from fleetops.data.validation import segment_values
+from fleetops.evaluation.report import summarize
 from fleetops.fingerprints import directory_sha256, model_identity_sha256
 from fleetops.model_card import remove_card
 from fleetops.names import MODEL_METADATA_FILE, MODEL_STATISTICS_FILE, segment_slug
@@ -88,7 +89,7 @@ def test_a_rerun_on_identical_data_adds_no_version_and_a_change_adds_one(runs, p
     version = platform.registry.get_version("churn-north", "1")
     assert version.identity_sha256 == read_metadata(_artifact(model_dirs["a"]))["identity_sha256"]
     assert version.artifact_sha256 == directory_sha256(_artifact(model_dirs["a"]))  # the stored bytes
-    summary = training_steps.summarize([rerun])
+    summary = summarize([rerun])
     assert "| north | churn-north | 1 (unchanged, no new version) | auRoc |" in summary
 
     changed = _register(spec, platform, dataset, model_dirs["c"], promote=True)

@@ -19,6 +19,7 @@ from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.data.split import SPLIT_COLUMN, VALIDATION, with_splits
 from fleetops.data.validation import segment_values
 from fleetops.errors import UserError
+from fleetops.evaluation.report import evaluation_report
 from fleetops.names import METADATA_IDENTITY, MODEL_METADATA_FILE
 from fleetops.serving.explain import explain
 from fleetops.serving.predictor import RUNTIME_VARIABLE, Predictor, choose_runtime
@@ -184,7 +185,7 @@ def test_the_quantized_variant_records_its_metric_change_and_is_served_only_with
     assert abs(runtimes["variants"]["int8"]["metric_delta"]) < 0.05 and test_auc > 0.5
     assert runtimes["variants"]["float32"]["max_delta"] <= AGREEMENT_TOLERANCE
     assert runtimes["variants"]["float32"]["metric_delta"] == pytest.approx(0.0, abs=1e-6)
-    assert "**Runtimes** (serving: float32)" in training_steps.evaluation_report([evaluation])
+    assert "**Runtimes** (serving: float32)" in evaluation_report([evaluation])
 
 
 def test_the_runtime_follows_the_spec_the_environment_and_the_identity(trained_models, tmp_path, monkeypatch):

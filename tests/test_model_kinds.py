@@ -22,6 +22,7 @@ from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.data.split import SPLIT_COLUMN, TEST
 from fleetops.errors import UserError
 from fleetops.evaluation.metrics import classification_metrics
+from fleetops.evaluation.report import evaluation_report, summarize, summary_head
 from fleetops.fingerprints import directory_sha256
 from fleetops.model_card import CARD_FILES
 from fleetops.monitoring.jobs import monitor_fleet
@@ -110,7 +111,7 @@ def test_each_kind_is_measured_by_the_runtime_that_serves_it(run):
     }
     assert standing["runtimes"]["variants"]["ensemble"]["members"] == {"global": "xgboost"}
 
-    report = training_steps.evaluation_report([trees, ensemble])
+    report = evaluation_report([trees, ensemble])
     assert "**Runtimes** (serving: xgboost)" in report and "**Runtimes** (serving: ensemble)" in report
     assert re.search(r"\| xgboost \| \d+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|  \|  \|", report)
     assert "- the runtime serving each member: gbt xgboost, linear " in report
@@ -135,7 +136,7 @@ def test_test_metrics_are_those_of_the_artifacts_scores(run):
 def test_the_evaluation_report_shows_each_candidate_the_choice_and_the_failures(run):
     (trees,), (ensemble, standing) = run.runs[0][0], run.runs[1][0]
     assert trees["selection"]["chosen"] == "gbt" and trees["selection"]["failed"] == {"dnn": FAILED_DNN}
-    report = training_steps.evaluation_report([trees, ensemble, standing])
+    report = evaluation_report([trees, ensemble, standing])
     north, south = report.split("## south")
     assert (
         "**Model selection** on validation auRoc, maximize: chose gbt: gbt has the best validation auRoc: 0.8234 "
@@ -149,7 +150,7 @@ def test_the_evaluation_report_shows_each_candidate_the_choice_and_the_failures(
     assert "chose global (serves global_gbt): the global model (gbt) has the best validation auRoc" in south
     assert "| gbt | 0.7301 | 0.7222 |" in south and "| global (gbt) **chosen** | 0.7533 | 0.7480 |" in south
     # A model trained before selection records shows none.
-    assert "Model selection" not in training_steps.evaluation_report([trees | {"selection": None}])
+    assert "Model selection" not in evaluation_report([trees | {"selection": None}])
 
 
 # -- registration ----------------------------------------------------------------------------------
@@ -260,11 +261,11 @@ def test_vertex_s_tensorflow_container_is_refused_for_trees_and_ensembles(run, t
 def test_the_summary_counts_the_architectures_the_segments_chose(run):
     evaluated, registered = run.runs[1]
     outcomes = {"rows": {"north": 300, "south": 300}, "skipped": {}, "fallback": {}}
-    summary = training_steps.summarize(registered, evaluated, outcomes, run.spec)
+    summary = summarize(registered, evaluated, outcomes, run.spec)
     head = summary.split("## Segments")[0]
     assert "| architectures | ensemble 1, global_gbt 1 |" in head
     assert "candidates that failed" not in head
-    first = training_steps.summarize(*reversed(run.runs[0]), outcomes, run.spec)  # registrations, evaluations
+    first = summarize(*reversed(run.runs[0]), outcomes, run.spec)  # registrations, evaluations
     assert "| architectures | gbt 1 |" in first and "| candidates that failed to train | dnn in 1 segment(s) |" in first
 
 
@@ -289,8 +290,8 @@ def test_a_large_fleet_s_summary_head_keeps_the_architecture_counts(run):
         )
         failed = {"dnn": FAILED_DNN} if i % 20 == 0 else {}
         evaluations.append({"segment": segment, "selection": {"chosen": architecture, "failed": failed}})
-    summary = training_steps.summarize(rows, evaluations, {"skipped": {}}, run.spec)
-    head = training_steps.summary_head(summary, "gs://bucket/summary.md")
+    summary = summarize(rows, evaluations, {"skipped": {}}, run.spec)
+    head = summary_head(summary, "gs://bucket/summary.md")
     assert "| architectures | gbt 40, ensemble 15, dnn 4, global_gbt 1 |" in head
     assert "| candidates that failed to train | dnn in 3 segment(s) |" in head
     assert "The table of all 60 segments is in the run's summary: gs://bucket/summary.md" in head
@@ -298,8 +299,8 @@ def test_a_large_fleet_s_summary_head_keeps_the_architecture_counts(run):
     # Rows from before architectures were recorded are counted by their evaluation's, or not at all.
     old = [{k: v for k, v in r.items() if k != "architecture"} for r in rows[:2]]
     evaluated = [{"segment": r["segment"], "architecture": "gbt"} for r in old]
-    assert "| architectures | gbt 2 |" in training_steps.summarize(old, evaluated, {"skipped": {}}, run.spec)
-    assert "architectures" not in training_steps.summarize(old, None, {"skipped": {}}, run.spec).split("## Segments")[0]
+    assert "| architectures | gbt 2 |" in summarize(old, evaluated, {"skipped": {}}, run.spec)
+    assert "architectures" not in summarize(old, None, {"skipped": {}}, run.spec).split("## Segments")[0]
 
 
 def test_fleetops_models_shows_each_version_s_architecture_and_choice(run):

@@ -12,6 +12,7 @@ import yaml
 from fleetops import training_steps
 from fleetops.data.sample import SAMPLE_SPEC, write_sample
 from fleetops.errors import SpecError, UserError
+from fleetops.evaluation.report import evaluation_report
 from fleetops.platform import connect, local_uri
 from fleetops.spec import parse_spec
 from fleetops.training.trainer import apply_parameters
@@ -183,7 +184,7 @@ def test_training_tunes_first_and_records_the_trials(dataset, tmp_path, platform
     )
     evaluations = training_steps.evaluate_shard(spec, platform, path, tmp_path / "model", ["north"])
     assert len(evaluations[0]["tuning"]["trials"]) == 2  # the trials, in the evaluation output
-    report = training_steps.evaluation_report(evaluations)
+    report = evaluation_report(evaluations)
     assert (
         "**Tuning** (per_segment)" in report
         and "| trial | state | auRoc | seconds | architecture | learning_rate |" in report

@@ -197,6 +197,13 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     return result
 
 
+def task_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Every metric of a task: `regression_metrics` of predictions, or `classification_metrics` of probabilities."""
+    if task == "regression":
+        return regression_metrics(y_true, outputs)
+    return classification_metrics(y_true, outputs, classes)
+
+
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
     """The defined scalar metrics of an evaluation (what goes into a KFP `Metrics` artifact).
 
