@@ -100,7 +100,7 @@ def _quality(work: Path, name: str, frame, task: str, fleet_segments: int = 8) -
     from fleetops.platform import connect, local_uri
     from fleetops.spec import parse_spec
     from fleetops.training.artifact import read_metadata
-    from fleetops.training.trainer import train_shard
+    from fleetops.training.segments import train_shard
 
     folder = work / name
     folder.mkdir()
@@ -156,7 +156,7 @@ def _hgb(folder: Path, spec, segment: str) -> float | None:
     from fleetops.data.split import SPLIT_COLUMN, TEST
     from fleetops.data.validation import coerce_features
     from fleetops.evaluation.metrics import classification_metrics, regression_metrics
-    from fleetops.training.trainer import class_names, encode_labels, read_segment
+    from fleetops.training.segments import class_names, encode_labels, read_segment
 
     rows = coerce_features(read_segment(folder / "dataset.parquet", segment), spec.features.numeric, [])
     for column in spec.features.categorical:
@@ -187,7 +187,7 @@ def _speed(work: Path, segments: int, rows: int) -> tuple[float, float]:
     from fleetops.data.sample import SAMPLE_SPEC, write_sample
     from fleetops.platform import connect, local_uri
     from fleetops.spec import parse_spec
-    from fleetops.training.trainer import train_shard
+    from fleetops.training.segments import train_shard
 
     folder = work / "speed"
     folder.mkdir()
@@ -214,7 +214,7 @@ def _speed(work: Path, segments: int, rows: int) -> tuple[float, float]:
 def _segments(folder: Path) -> list[str]:
     import pandas as pd
 
-    from fleetops.training.trainer import SEGMENT_COLUMN
+    from fleetops.training.segments import SEGMENT_COLUMN
 
     return sorted(pd.read_parquet(folder / "dataset.parquet", columns=[SEGMENT_COLUMN])[SEGMENT_COLUMN].unique())
 

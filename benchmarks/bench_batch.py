@@ -40,7 +40,7 @@ def main() -> int:
     from fleetops.platform import connect, local_uri
     from fleetops.serving.predictor import Predictor
     from fleetops.spec import parse_spec
-    from fleetops.training.trainer import train_shard
+    from fleetops.training.segments import train_shard
 
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     try:

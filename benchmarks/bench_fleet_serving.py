@@ -108,7 +108,7 @@ def prepare(work: Path, segments: int, rows: int, epochs: int) -> tuple[Path, li
     from fleetops.platform import connect, local_uri
     from fleetops.platform.registry import UploadRequest
     from fleetops.spec import parse_spec
-    from fleetops.training.trainer import train_shard
+    from fleetops.training.segments import train_shard
 
     data = write_sample(work / "churn.parquet", rows_per_segment=rows, segments=segments, seed=13)
     base = parse_spec(SAMPLE_SPEC.format(source=data)).model_dump(mode="json")
@@ -129,7 +129,7 @@ def prepare(work: Path, segments: int, rows: int, epochs: int) -> tuple[Path, li
 def _segments(dataset: Path) -> list[str]:
     import pandas as pd
 
-    from fleetops.training.trainer import SEGMENT_COLUMN
+    from fleetops.training.segments import SEGMENT_COLUMN
 
     return sorted(pd.read_parquet(dataset, columns=[SEGMENT_COLUMN])[SEGMENT_COLUMN].unique())
 

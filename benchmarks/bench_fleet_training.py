@@ -47,7 +47,7 @@ def main() -> int:
     from fleetops.platform import connect, local_uri
     from fleetops.spec import parse_spec
     from fleetops.training.packed import train_pack
-    from fleetops.training.trainer import read_segment, read_segments, train_segment, train_shard
+    from fleetops.training.segments import read_segment, read_segments, train_segment, train_shard
 
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-training-"))
     try:
@@ -125,7 +125,7 @@ def main() -> int:
 def _all(work: Path) -> list[str]:
     import pandas as pd
 
-    from fleetops.training.trainer import SEGMENT_COLUMN
+    from fleetops.training.segments import SEGMENT_COLUMN
 
     return sorted(pd.read_parquet(work / "dataset.parquet", columns=[SEGMENT_COLUMN])[SEGMENT_COLUMN].unique())
 
@@ -135,7 +135,7 @@ def _test_auc(work: Path, spec, directory: Path, segment: str) -> float:
     from fleetops.data.split import SPLIT_COLUMN, TEST
     from fleetops.evaluation.metrics import classification_metrics
     from fleetops.training.artifact import load_artifact
-    from fleetops.training.trainer import encode_labels, read_segment
+    from fleetops.training.segments import encode_labels, read_segment
 
     rows = read_segment(work / "dataset.parquet", segment)
     test = rows[rows[SPLIT_COLUMN] == TEST]

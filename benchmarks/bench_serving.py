@@ -163,7 +163,7 @@ def prepare(work: Path) -> tuple[Path, Path]:
     from fleetops.data.sample import SAMPLE_SPEC, write_sample
     from fleetops.platform import connect, local_uri
     from fleetops.spec import parse_spec
-    from fleetops.training.trainer import train_shard
+    from fleetops.training.segments import train_shard
 
     data = write_sample(work / "churn.csv", rows_per_segment=2000, segments=1)
     spec = parse_spec(SAMPLE_SPEC.format(source=data))

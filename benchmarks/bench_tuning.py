@@ -108,7 +108,7 @@ def _trained_metric(work: Path, name: str, flags: list[str]) -> dict:
     command = [
         sys.executable,
         "-m",
-        "fleetops.training.trainer",
+        "fleetops.training.trial",
         "--spec",
         str(work / "spec1.json"),
         "--data",

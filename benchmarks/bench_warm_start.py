@@ -42,7 +42,7 @@ def main() -> int:
     from fleetops.data.validation import validate
     from fleetops.spec import parse_spec
     from fleetops.training.packed import train_global
-    from fleetops.training.trainer import train_shard
+    from fleetops.training.segments import train_shard
 
     work = Path(tempfile.mkdtemp(prefix="bench-warm-start-"))
     try:

@@ -36,7 +36,7 @@ def evaluate(
     from fleetops.evaluation.report import evaluation_report
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
-    from fleetops.training.trainer import read_outcome
+    from fleetops.training.segments import read_outcome
 
     # What the train step produced: its trained segments and those given the global model (not the failed).
     trained = read_outcome(model.path)

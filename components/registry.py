@@ -36,7 +36,7 @@ def register(
     from fleetops import training_steps
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
-    from fleetops.training.trainer import read_outcome
+    from fleetops.training.segments import read_outcome
 
     with open(evaluation.path) as handle:
         evaluations = json.load(handle)

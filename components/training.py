@@ -44,7 +44,8 @@ def train_global(
     import pandas as pd  # after the check: a run that needs no global model does not pay TensorFlow's import
 
     from fleetops.training.packed import train_global, train_global_candidate
-    from fleetops.training.trainer import apply_parameters, fleet_classes
+    from fleetops.training.segments import fleet_classes
+    from fleetops.tuning.adapter import apply_parameters
 
     with open(tuning.path) as handle:
         tuned = json.load(handle).get("best_parameters")
@@ -99,7 +100,7 @@ def train(
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
     from fleetops.training.packed import GLOBAL_FILE, load_global, load_global_candidate
-    from fleetops.training.trainer import train_shard
+    from fleetops.training.segments import train_shard
 
     with open(tuning.path) as handle:
         tuned = json.load(handle).get("best_parameters")

@@ -26,7 +26,7 @@ def tune(fleet_spec: str, platform: str, dataset: Input[Dataset], trials: Output
 
     from fleetops.platform import connect
     from fleetops.spec import parse_spec
-    from fleetops.training.trainer import SEGMENT_COLUMN
+    from fleetops.training.segments import SEGMENT_COLUMN
 
     spec = parse_spec(fleet_spec)
     if not (spec.tuning.enabled and spec.tuning.scope == "fleet"):

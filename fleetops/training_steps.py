@@ -47,7 +47,7 @@ from fleetops.names import (
 from fleetops.platform import Platform
 from fleetops.platform.registry import EvaluationInput, UploadRequest
 from fleetops.spec import PREBUILT_TF_IMAGE, FleetSpec, ShardingSpec, Task, is_prebuilt_tf_image
-from fleetops.training.trainer import SEGMENT_COLUMN
+from fleetops.training.segments import SEGMENT_COLUMN
 
 # Vertex collects at most 100 artifacts from one ParallelFor.
 MAX_SHARDS = 100
@@ -164,7 +164,7 @@ def evaluate_shard(
     any rows) has every test metric undefined, and the champion rule decides on the rest.
     """
     from fleetops.training.artifact import load_artifact
-    from fleetops.training.trainer import encode_labels, read_segments
+    from fleetops.training.segments import encode_labels, read_segments
 
     everything = [*segments, *fallback]
     # One read for the shard: a 500-segment shard is not 500 scans of the dataset.
@@ -687,7 +687,7 @@ def _champion(
         champion_version, champion_value (its primary metric on `test`), promote, reason.
     """
     from fleetops.training.artifact import load_artifact
-    from fleetops.training.trainer import encode_labels
+    from fleetops.training.segments import encode_labels
 
     metric = spec.primary_metric
     value = metrics.get(metric)

@@ -55,7 +55,7 @@ def trained_models(tmp_path_factory):
     """Two real Keras churn models (different seeds), trained once per test session."""
     from fleetops.data.split import with_splits
     from fleetops.data.validation import segment_values
-    from fleetops.training.trainer import SEGMENT_COLUMN, train_segment
+    from fleetops.training.segments import SEGMENT_COLUMN, train_segment
 
     root = tmp_path_factory.mktemp("trained")
     df = make_churn(rows_per_segment=300, segments=1, seed=3)

@@ -26,7 +26,7 @@ from fleetops.spec import FleetSpec, Task
 from fleetops.training.artifact import read_metadata, save_artifact
 from fleetops.training.ensemble import MEMBERS_DIR, EnsembleModel
 from fleetops.training.model import fit_vocabularies
-from fleetops.training.trainer import SEGMENT_COLUMN, encode_labels, segment_metadata
+from fleetops.training.segments import SEGMENT_COLUMN, encode_labels, segment_metadata
 from fleetops.training.trees import fit_trees
 
 CLASSES = ["0", "1"]

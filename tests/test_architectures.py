@@ -16,7 +16,7 @@ from fleetops.spec import parse_spec
 from fleetops.training.artifact import load_artifact, read_metadata
 from fleetops.training.ensemble import combine, cross_fitted, fit_weights, simplex
 from fleetops.training.packed import train_global_candidate, train_pack
-from fleetops.training.trainer import SEGMENT_COLUMN, class_names, encode_labels, train_segment
+from fleetops.training.segments import SEGMENT_COLUMN, class_names, encode_labels, train_segment
 
 FAST = {"epochs": 8, "batch_size": 32, "hidden_units": [8], "early_stopping_patience": 2, "seed": 5, "num_trees": 60}
 ALL = ["linear", "dnn", "gbt", "ensemble"]

@@ -14,7 +14,7 @@ from fleetops.data.sample import make_churn
 from fleetops.data.split import SPLIT_COLUMN, TEST, with_splits
 from fleetops.data.validation import segment_values
 from fleetops.evaluation.report import evaluation_report, summarize
-from fleetops.training.trainer import SEGMENT_COLUMN
+from fleetops.training.segments import SEGMENT_COLUMN
 from fleetops_cli.cli import _registry_listing
 
 ONE_CLASS = "auRoc is undefined: the test split of segment 'north' has only class '0'"

@@ -24,7 +24,7 @@ from fleetops.spec import Architecture, Task, parse_spec
 from fleetops.training.artifact import save_artifact
 from fleetops.training.ensemble import MEMBERS_DIR, EnsembleModel
 from fleetops.training.model import fit_vocabularies
-from fleetops.training.trainer import class_names, encode_labels, fit
+from fleetops.training.segments import class_names, encode_labels, fit
 from fleetops.training.trees import fit_trees
 
 NUMERIC = ["tenure_months", "monthly_charges", "support_calls", "data_usage_gb"]

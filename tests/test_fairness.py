@@ -20,7 +20,7 @@ from fleetops.errors import NotFoundError, SpecError
 from fleetops.evaluation import fairness as f
 from fleetops.evaluation.report import evaluation_report, summarize
 from fleetops.spec import parse_spec
-from fleetops.training.trainer import SEGMENT_COLUMN
+from fleetops.training.segments import SEGMENT_COLUMN
 
 # Slice "a" (6 rows) against the rest "b" (4 rows), binary, positive class 1.
 GROUPS = np.array(["a"] * 6 + ["b"] * 4)
@@ -346,7 +346,7 @@ def test_other_tasks_through_evaluate_shard_say_which_metrics_they_define(tmp_pa
     from fleetops.data.validation import coerce_features, statistics
     from fleetops.training.artifact import save_artifact
     from fleetops.training.model import fit_vocabularies
-    from fleetops.training.trainer import class_names, encode_labels
+    from fleetops.training.segments import class_names, encode_labels
     from fleetops.training.trees import fit_trees
 
     # The plan (3 classes) from the charges, or the charges from the rest; contract is the sensitive column.

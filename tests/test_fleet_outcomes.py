@@ -9,7 +9,7 @@ from fleetops.errors import UserError
 from fleetops.evaluation.report import summarize
 from fleetops.spec import parse_spec
 from fleetops.training.packed import train_global
-from fleetops.training.trainer import read_outcome, train_shard
+from fleetops.training.segments import read_outcome, train_shard
 
 FAST = {"epochs": 8, "batch_size": 32, "hidden_units": [8], "early_stopping_patience": 3, "seed": 5}
 

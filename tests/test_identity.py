@@ -17,7 +17,7 @@ from fleetops.model_card import remove_card
 from fleetops.names import MODEL_METADATA_FILE, MODEL_STATISTICS_FILE, segment_slug
 from fleetops.spec import parse_spec
 from fleetops.training.artifact import load_artifact, read_metadata
-from fleetops.training.trainer import SEGMENT_COLUMN, train_segment
+from fleetops.training.segments import SEGMENT_COLUMN, train_segment
 
 SEGMENT = "north"
 

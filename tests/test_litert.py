@@ -27,7 +27,7 @@ from fleetops.spec import parse_spec
 from fleetops.training.artifact import load_artifact, read_metadata
 from fleetops.training.litert import AGREEMENT_TOLERANCE, FILES, LiteExporter, Template, describe
 from fleetops.training.packed import train_pack
-from fleetops.training.trainer import SEGMENT_COLUMN, train_segment
+from fleetops.training.segments import SEGMENT_COLUMN, train_segment
 
 FAST = {"epochs": 6, "batch_size": 32, "hidden_units": [8, 4], "early_stopping_patience": 3, "seed": 5}
 
@@ -268,7 +268,7 @@ def test_output_that_overflows_is_refused_through_litert_too(trained_models, tmp
     """check_finite works whichever runtime scores: an overflowing instance is a UserError naming it."""
     from fleetops.data.validation import coerce_features, statistics
     from fleetops.training.artifact import save_artifact
-    from fleetops.training.trainer import export_litert
+    from fleetops.training.segments import export_litert
 
     spec = _spec(architectures=["linear"])
     artifact = load_artifact(trained_models[0])

@@ -32,7 +32,7 @@ from fleetops.serving.predictor import Predictor
 from fleetops.serving.request_log import read_request_log
 from fleetops.spec import PREBUILT_TF_IMAGE, parse_spec
 from fleetops.training.artifact import load_artifact, read_metadata, save_artifact
-from fleetops.training.trainer import SEGMENT_COLUMN, encode_labels
+from fleetops.training.segments import SEGMENT_COLUMN, encode_labels
 from fleetops_cli.cli import _registry_listing
 from tests.model_kinds import FAILED_DNN
 

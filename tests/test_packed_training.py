@@ -14,7 +14,7 @@ from fleetops.spec import Architecture, parse_spec
 from fleetops.training.artifact import load_artifact, read_metadata
 from fleetops.training.model import build_model
 from fleetops.training.packed import encode, fit_packed, predict_packed, train_pack
-from fleetops.training.trainer import SEGMENT_COLUMN, class_names, encode_labels, train_segment
+from fleetops.training.segments import SEGMENT_COLUMN, class_names, encode_labels, train_segment
 
 FAST = {"epochs": 12, "batch_size": 32, "hidden_units": [8, 4], "early_stopping_patience": 3, "seed": 5}
 
@@ -157,7 +157,7 @@ def test_packed_quality_matches_one_at_a_time_on_held_out_rows(tmp_path):
 def test_global_model_warm_start_and_fallback(tmp_path):
     """The global model trains on every segment's rows; warm-started segments record both starts."""
     from fleetops.training.packed import export_fallback, load_global, train_global
-    from fleetops.training.trainer import read_outcome, train_shard
+    from fleetops.training.segments import read_outcome, train_shard
 
     spec = _spec(warm_start="global")
     rows = _rows(spec, segments=4, rows=400)

@@ -71,7 +71,7 @@ def altered_models(tmp_path_factory, trained_models):
     from fleetops.data.split import with_splits
     from fleetops.data.validation import segment_values
     from fleetops.spec import parse_spec
-    from fleetops.training.trainer import SEGMENT_COLUMN, train_segment
+    from fleetops.training.segments import SEGMENT_COLUMN, train_segment
 
     root = tmp_path_factory.mktemp("altered")
     base = parse_spec(SAMPLE_SPEC.format(source="x.csv")).model_dump(mode="json")

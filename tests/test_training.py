@@ -11,7 +11,8 @@ from fleetops.data.validation import segment_values
 from fleetops.errors import UserError
 from fleetops.spec import parse_spec
 from fleetops.training.artifact import load_artifact, read_metadata
-from fleetops.training.trainer import SEGMENT_COLUMN, class_names, main, train_segment
+from fleetops.training.segments import SEGMENT_COLUMN, class_names, train_segment
+from fleetops.training.trial import main
 
 FAST = {"epochs": 4, "batch_size": 64, "hidden_units": [8], "early_stopping_patience": 2, "seed": 1}
 

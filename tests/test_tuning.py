@@ -15,7 +15,7 @@ from fleetops.errors import SpecError, UserError
 from fleetops.evaluation.report import evaluation_report
 from fleetops.platform import connect, local_uri
 from fleetops.spec import parse_spec
-from fleetops.training.trainer import apply_parameters
+from fleetops.tuning.adapter import apply_parameters
 from fleetops.tuning.local import study_name, trainer_flags, tune_segment
 
 
@@ -159,7 +159,7 @@ def test_an_interrupted_study_resumes_without_repeating_finished_trials(dataset,
 
 def test_training_tunes_first_and_records_the_trials(dataset, tmp_path, platform):
     from fleetops.training.artifact import read_metadata
-    from fleetops.training.trainer import train_shard
+    from fleetops.training.segments import train_shard
 
     data, path = dataset
     spec = _spec(

@@ -119,7 +119,7 @@ def test_a_vertex_tune_submits_our_trainer_and_keeps_the_best_feasible_trial(fak
     [worker] = trial_job["workerPoolSpecs"]
     assert worker["containerSpec"] == {
         "imageUri": IMAGE,
-        "command": ["python", "-m", "fleetops.training.trainer"],
+        "command": ["python", "-m", "fleetops.training.trial"],
         "args": ["--spec", f"{folder}/spec.json", "--data", "gs://bkt/pipeline_root/run-1/split/dataset"]
         + ["--segment", "north"],
     }
@@ -289,7 +289,7 @@ def test_the_fleet_tune_step_on_vertex_shares_the_jobs_best_parameters(fake, mou
     from kfp.dsl import Artifact, Dataset
 
     from components.tuning import tune
-    from fleetops.training.trainer import SEGMENT_COLUMN
+    from fleetops.training.segments import SEGMENT_COLUMN
 
     monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "proj-1"))
     pd.DataFrame({SEGMENT_COLUMN: ["south", "north", "north"]}).to_parquet(mount)
@@ -328,7 +328,7 @@ def test_the_components_image_names_itself_for_the_trials():
 def test_a_trial_reads_gs_uris_through_the_mount_and_reports_the_studys_metric(mount, tmp_path, monkeypatch, capsys):
     """What a trial's container runs: the trainer given gs:// URIs and Vertex's trial variables reports the
     tuning metric (here logLoss, not the primary auRoc) to cloudml-hypertune and writes AIP_MODEL_DIR."""
-    from fleetops.training.trainer import main
+    from fleetops.training.trial import main
 
     spec = _split_dataset(_spec(metric="logLoss"), mount, tmp_path)
     spec_file = Path(gcs_local_path("gs://bkt/tuning/spec.json"))

@@ -140,7 +140,7 @@ def choose(spec: FleetSpec, candidates: list[Scored]) -> Scored | None:
     When no candidate has a value (auRoc on validation rows of one class), the first candidate with
     finite validation outputs is kept, as the first architecture always was; None when there is none.
     """
-    from fleetops.training.trainer import beats
+    from fleetops.training.segments import beats
 
     metric, best = spec.primary_metric, None
     for candidate in candidates:
@@ -293,7 +293,7 @@ def encode_tree_inputs(typed: dict[str, pd.DataFrame], spec: FleetSpec, classes:
     """
     from fleetops.data.validation import MAX_VOCABULARY
     from fleetops.training.model import fit_vocabularies
-    from fleetops.training.trainer import encode_labels
+    from fleetops.training.segments import encode_labels
 
     frames = list(typed.values())
     sizes = np.array([len(frame) for frame in frames])
@@ -374,7 +374,7 @@ def save_built(
 ) -> dict[str, Any]:
     """Save one candidate's model as a standalone artifact in `directory`; its metadata (identity included)."""
     from fleetops.training.artifact import read_metadata, save_artifact
-    from fleetops.training.trainer import export_litert, segment_metadata
+    from fleetops.training.segments import export_litert, segment_metadata
 
     model = built.get()
     details = built.details | (extra or {})
@@ -423,7 +423,7 @@ def export_choice(
     from fleetops.names import METADATA_IDENTITY
     from fleetops.training.artifact import read_metadata, save_artifact
     from fleetops.training.ensemble import MEMBERS_DIR, EnsembleModel
-    from fleetops.training.trainer import encode_labels, segment_metadata
+    from fleetops.training.segments import encode_labels, segment_metadata
 
     directory = Path(directory)
     y_validation = encode_labels(rows.validation[spec.label], rows.classes)

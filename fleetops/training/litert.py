@@ -332,7 +332,7 @@ class LiteExporter:
 
         from fleetops.serving.lite import LiteModel
         from fleetops.training.model import to_inputs
-        from fleetops.training.trainer import evaluate_predictions
+        from fleetops.training.segments import evaluate_predictions
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,7 @@ def encode(
     the global weights see the inputs they were trained on. With `encoded=False` (no Keras model to fit:
     trees only) the rows are only typed, labelled and grouped: no statistics and no encoded matrix.
     """
-    from fleetops.training.trainer import encode_labels
+    from fleetops.training.segments import encode_labels
 
     typed = coerce_features(rows, spec.features.numeric, spec.features.categorical).reset_index(drop=True)
     segments = sorted(typed[segment_column].astype(str).unique())
@@ -552,7 +552,7 @@ def _fleet_wide(
     rows: pd.DataFrame, spec: FleetSpec, params: TrainingSpec | None, classes: list[str] | None
 ) -> tuple[int, TrainingSpec, list[str]]:
     """A model on every segment's rows: the segment count, the settings with its bigger batch, the classes."""
-    from fleetops.training.trainer import SEGMENT_COLUMN, class_names
+    from fleetops.training.segments import SEGMENT_COLUMN, class_names
 
     params = params or spec.training
     segments = int(rows[SEGMENT_COLUMN].nunique())
@@ -577,7 +577,7 @@ def train_global(
     (`training.warm_start: global`) begins. Each architecture is exported to `output_dir/<architecture>/`
     (the warm start needs each one's weights); `global.json` names the best on validation.
     """
-    from fleetops.training.trainer import SEGMENT_COLUMN
+    from fleetops.training.segments import SEGMENT_COLUMN
 
     # Its Keras models' weights are what a warm start starts from: the spec's Keras architectures
     # (linear alone for a fleet of trees, so that a fallback segment still has a model).
@@ -673,7 +673,7 @@ def train_global_candidate(
     Keras models take bigger batches, as the global model's do (`GLOBAL_MAX_BATCH`).
     """
     from fleetops.names import segment_slug
-    from fleetops.training.trainer import SEGMENT_COLUMN
+    from fleetops.training.segments import SEGMENT_COLUMN
 
     segments, global_params, classes = _fleet_wide(rows, spec, params, classes)
     wide = candidate_spec(spec)
@@ -746,7 +746,7 @@ def train_pack(
     artifact (`transfer`). Returns a `TrainResult` per segment, in name order; a segment whose every
     fit diverged (no finite validation loss) gets none, and its reason goes into `failures`.
     """
-    from fleetops.training.trainer import SEGMENT_COLUMN, class_names
+    from fleetops.training.segments import SEGMENT_COLUMN, class_names
 
     params = params or spec.training
     architectures = architectures or list(spec.architectures)
@@ -823,7 +823,7 @@ def _export_every_variant(
     from fleetops.data.validation import statistics
     from fleetops.training.artifact import save_artifact
     from fleetops.training.litert import LiteExporter
-    from fleetops.training.trainer import SEGMENT_COLUMN, TrainResult, beats, export_litert, segment_metadata
+    from fleetops.training.segments import SEGMENT_COLUMN, TrainResult, beats, export_litert, segment_metadata
 
     data = variants[0].data
     (segment,) = data.segments
@@ -889,7 +889,7 @@ def _choose_and_export_segments(
         selection_record,
     )
     from fleetops.training.litert import LiteExporter
-    from fleetops.training.trainer import SEGMENT_COLUMN, TrainResult
+    from fleetops.training.segments import SEGMENT_COLUMN, TrainResult
 
     started = time.perf_counter()
     outputs = {v.name: {split: _outputs_by_segment(v, spec, split) for split in (VALIDATION, TEST)} for v in variants}
@@ -1025,7 +1025,7 @@ def _labels_by_segment(data: PackedData, split: str) -> list[np.ndarray]:
 
 def _per_segment(variant: _Variant, spec: FleetSpec, split: str, classes: list[str]) -> list[dict[str, Any]]:
     """Each segment's Vertex metrics on `split` ({} for a segment without rows there)."""
-    from fleetops.training.trainer import evaluate_predictions
+    from fleetops.training.segments import evaluate_predictions
 
     data = variant.data
     rows = data.rows_of(split)

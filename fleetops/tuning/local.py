@@ -2,7 +2,7 @@
 
 Samplers follow Vertex's algorithms: TPE for the default (Bayesian), random,
 and grid. `parallel_trial_count` trials run at once, each as
-`python -m fleetops.training.trainer ... --<param> <value>`; a trial that
+`python -m fleetops.training.trial ... --<param> <value>`; a trial that
 crashes or reports no finite metric is recorded as failed and the study goes
 on until `max_failed_trial_count` failures. The study lives in SQLite, so an
 interrupted run resumes where it stopped without repeating finished trials.
@@ -25,7 +25,7 @@ from typing import Any
 from fleetops.errors import UserError
 from fleetops.names import model_id, segment_slug
 from fleetops.spec import METRIC_GOALS, Algorithm, FleetSpec, ParameterKind, ParameterSpec, Scale
-from fleetops.training.trainer import whole_numbers
+from fleetops.tuning.adapter import whole_numbers
 
 SUCCEEDED, FAILED = "SUCCEEDED", "FAILED"
 
@@ -176,7 +176,7 @@ def _run_trial(
     command = [
         sys.executable,
         "-m",
-        "fleetops.training.trainer",
+        "fleetops.training.trial",
         "--spec",
         str(spec_path),
         "--data",

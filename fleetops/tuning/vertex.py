@@ -1,6 +1,6 @@
 """Hyperparameter tuning on Vertex AI: a HyperparameterTuningJob whose trials run our image's trainer.
 
-Each trial is a CustomJob worker running `python -m fleetops.training.trainer
+Each trial is a CustomJob worker running `python -m fleetops.training.trial
 --spec gs://... --data gs://... --segment S` with the trial's parameters as flags
 (`--learning_rate=0.01`); the trainer reads the gs:// URIs through the trial's
 Cloud Storage mount and reports the tuning metric with cloudml-hypertune. The
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetops.errors import PlatformError, UserError
 from fleetops.spec import METRIC_GOALS, Algorithm, FleetSpec, ParameterKind, ParameterSpec
-from fleetops.training.trainer import whole_numbers
+from fleetops.tuning.adapter import whole_numbers
 from fleetops.tuning.local import FAILED, SUCCEEDED, Trial, TuningResult, study_name
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def tune_on_vertex(
     spec_file.write_text(spec.to_json())
     trainer = {
         "image_uri": image or trainer_image(),
-        "command": ["python", "-m", "fleetops.training.trainer"],
+        "command": ["python", "-m", "fleetops.training.trial"],
         "args": ["--spec", f"{folder}/spec.json", "--data", dataset_uri, "--segment", segment],
     }
     worker = {"machine_spec": {"machine_type": machine_type}, "replica_count": 1, "container_spec": trainer}

@@ -1,21 +1,15 @@
-"""Train fleet members: one entry point for pipelines, tuning trials and Vertex custom jobs.
+"""Train fleet members: one segment, or every segment of a shard in one process.
 
 `train_shard` trains every segment of a shard in one process (TensorFlow is
 imported once per shard, not once per model). For each segment it trains each
 architecture of the spec, keeps the best on the validation split, and writes
-a model artifact directory. Run as a module it trains one segment with
-hyperparameters given as command-line flags:
-
-    python -m fleetops.training.trainer --spec fleet.yaml --data dataset.parquet \
-        --segment north --architecture dnn --output-dir out/ --learning-rate 0.003
+a model artifact directory. `train_segment` trains one; the trial command
+(`python -m fleetops.training.trial`) runs it with hyperparameters given as flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,15 +18,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
 
 from fleetops.data.split import SPLIT_COLUMN, TRAIN, VALIDATION
 from fleetops.data.validation import coerce_features, statistics
-from fleetops.errors import SpecError, UserError
-from fleetops.evaluation.metrics import classification_metrics, headline, regression_metrics
+from fleetops.errors import UserError
+from fleetops.evaluation.metrics import classification_metrics, regression_metrics
 from fleetops.fingerprints import frame_sha256
 from fleetops.names import segment_slug
-from fleetops.spec import Architecture, FleetSpec, Task, TrainingSpec, describe_error, load_spec
+from fleetops.spec import Architecture, FleetSpec, Task, TrainingSpec
+from fleetops.tuning.adapter import apply_parameters
 
 SEGMENT_COLUMN = "__segment"
 
@@ -249,25 +243,6 @@ def _train_one(
         tuning=record or ({"best_parameters": tuned, "scope": "fleet"} if tuned else None),
         global_candidate=global_candidate,
     )
-
-
-# The training settings that are integers, as TrainingSpec declares them (epochs, batch_size, ...).
-INTEGER_SETTINGS = frozenset(name for name, f in TrainingSpec.model_fields.items() if f.annotation is int)
-
-
-def whole_numbers(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Integer settings as ints: a tuner hands discrete values over as doubles (batch_size 64.0 is 64)."""
-    return {k: int(v) if k in INTEGER_SETTINGS and v is not None else v for k, v in parameters.items()}
-
-
-def apply_parameters(spec: FleetSpec, parameters: dict[str, Any]) -> tuple[TrainingSpec, list[Architecture] | None]:
-    """Tuned values over the spec's training settings; an `architecture` parameter picks the architecture."""
-    values = whole_numbers(parameters)
-    architecture = values.pop("architecture", None)
-    if isinstance(values.get("hidden_units"), str):
-        values["hidden_units"] = [int(x) for x in values["hidden_units"].split(",")]
-    params = TrainingSpec.model_validate(spec.training.model_dump() | values)
-    return params, ([Architecture(architecture)] if architecture else None)
 
 
 def train_segment(
@@ -517,72 +492,6 @@ def encode_labels(labels: pd.Series, classes: list[str]) -> np.ndarray:
     return as_str.map(index).to_numpy(dtype="int32")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fleetops.training.trainer", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--spec", required=True, help="fleet spec YAML")
-    parser.add_argument("--data", required=True, help="split dataset (Parquet written by the split step)")
-    parser.add_argument("--segment", required=True)
-    parser.add_argument(
-        "--output-dir",
-        default=os.environ.get("AIP_MODEL_DIR"),
-        help="where the model goes (default: AIP_MODEL_DIR, which Vertex sets for each trial)",
-    )
-    # Each flag also answers to its underscore spelling: Vertex tuning passes --learning_rate=0.01.
-    parser.add_argument("--architecture", choices=[a.value for a in Architecture], default=None)
-    for name, field in TrainingSpec.model_fields.items():
-        if name == "candidates":  # a trial trains one segment's own models; the global one is not among them
-            continue
-        flags = [f"--{name.replace('_', '-')}", f"--{name}"] if "_" in name else [f"--{name}"]
-        if name == "hidden_units":
-            parser.add_argument(*flags, dest=name, type=lambda s: [int(x) for x in s.split(",")], default=None)
-        else:
-            parser.add_argument(*flags, dest=name, type=_number(type(field.default)), default=None)
-    args = parser.parse_args(argv)
-    if not args.output_dir:
-        parser.error("--output-dir is required (or AIP_MODEL_DIR)")
-    threads = os.environ.get("FLEETOPS_TF_THREADS")
-    if threads:  # parallel trials share the cores: one or two TF threads each, not all of them
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-        tf.config.threading.set_inter_op_parallelism_threads(int(threads))
-    from fleetops.platform.vertex import gcs_local_path
-
-    # A Vertex tuning trial is given gs:// URIs; its container reads them through the Cloud Storage mount.
-    spec = load_spec(gcs_local_path(args.spec))
-    overrides = {k: v for k, v in vars(args).items() if k in TrainingSpec.model_fields and v is not None}
-    try:
-        params = TrainingSpec.model_validate(spec.training.model_dump() | overrides)
-    except ValidationError as exc:
-        raise SpecError([describe_error(e) for e in exc.errors()], "trainer flags") from None
-    architectures = [Architecture(args.architecture)] if args.architecture else None
-    output_dir = gcs_local_path(args.output_dir)
-    rows = read_segment(gcs_local_path(args.data), args.segment)
-    result = train_segment(rows, spec, args.segment, output_dir, params, architectures)
-    report = {"metric": result.metric, "value": result.validation_value, **result.summary()}
-    validation_metrics = headline(result.metadata["validation_metrics"])
-    print(json.dumps(report | {"validation_metrics": validation_metrics}))
-    _report_to_vertex_tuning(spec.tuning_metric, validation_metrics.get(spec.tuning_metric))
-    return 0
-
-
-def _number(kind: type) -> Any:
-    """int flags accept '64.0' too: Vertex passes discrete values as doubles."""
-    if kind is int:
-        return lambda text: int(float(text))
-    return kind
-
-
-def _report_to_vertex_tuning(metric: str, value: float | None) -> None:
-    """In a Vertex hyperparameter tuning trial, report the tuning metric (the study's metric id, which may
-    differ from the primary metric) with cloudml-hypertune; Vertex reads it. No value: the trial is infeasible."""
-    if not os.environ.get("CLOUD_ML_TRIAL_ID") or value is None:
-        return
-    import hypertune
-
-    hypertune.HyperTune().report_hyperparameter_tuning_metric(hyperparameter_metric_tag=metric, metric_value=value)
-
-
 def beats(value: float | None, best: float | None, goal: str) -> bool:
     """True when a validation value is better than the best so far (an undefined value never is)."""
     if value is None:
@@ -600,11 +509,3 @@ def _label_str(value: Any) -> str:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as exc:  # a tuning trial records this last line as the reason it failed
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
