@@ -69,6 +69,7 @@ def _run(work: Path, segments: int, rows: int, overrides: dict, only: list[str] 
     import yaml
 
     from fleetops.data.sample import SAMPLE_SPEC, write_sample
+    from fleetops.names import pipeline_arguments
     from fleetops.platform import connect, local_uri
     from fleetops.platform.local.pipeline_runs import run_compiled
     from pipelines.compile import compile_all
@@ -81,7 +82,7 @@ def _run(work: Path, segments: int, rows: int, overrides: dict, only: list[str] 
         spec["data"]["segments"] = only
     template = compile_all(work / "build")["fleet_training"]
     home = work / "home"
-    arguments = {"fleet_spec": yaml.safe_dump(spec), "platform": local_uri(home), "serving_image": ""}
+    arguments = pipeline_arguments(yaml.safe_dump(spec), local_uri(home))
     label = "baseline (one segment per task, per-segment trainer)" if overrides else "ours (defaults)"
     print(f"== {label}: {len(only) if only else segments} segments x {rows} rows", flush=True)
     sampler = _PeakMemory()

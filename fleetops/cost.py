@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from fleetops.errors import UserError
+from fleetops.names import PARAM_FLEET_SPEC, PARAM_TRAIN_CPU_LIMIT, PARAM_TRAIN_MEMORY_LIMIT
 
 PRICES_FILE = Path(__file__).resolve().parent / "prices" / "vertex_prices.yaml"
 
@@ -781,7 +782,7 @@ def latest_run(home: str | Path, fleet: str) -> Path | None:
         if not (run / "run.log").is_file() or not arguments.is_file():
             continue
         try:
-            spec = yaml.safe_load(json.loads(arguments.read_text()).get("fleet_spec", ""))
+            spec = yaml.safe_load(json.loads(arguments.read_text()).get(PARAM_FLEET_SPEC, ""))
         except (ValueError, yaml.YAMLError, AttributeError):
             continue
         if isinstance(spec, dict) and spec.get("name") == fleet:
@@ -831,8 +832,8 @@ def training_cost(
     if training_machine:
         train_machine, why = training_machine, "--training-machine"
     else:
-        cpu = str(arguments.get("train_cpu_limit", DEFAULT_TRAIN_CPU))
-        memory = str(arguments.get("train_memory_limit", DEFAULT_TRAIN_MEMORY))
+        cpu = str(arguments.get(PARAM_TRAIN_CPU_LIMIT, DEFAULT_TRAIN_CPU))
+        memory = str(arguments.get(PARAM_TRAIN_MEMORY_LIMIT, DEFAULT_TRAIN_MEMORY))
         train_machine = machine_for_limits(prices, region, cpu, memory)
         why = f"train_cpu_limit {cpu}, train_memory_limit {memory}: the cheapest machine type with as much"
     train_price = prices.training_price(region, train_machine, "training machine")

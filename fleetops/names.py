@@ -55,3 +55,46 @@ def label_value(value: str) -> str:
     if len(cleaned) <= 64:
         return cleaned
     return cleaned[:55] + "-" + hashlib.sha1(value.encode()).hexdigest()[:8]
+
+
+# Keys shared by components, pipelines and the code that runs them or reads their outputs. A component's
+# signature stays literal Python (KFP reads its parameter names); these name the same keys where other code
+# refers to them by string, and tests/test_compile.py checks that the compiled pipelines still use them.
+
+# The pipelines' parameters: what a run is given.
+PARAM_FLEET_SPEC = "fleet_spec"
+PARAM_PLATFORM = "platform"
+PARAM_SERVING_IMAGE = "serving_image"
+PARAM_TRAIN_CPU_LIMIT = "train_cpu_limit"
+PARAM_TRAIN_MEMORY_LIMIT = "train_memory_limit"
+
+# A component's or pipeline's return value: KFP names it "Output".
+OUTPUT_RETURN_VALUE = "Output"
+
+# Tasks (each named for its component) whose outputs are read after a run: `<pipeline root>/<task>/<output>`.
+TASK_VALIDATE = "validate"
+TASK_EVALUATE = "evaluate"
+TASK_REGISTER = "register"
+TASK_SUMMARIZE = "summarize"
+TASK_MONITOR = "monitor"
+
+# Components' outputs, by the name of their output parameter.
+OUTPUT_RAW_DATA = "raw_data"
+OUTPUT_DATASET = "dataset"
+OUTPUT_SEGMENTS = "segments"
+OUTPUT_TRIALS = "trials"
+OUTPUT_GLOBAL_MODEL = "global_model"
+OUTPUT_MODEL = "model"
+OUTPUT_EVALUATION = "evaluation"
+OUTPUT_REGISTERED = "registered"
+OUTPUT_SUMMARY = "summary"
+OUTPUT_SCORECARD = "scorecard"
+OUTPUT_ANOMALIES = "anomalies"
+OUTPUT_REPORT = "report"
+OUTPUT_RETRAIN_SPEC = "retrain_spec"
+OUTPUT_FLEET_NAME = "fleet_name"
+
+
+def pipeline_arguments(fleet_spec: str, platform: str, serving_image: str | None = "") -> dict[str, str | None]:
+    """A run's arguments to the training pipelines (`fleet_training`, `continuous_training`)."""
+    return {PARAM_FLEET_SPEC: fleet_spec, PARAM_PLATFORM: platform, PARAM_SERVING_IMAGE: serving_image}

@@ -23,6 +23,17 @@ import numpy as np
 
 from fleetops.errors import UserError
 from fleetops.evaluation import fairness
+from fleetops.names import (
+    OUTPUT_ANOMALIES,
+    OUTPUT_EVALUATION,
+    OUTPUT_REGISTERED,
+    OUTPUT_SEGMENTS,
+    PARAM_FLEET_SPEC,
+    TASK_EVALUATE,
+    TASK_MONITOR,
+    TASK_REGISTER,
+    TASK_VALIDATE,
+)
 from fleetops.spec import parse_spec
 
 _BINS = 20
@@ -615,19 +626,20 @@ def run_inputs(run_dir: str | Path) -> dict[str, Any]:
     root = Path(match.group(1))
     moved = run_dir.parent.parent / "pipeline_root" / root.name
     root = moved if moved.is_dir() else root  # a home copied or moved since the run: its own outputs
-    registrations = [row for p in sorted(root.glob("**/register/registered")) for row in _json(p)]
-    evaluations = [e for p in sorted(root.glob("**/evaluate/evaluation")) for e in _json(p)]
-    anomalies = root / "monitor" / "anomalies"
-    if not registrations and not (root / "validate" / "segments").is_file() and not anomalies.is_file():
+    registrations = [row for p in sorted(root.glob(f"**/{TASK_REGISTER}/{OUTPUT_REGISTERED}")) for row in _json(p)]
+    evaluations = [e for p in sorted(root.glob(f"**/{TASK_EVALUATE}/{OUTPUT_EVALUATION}")) for e in _json(p)]
+    anomalies = root / TASK_MONITOR / OUTPUT_ANOMALIES
+    segments_path = root / TASK_VALIDATE / OUTPUT_SEGMENTS
+    if not registrations and not segments_path.is_file() and not anomalies.is_file():
         raise UserError(f"{run_dir}: the run trained and monitored nothing: no scorecard to write")
     for e in evaluations:
         e.pop("predictions", None)  # the pooled metric's test rows: not shown, and large
-    segments = _json(root / "validate" / "segments") if (root / "validate" / "segments").is_file() else {}
+    segments = _json(segments_path) if segments_path.is_file() else {}
     monitoring = _json(anomalies).get("endpoints") if anomalies.is_file() else None
     fleet, metric = "", None
     arguments = run_dir / "arguments.json"
     if arguments.is_file():
-        text = json.loads(arguments.read_text()).get("fleet_spec") or ""
+        text = json.loads(arguments.read_text()).get(PARAM_FLEET_SPEC) or ""
         try:
             spec = parse_spec(text)
             fleet, metric = spec.name, spec.primary_metric

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleetops.errors import UserError
+from fleetops.names import OUTPUT_RETURN_VALUE, pipeline_arguments
 
 if TYPE_CHECKING:
     from fleetops.platform.registry import ModelVersion
@@ -126,7 +127,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         run_id = submit_to_kfp(
             args.kfp_host,
             template,
-            {"fleet_spec": spec.to_json(), "platform": args.platform or "local", "serving_image": args.serving_image},
+            pipeline_arguments(spec.to_json(), args.platform or "local", args.serving_image),
             run_name=name,
             enable_caching=args.caching,
         )
@@ -139,7 +140,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     platform.check_source(spec.data.source)
     run = PipelineRun(
         template,
-        {"fleet_spec": spec.to_json(), "platform": uri, "serving_image": args.serving_image},
+        pipeline_arguments(spec.to_json(), uri, args.serving_image),
         display_name=name,
         job_id=args.job_id,
         enable_caching=args.caching,
@@ -262,7 +263,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     platform.check_source(spec.data.source)
     run = PipelineRun(
         compile_all(home / "build", args.image)[args.pipeline],
-        {"fleet_spec": spec.to_json(), "platform": uri, "serving_image": args.serving_image},
+        pipeline_arguments(spec.to_json(), uri, args.serving_image),
         display_name=f"{spec.name}-{args.pipeline.replace('_', '-')}",
         labels={"fleet": spec.name},
     )
@@ -407,12 +408,12 @@ def _run_pipeline(spec: Any, home: Path, platform: str, label: str, pipeline: st
     from pipelines.compile import compile_all
 
     template = compile_all(home / "build")[pipeline]
-    arguments = {"fleet_spec": spec.to_json(), "platform": platform, "serving_image": ""}
+    arguments = pipeline_arguments(spec.to_json(), platform)
     run = run_compiled(template, arguments, home)
     if not run.ok:
         print(f"{label}: FAILED after {run.seconds:.0f}s; full log {run.log_path}", file=sys.stderr)
         return False, run
-    output = run.outputs.get("Output")
+    output = run.outputs.get(OUTPUT_RETURN_VALUE)
     if output:
         print(f"\n{output}")
     print(f"{label}: finished in {run.seconds:.0f}s; log {run.log_path}\n", flush=True)

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from fleetops.data.sample import SAMPLE_SPEC, write_sample
-from fleetops.names import model_id
+from fleetops.names import OUTPUT_REPORT, OUTPUT_SCORECARD, OUTPUT_SUMMARY, TASK_MONITOR, TASK_SUMMARIZE, model_id
 from fleetops.platform import connect, local_uri
 from fleetops.spec import load_spec
 from fleetops_cli.child_server import free_port, start_child, wait_until_answering
@@ -74,8 +74,8 @@ def run_demo(home: Path, segments: int, rows: int, run_training: Any, listing: A
     ok, run = run_training(spec, "continuous_training", "continuous training")
     if not ok:
         return 1
-    report = sorted((home / "pipeline_root").glob("fleetops-continuous-training-*/monitor/report"))[-1]
-    summary = report.parent / "summary"
+    report = sorted((home / "pipeline_root").glob(f"fleetops-continuous-training-*/{TASK_MONITOR}/{OUTPUT_REPORT}"))[-1]
+    summary = report.parent / OUTPUT_SUMMARY
     print(summary.read_text() if summary.exists() else "")
     print(listing(home))
     from fleetops.monitoring.alerts import ALERTS_FILE
@@ -85,8 +85,8 @@ def run_demo(home: Path, segments: int, rows: int, run_training: Any, listing: A
     print(f"request log:       {home / LOG_FILE} (table prediction_log)")
     print(f"alerts:            {home / ALERTS_FILE} (table alerts)\nrun log:           {run.log_path}")
     print(f"monitoring report: {report}")
-    for step in ("monitor", "summarize"):  # the monitoring run's page, and its retraining's (`fleetops report`)
-        page = report.parent.parent / step / "scorecard"
+    for step in (TASK_MONITOR, TASK_SUMMARIZE):  # the monitoring run's page, and its retraining's (`fleetops report`)
+        page = report.parent.parent / step / OUTPUT_SCORECARD
         if page.exists():
             print(f"fleet scorecard:   {page} (HTML, {step})")
     return 0

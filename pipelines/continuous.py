@@ -3,6 +3,7 @@
 from kfp import dsl
 
 from components import monitoring, serving
+from fleetops.names import OUTPUT_ANOMALIES, OUTPUT_FLEET_NAME, OUTPUT_RETRAIN_SPEC, OUTPUT_RETURN_VALUE
 from pipelines.training import fleet_training
 
 
@@ -13,11 +14,11 @@ from pipelines.training import fleet_training
 def continuous_training(fleet_spec: str, platform: str = "local", serving_image: str = ""):
     monitor_task = monitoring.monitor(fleet_spec=fleet_spec, platform=platform)
     monitor_task.set_caching_options(False)
-    with dsl.If(monitor_task.outputs["Output"] == True, name="drift-found"):  # noqa: E712 (a KFP condition)
-        plan = monitoring.plan_retraining(fleet_spec=fleet_spec, anomalies=monitor_task.outputs["anomalies"])
+    with dsl.If(monitor_task.outputs[OUTPUT_RETURN_VALUE] == True, name="drift-found"):  # noqa: E712 (a KFP condition)
+        plan = monitoring.plan_retraining(fleet_spec=fleet_spec, anomalies=monitor_task.outputs[OUTPUT_ANOMALIES])
         retrain = fleet_training(
-            fleet_spec=plan.outputs["retrain_spec"], platform=platform, serving_image=serving_image
+            fleet_spec=plan.outputs[OUTPUT_RETRAIN_SPEC], platform=platform, serving_image=serving_image
         )
-        promote = serving.promote_canaries(fleet_name=plan.outputs["fleet_name"], platform=platform)
+        promote = serving.promote_canaries(fleet_name=plan.outputs[OUTPUT_FLEET_NAME], platform=platform)
         promote.after(retrain)
         promote.set_caching_options(False)

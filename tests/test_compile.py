@@ -3,6 +3,7 @@
 import yaml
 
 from components.image import DEFAULT_IMAGE
+from fleetops import names
 from pipelines.compile import compile_all, set_image
 from tests.golden_specs import GOLDEN, compiled_specs
 
@@ -41,7 +42,14 @@ def test_spec_does_not_depend_on_the_fleet():
     text = yaml.safe_dump(spec)
     assert "north" not in text and "churn" not in text  # no segment or fleet is baked in
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(inputs) == {"fleet_spec", "platform", "serving_image", "train_cpu_limit", "train_memory_limit"}
+    assert set(inputs) == {
+        names.PARAM_FLEET_SPEC,
+        names.PARAM_PLATFORM,
+        names.PARAM_SERVING_IMAGE,
+        names.PARAM_TRAIN_CPU_LIMIT,
+        names.PARAM_TRAIN_MEMORY_LIMIT,
+    }
+    assert set(names.pipeline_arguments("{}", "local")) <= set(inputs)
     loop = spec["root"]["dag"]["tasks"]["for-loop-1"]
     # The training machine is a run-time parameter, also inside the fan-out (a big fleet, a big machine).
     train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
@@ -51,3 +59,28 @@ def test_spec_does_not_depend_on_the_fleet():
     assert {"pipelinechannel--train_cpu_limit", "pipelinechannel--train_memory_limit"} <= set(loop_inputs)
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--validate-Output"
     assert spec["root"]["dag"]["tasks"]["ingest"]["cachingOptions"] == {}  # never cached
+
+
+def test_the_shared_names_are_the_compiled_pipelines_own():
+    """fleetops.names spells the keys components declare literally: each task and output read after a run, each
+    parameter a run is given, is in the compiled specs (a renamed output or parameter fails here, not in a run)."""
+    specs = compiled_specs()
+    for pipeline in ("fleet_training", "continuous_training"):
+        inputs = specs[pipeline]["root"]["inputDefinitions"]["parameters"]
+        assert set(names.pipeline_arguments("{}", "local")) <= set(inputs), pipeline
+    outputs = {}  # every component's outputs (artifacts and parameters), by component name
+    for spec in specs.values():
+        for component, body in spec["components"].items():
+            defined = body.get("outputDefinitions", {})
+            outputs[component.removeprefix("comp-")] = {*defined.get("artifacts", {}), *defined.get("parameters", {})}
+    read_after_a_run = {
+        names.TASK_VALIDATE: {names.OUTPUT_SEGMENTS},
+        names.TASK_EVALUATE: {names.OUTPUT_EVALUATION},
+        names.TASK_REGISTER: {names.OUTPUT_REGISTERED},
+        names.TASK_SUMMARIZE: {names.OUTPUT_SUMMARY, names.OUTPUT_SCORECARD, names.OUTPUT_RETURN_VALUE},
+        names.TASK_MONITOR: {names.OUTPUT_ANOMALIES, names.OUTPUT_REPORT, names.OUTPUT_RETURN_VALUE},
+    }
+    for task, wanted in read_after_a_run.items():
+        assert wanted <= outputs[task], (task, wanted - outputs[task])
+    every = {value for key, value in vars(names).items() if key.startswith("OUTPUT_")}
+    assert every <= set().union(*outputs.values()), every - set().union(*outputs.values())

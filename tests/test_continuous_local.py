@@ -5,6 +5,7 @@ import pytest
 
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
 from fleetops.monitoring.alerts import read_alerts
+from fleetops.names import pipeline_arguments
 from fleetops.platform import connect, local_uri
 from fleetops.platform.local.pipeline_runs import run_compiled, run_every
 from fleetops.serving.request_log import RequestLogWriter
@@ -36,7 +37,7 @@ def test_drift_in_one_segment_retrains_that_segment_only(tmp_path):
     make_churn(rows_per_segment=250, segments=2, seed=5).to_csv(data, index=False)
     spec = _spec(data)
     templates = compile_all(tmp_path / "build")
-    arguments = {"fleet_spec": spec.to_json(), "platform": local_uri(home), "serving_image": ""}
+    arguments = pipeline_arguments(spec.to_json(), local_uri(home))
     assert run_compiled(templates["fleet_training"], arguments, home, out=open(tmp_path / "t.txt", "w")).ok
     platform = connect(local_uri(home))
 

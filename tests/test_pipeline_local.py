@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
+from fleetops.names import OUTPUT_RETURN_VALUE, pipeline_arguments
 from fleetops.platform import connect, local_uri
 from fleetops.platform.local.pipeline_runs import run_compiled
 from fleetops.spec import parse_spec
@@ -24,13 +25,13 @@ def test_fleet_trains_registers_and_refuses_bad_data(tmp_path):
     data = tmp_path / "churn.csv"
     make_churn(rows_per_segment=250, segments=2, seed=5).to_csv(data, index=False)
     template = compile_all(tmp_path / "build")["fleet_training"]
-    arguments = {"fleet_spec": _spec_json(data), "platform": local_uri(home), "serving_image": ""}
+    arguments = pipeline_arguments(_spec_json(data), local_uri(home))
     run = run_compiled(template, arguments, home, out=open(tmp_path / "progress.txt", "w"))
     assert run.ok, run.log_path.read_text()[-3000:]
     progress = (tmp_path / "progress.txt").read_text()
     for task in ("ingest", "validate", "split", "train", "evaluate", "register", "deploy", "summarize"):
         assert f"ok  {task}" in progress
-    assert "| north | churn-north | 1 | auRoc |" in run.outputs["Output"]
+    assert "| north | churn-north | 1 | auRoc |" in run.outputs[OUTPUT_RETURN_VALUE]
 
     registry = connect(local_uri(home)).registry
     assert registry.list_models({"fleet": "churn"}) == ["churn-north", "churn-south"]
@@ -84,10 +85,10 @@ def test_a_fleet_of_trees_ensembles_and_the_global_candidate_runs_end_to_end(tmp
     document["architectures"] = ["linear", "gbt", "ensemble"]
     document["training"] |= {"epochs": 6, "candidates": ["segment", "global"], "num_trees": 80}
     template = compile_all(tmp_path / "build")["fleet_training"]
-    arguments = {"fleet_spec": parse_spec(document).to_json(), "platform": local_uri(home), "serving_image": ""}
+    arguments = pipeline_arguments(parse_spec(document).to_json(), local_uri(home))
     run = run_compiled(template, arguments, home, out=open(tmp_path / "progress.txt", "w"))
     assert run.ok, run.log_path.read_text()[-3000:]
-    assert "| architectures |" in run.outputs["Output"]
+    assert "| architectures |" in run.outputs[OUTPUT_RETURN_VALUE]
 
     platform = connect(local_uri(home))
     chosen = {}

@@ -8,6 +8,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.protobuf import json_format
 
 from fleetops.errors import UserError
+from fleetops.names import pipeline_arguments
 from fleetops.platform import vertex_settings
 from fleetops.platform.vertex.pipeline_jobs import build_pipeline_job, pipeline_job_request
 from fleetops_cli.cli import main
@@ -34,7 +35,7 @@ def test_vertex_pipeline_job_request(template):
     job = build_pipeline_job(
         settings,
         template,
-        {"fleet_spec": "{}", "platform": PLATFORM, "serving_image": "img"},
+        pipeline_arguments("{}", PLATFORM, "img"),
         display_name="churn-training",
         job_id="churn-training-1",
         enable_caching=False,
@@ -168,16 +169,14 @@ def test_cli_reports_a_bad_spec_without_running(tmp_path, capsys):
 
 def test_kfp_cluster_run_through_the_real_client(template):
     with FakeKfp() as fake:
-        run_id = submit_to_kfp(
-            fake.host, template, {"fleet_spec": "{}", "platform": "local", "serving_image": ""}, run_name="churn-1"
-        )
+        run_id = submit_to_kfp(fake.host, template, pipeline_arguments("{}", "local"), run_name="churn-1")
     assert run_id == "run-1"
     paths = [(r["method"], r["path"]) for r in fake.requests]
     assert paths[0] == ("GET", "/apis/v2beta1/healthz")
     run = next(r["body"] for r in fake.requests if r["path"] == "/apis/v2beta1/runs")
     assert run["display_name"] == "churn-1" and run["experiment_id"] == "exp-1"
     assert run["pipeline_spec"]["pipelineInfo"]["name"] == "fleetops-training"
-    assert run["runtime_config"]["parameters"] == {"fleet_spec": "{}", "platform": "local", "serving_image": ""}
+    assert run["runtime_config"]["parameters"] == pipeline_arguments("{}", "local")
     assert json.dumps(run).count("us-docker.pkg.dev/proj-1/fleetops/components:v1") == 10
 
 
