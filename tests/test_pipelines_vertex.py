@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from fleetops.data.sample import SAMPLE_SPEC, make_churn
+from fleetops.names import OUTPUT_RETURN_VALUE, PARAM_PLATFORM, pipeline_arguments
 from fleetops.platform.local.pipeline_runs import run_compiled
 from fleetops.platform.vertex.monitoring import DRIFT
 from fleetops.spec import parse_spec
@@ -39,7 +40,8 @@ class VertexRuns:
 
     def run(self, pipeline: str, out, **arguments):
         """Run a compiled pipeline; its pipeline root is under the bucket, as Vertex's is."""
-        return run_compiled(self.templates[pipeline], {"platform": self.uri, **arguments}, self.mount / BUCKET, out=out)
+        arguments = {PARAM_PLATFORM: self.uri, **arguments}
+        return run_compiled(self.templates[pipeline], arguments, self.mount / BUCKET, out=out)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,8 @@ def vertex(tmp_path_factory):
         os.environ.pop("FLEETOPS_GCS_MOUNT") if previous is None else os.environ.update(FLEETOPS_GCS_MOUNT=previous)
 
 
-def _training(runs: VertexRuns, spec=None) -> dict:
-    return {"fleet_spec": (spec or runs.spec).to_json(), "serving_image": IMAGE}
+def _training(runs: VertexRuns) -> dict:
+    return pipeline_arguments(runs.spec.to_json(), runs.uri, IMAGE)
 
 
 def test_training_registers_evaluates_and_deploys_each_segment_on_vertex(vertex):
@@ -109,7 +111,7 @@ def test_batch_prediction_submits_a_job_per_champion(vertex, tmp_path):
     jobs = [job for (kind, _), job in vertex.fake.jobs.items() if kind == "batchPredictionJobs"]
     assert sorted(job["model"].rsplit("/", 1)[-1] for job in jobs) == ["churn-north@1", "churn-south@1"]
     assert all(job["state"] == "JOB_STATE_SUCCEEDED" for job in jobs)
-    summary = json.loads(run.outputs["Output"])
+    summary = json.loads(run.outputs[OUTPUT_RETURN_VALUE])
     assert summary["predicted"] == 500 and summary["errors"] == 0
     predictions = pd.read_parquet(
         next((vertex.mount / BUCKET).glob("pipeline_root/fleetops-batch-prediction-*/batch-predict/predictions"))
@@ -147,4 +149,4 @@ def test_promote_and_rollback_run_with_nothing_to_do(vertex, tmp_path):
     for pipeline in ("fleet_promote", "fleet_rollback"):
         run = vertex.run(pipeline, open(tmp_path / f"{pipeline}.txt", "w"), fleet_name="churn")
         assert run.ok, run.log_path.read_text()[-3000:]
-        assert json.loads(run.outputs["Output"]) == []
+        assert json.loads(run.outputs[OUTPUT_RETURN_VALUE]) == []
