@@ -75,3 +75,5 @@ def test_drift_in_one_segment_retrains_that_segment_only(tmp_path):
         True,
     ]
     assert len(sleeps) == 1 and 0 < sleeps[0] <= 300
+    assert [v.version_id for v in platform.registry.list_versions("churn-north")] == ["1", "2"]
+    assert [v.version_id for v in platform.registry.list_versions("churn-south")] == ["1"]
