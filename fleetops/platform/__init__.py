@@ -117,7 +117,12 @@ class Submission:
 
 
 class Platform(ABC):
-    """What components need from where they run: a registry, endpoints, data access, a pipeline root."""
+    """Everything the pipelines need from where they run, on the local twin and on Vertex alike.
+
+    A registry and endpoints; tables; pipeline submission and schedules; batch prediction (one
+    version, or a fleet); tuning and a work folder for scratch state; monitoring and its alerts.
+    Code outside `fleetops/platform/` calls these and never asks which platform it has.
+    """
 
     uri: str
     registry: ModelRegistry
