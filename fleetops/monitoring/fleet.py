@@ -297,16 +297,17 @@ def _assemble(
     # Column by column on every core: numpy and Arrow let go of the GIL in their loops over the rows.
     with ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1, 8))) as pool:
         running = {name: pool.submit(job) for name, job in jobs.items() if job is not None}
-        features = {name: running[name].result() if name in running else _absent(n_groups) for name in jobs}
+        features = {name: running[name].result() if name in running else _uniform(n_groups, ABSENT) for name in jobs}
     for g, names in enumerate(absent or []):
         for name in names:
             features[name].kind[g] = ABSENT
     return FleetStatistics(rows, features)
 
 
-def _absent(n_groups: int) -> FeatureArrays:
+def _uniform(n_groups: int, kind: int) -> FeatureArrays:
+    """A feature with no values in any group: absent from every window, or not in the statistics at all."""
     zeros = np.zeros(n_groups, dtype=np.int64)
-    return FeatureArrays(np.full(n_groups, ABSENT, dtype=np.int8), zeros, zeros)
+    return FeatureArrays(np.full(n_groups, kind, dtype=np.int8), zeros, zeros)
 
 
 def _numeric(
@@ -446,19 +447,21 @@ class FleetFindings:
     anomaly: np.ndarray  # (G, F) bool
     baselines: FleetStatistics
     currents: FleetStatistics
-    _raw: np.ndarray  # (G, F) the distances before rounding
 
     def results(self) -> list[list[FeatureResult]]:
-        """The findings as the reports show them: `compare_feature`'s, with the distances computed here."""
+        """The findings as the reports show them: `compare_feature`'s, with the distances computed here.
+
+        `compare_feature` rounds the distance it is given to 10 places again, which leaves it as it is.
+        """
         bases, currents = self.baselines.to_dicts(), self.currents.to_dicts()
-        raw = self._raw.tolist()
+        distances = self.distance.tolist()
         found = []
         for g, (base, cur) in enumerate(zip(bases, currents, strict=True)):
             b, c, rows = base["features"], cur["features"], cur.get("rows", 0)
             found.append(
                 [
                     compare_feature(name, b.get(name), c.get(name), limit, rows, None if d != d else d)
-                    for name, limit, d in zip(self.features, self.thresholds, raw[g], strict=True)
+                    for name, limit, d in zip(self.features, self.thresholds, distances[g], strict=True)
                 ]
             )
         return found
@@ -478,15 +481,14 @@ def fleet_findings(
         currents = FleetStatistics.from_dicts(currents, features)
     limits = [(thresholds or {}).get(name, default_threshold) for name in features]
     n = len(currents)
-    raw, distance = np.full((n, len(features)), np.nan), np.full((n, len(features)), np.nan)
+    distance = np.full((n, len(features)), np.nan)
     anomaly = np.zeros((n, len(features)), dtype=bool)
     windowed = currents.rows > 0
     for f, (name, limit) in enumerate(zip(features, limits, strict=True)):
-        base = baselines.features.get(name) or _not_there(n)
-        cur = currents.features.get(name) or _not_there(n)
-        raw[:, f] = _distances(base, cur, windowed)
+        base = baselines.features.get(name) or _uniform(n, NOT_THERE)
+        cur = currents.features.get(name) or _uniform(n, NOT_THERE)
         # Rounded as compare rounds (Python's round: numpy's differs in the last place).
-        distance[:, f] = [round(d, 10) if d == d else d for d in raw[:, f].tolist()]
+        distance[:, f] = [round(d, 10) if d == d else d for d in _distances(base, cur, windowed).tolist()]
         gone = np.isin(cur.kind, (NOT_THERE, ABSENT))
         problem = np.zeros(n, dtype=bool)
         problem[list(cur.problems)] = True
@@ -494,7 +496,7 @@ def fleet_findings(
             above = distance[:, f] > limit
         jumped = cur.missing_rate - base.missing_rate > limit
         anomaly[:, f] = (base.kind != NOT_THERE) & windowed & (gone | problem | above | jumped)
-    return FleetFindings(list(features), limits, distance, anomaly, baselines, currents, raw)
+    return FleetFindings(list(features), limits, distance, anomaly, baselines, currents)
 
 
 def fleet_compare(
@@ -506,11 +508,6 @@ def fleet_compare(
 ) -> list[list[FeatureResult]]:
     """`compare(baselines[g], currents[g], ...)` for every g: `fleet_findings`' results."""
     return fleet_findings(baselines, currents, features, thresholds, default_threshold).results()
-
-
-def _not_there(n: int) -> FeatureArrays:
-    zeros = np.zeros(n, dtype=np.int64)
-    return FeatureArrays(np.zeros(n, dtype=np.int8), zeros, zeros)
 
 
 def _distances(base: FeatureArrays, cur: FeatureArrays, windowed: np.ndarray) -> np.ndarray:
