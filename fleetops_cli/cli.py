@@ -133,11 +133,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
         print(f"submitted run {run_id} to {args.kfp_host}")
         return 0
-    from fleetops.platform import PipelineRun, connect, local_uri
+    from fleetops.platform import PipelineRun
 
-    uri = args.platform or local_uri(_home(args.home))
-    platform = connect(uri, credentials=_dry_run_credentials(args.dry_run))
-    platform.check_source(spec.data.source)
+    uri, platform = _platform_for(args, spec, _home(args.home))
     run = PipelineRun(
         template,
         pipeline_arguments(spec.to_json(), uri, args.serving_image),
@@ -147,12 +145,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
         labels={"fleet": spec.name},
     )
     submission = platform.submit_pipeline(run, dry_run=args.dry_run)
+    if submission.request is None and submission.ok is not None:  # ran here, to its end
+        print(f"{name}: {'finished' if submission.ok else 'FAILED'}; run folder {submission.name}")
+    return _reported(submission, "submitted")
+
+
+def _platform_for(args: argparse.Namespace, spec: Any, home: Path) -> tuple[str, Any]:
+    """The platform a submission or schedule goes to (`--platform`, else the local twin at `home`), after it
+    has refused a data source its tasks could not read; and its URI, which the pipeline's tasks get."""
+    from fleetops.platform import connect, local_uri
+
+    uri = args.platform or local_uri(home)
+    platform = connect(uri, credentials=_dry_run_credentials(args.dry_run))
+    platform.check_source(spec.data.source)
+    return uri, platform
+
+
+def _reported(submission: Any, verb: str) -> int:
+    """Print a dry run's request, or what a remote platform was sent; the exit code (1: a local run failed)."""
     if submission.request is not None:
         print(json.dumps(submission.request, indent=2))
     elif submission.ok is None:
-        print(f"submitted {submission.name}")
-    else:
-        print(f"{name}: {'finished' if submission.ok else 'FAILED'}; run folder {submission.name}")
+        print(f"{verb} {submission.name}")
     return 0 if submission.ok is not False else 1
 
 
@@ -252,15 +266,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from fleetops.platform import PipelineRun, connect, local_uri
+    from fleetops.platform import PipelineRun
     from fleetops.spec import load_spec
     from pipelines.compile import compile_all
 
     spec = load_spec(args.spec)
     home = _home(args.home)
-    uri = args.platform or local_uri(home)
-    platform = connect(uri, credentials=_dry_run_credentials(args.dry_run))
-    platform.check_source(spec.data.source)
+    uri, platform = _platform_for(args, spec, home)
     run = PipelineRun(
         compile_all(home / "build", args.image)[args.pipeline],
         pipeline_arguments(spec.to_json(), uri, args.serving_image),
@@ -270,11 +282,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     submission = platform.schedule_pipeline(
         run, cron=args.cron, every_minutes=args.every_minutes, runs=args.runs, dry_run=args.dry_run
     )
-    if submission.request is not None:
-        print(json.dumps(submission.request, indent=2))
-    elif submission.ok is None:
-        print(f"created {submission.name}")
-    return 0 if submission.ok is not False else 1
+    return _reported(submission, "created")
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
